@@ -1,0 +1,208 @@
+//! Compiler diagnostics, shared by every phase, and their rendering through miette.
+//!
+//! Phases produce plain [`Diagnostic`] values (no source text inside) so they can be
+//! collected, sorted and tested cheaply; [`Diagnostic::render`] attaches the
+//! source files and hands them to miette for the terminal.
+
+use crate::span::{SourceMap, Span};
+use std::fmt;
+use std::sync::Arc;
+
+/// One error (or warning) with labelled source spans and an optional hint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    /// Stable machine-readable code, e.g. `netc::shape_mismatch`.
+    pub code: &'static str,
+    /// One-line summary.
+    pub message: String,
+    /// Labelled spans; the first is the primary location.
+    pub labels: Vec<(Span, String)>,
+    /// What to do about it.
+    pub help: Option<String>,
+    /// Extra lines of context (e.g. the call stack of blocks being elaborated).
+    pub notes: Vec<String>,
+}
+
+impl Diagnostic {
+    /// A diagnostic with a code and a message, no labels yet.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            message: message.into(),
+            labels: Vec::new(),
+            help: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds a labelled span.
+    pub fn label(mut self, span: Span, text: impl Into<String>) -> Self {
+        self.labels.push((span, text.into()));
+        self
+    }
+
+    /// Sets the hint.
+    pub fn help(mut self, text: impl Into<String>) -> Self {
+        self.help = Some(text.into());
+        self
+    }
+
+    /// Adds a note line.
+    pub fn note(mut self, text: impl Into<String>) -> Self {
+        self.notes.push(text.into());
+        self
+    }
+
+    /// The primary span, if any.
+    pub fn primary_span(&self) -> Option<Span> {
+        self.labels.first().map(|l| l.0)
+    }
+
+    /// Attaches the sources so miette can print it.
+    pub fn render(&self, sources: &SourceMap) -> Rendered {
+        let mut groups: Vec<(crate::span::FileId, Vec<(Span, String)>)> = Vec::new();
+        for (span, text) in &self.labels {
+            match groups.iter_mut().find(|g| g.0 == span.file) {
+                Some(g) => g.1.push((*span, text.clone())),
+                None => groups.push((span.file, vec![(*span, text.clone())])),
+            }
+        }
+        let mut groups = groups.into_iter();
+        let (source, labels) = match groups.next() {
+            Some((file, labels)) => (Some(sources.named_source(file)), labels),
+            None => (None, Vec::new()),
+        };
+        let related = groups
+            .map(|(file, labels)| Rendered {
+                code: self.code,
+                message: "related location".into(),
+                help: None,
+                source: Some(sources.named_source(file)),
+                labels,
+                related: Vec::new(),
+            })
+            .collect();
+        let mut help = self.help.clone();
+        if !self.notes.is_empty() {
+            let notes = self.notes.join("\n");
+            help = Some(match help {
+                Some(h) => format!("{h}\n{notes}"),
+                None => notes,
+            });
+        }
+        Rendered {
+            code: self.code,
+            message: self.message.clone(),
+            help,
+            source,
+            labels,
+            related,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+/// A diagnostic with its source attached: implements [`miette::Diagnostic`].
+#[derive(Debug)]
+pub struct Rendered {
+    code: &'static str,
+    message: String,
+    help: Option<String>,
+    source: Option<miette::NamedSource<Arc<str>>>,
+    labels: Vec<(Span, String)>,
+    related: Vec<Rendered>,
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl miette::Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        if self.labels.is_empty() {
+            return None;
+        }
+        Some(Box::new(self.labels.iter().enumerate().map(|(i, (span, text))| {
+            let text = (!text.is_empty()).then(|| text.clone());
+            if i == 0 {
+                miette::LabeledSpan::new_primary_with_span(text, *span)
+            } else {
+                miette::LabeledSpan::new_with_span(text, *span)
+            }
+        })))
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
+        if self.related.is_empty() {
+            return None;
+        }
+        Some(Box::new(
+            self.related.iter().map(|r| r as &dyn miette::Diagnostic),
+        ))
+    }
+}
+
+/// The closest candidate to `name` by edit distance, for "did you mean" hints.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.len() / 3).max(1) + 1;
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, c)| (*d, c.len()))
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars (case-insensitive for letters).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().flat_map(char::to_lowercase).collect();
+    let b: Vec<char> = b.chars().flat_map(char::to_lowercase).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_pick_the_nearest_name() {
+        let names = ["batch_norm", "conv", "linear", "layer_norm"];
+        assert_eq!(did_you_mean("batchnorm", names), Some("batch_norm"));
+        assert_eq!(did_you_mean("lnear", names), Some("linear"));
+        assert_eq!(did_you_mean("softmax", names), None);
+    }
+}
