@@ -1,1 +1,200 @@
-fn main() {}
+//! `netc`: the command-line driver. Each subcommand is a thin layer over the
+//! library crates; see ARCHITECTURE.md.
+
+use clap::{Args, Parser, Subcommand};
+use netc_compiler::elaborate::{elaborate_timed, Options, Source, Timings};
+use netc_compiler::ir::Graph;
+use netc_compiler::stats::{self, grouped};
+use netc_grammar::{Diagnostic, SourceMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "netc", version, about = "Compiler for the .net neural-network language")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Input {
+    /// The `.net` file.
+    file: PathBuf,
+    /// Override a network parameter, e.g. `--set width=1.5` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// The network to build when the file defines several.
+    #[arg(long)]
+    network: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report diagnostics only.
+    Check(Input),
+    /// Parse, elaborate and check a network, and print a short report.
+    Build {
+        #[command(flatten)]
+        input: Input,
+        /// Write the IR text to this file.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Per-layer table: name, op, output shape, parameters, MACs.
+    Summary {
+        #[command(flatten)]
+        input: Input,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the IR text.
+    Ir {
+        #[command(flatten)]
+        input: Input,
+        /// Leave out source locations.
+        #[arg(long)]
+        no_locations: bool,
+    },
+}
+
+fn report(diags: &[Diagnostic], sources: &SourceMap) {
+    if std::io::stderr().is_terminal() {
+        for d in diags {
+            eprintln!("{:?}", miette::Report::new(d.render(sources)));
+        }
+    } else {
+        eprint!("{}", netc_grammar::render_plain(diags, sources));
+    }
+    let n = diags.len();
+    eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
+}
+
+fn compile(input: &Input, sources: &mut SourceMap, timings: &mut Timings) -> Result<Graph, ExitCode> {
+    let opts = Options {
+        network: input.network.clone(),
+        set: input.set.clone(),
+    };
+    elaborate_timed(Source::Path(&input.file), &opts, sources, timings).map_err(|diags| {
+        report(&diags, sources);
+        ExitCode::FAILURE
+    })
+}
+
+fn shape_json(s: &netc_compiler::ir::Shape) -> serde_json::Value {
+    serde_json::Value::Array(
+        s.0.iter()
+            .map(|d| match d {
+                netc_compiler::ir::Dim::Batch => serde_json::Value::from("N"),
+                netc_compiler::ir::Dim::Known(n) => serde_json::Value::from(*n),
+            })
+            .collect(),
+    )
+}
+
+fn io_list(g: &Graph, items: impl Iterator<Item = (String, netc_compiler::ir::NodeIndex)>) -> serde_json::Value {
+    serde_json::Value::Array(
+        items
+            .map(|(name, n)| serde_json::json!({ "name": name, "shape": shape_json(&g.node(n).shape) }))
+            .collect(),
+    )
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), ExitCode> {
+    std::fs::write(path, text).map_err(|e| {
+        eprintln!("error: cannot write `{}`: {e}", path.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cli: Cli) -> Result<(), ExitCode> {
+    let mut sources = SourceMap::new();
+    let mut timings = Timings::new();
+    match cli.command {
+        Command::Check(input) => {
+            let g = compile(&input, &mut sources, &mut timings)?;
+            println!("{}: ok ({} nodes)", g.name, g.len());
+        }
+        Command::Build { input, output } => {
+            let start = Instant::now();
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let t = Instant::now();
+            let problems = netc_compiler::verify::verify(&g);
+            if !problems.is_empty() {
+                eprintln!("internal error: the IR failed verification:");
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                return Err(ExitCode::FAILURE);
+            }
+            timings.push(("verify", t.elapsed()));
+            let totals = stats::totals(&g);
+            println!("network     {}", g.name);
+            for i in &g.inputs {
+                println!("input       {}: {}", i.name, g.node(i.node).shape);
+            }
+            for o in &g.outputs {
+                println!("output      {}: {}", o.name, g.node(o.node).shape);
+            }
+            println!("nodes       {}", g.len());
+            println!("parameters  {}", grouped(totals.params));
+            println!("buffers     {}", grouped(totals.buffers));
+            println!("MACs        {}", grouped(totals.macs));
+            if let Some(out) = output {
+                let t = Instant::now();
+                write_file(&out, &netc_compiler::print::print(&g, Some(&sources)))?;
+                timings.push(("write IR", t.elapsed()));
+                println!("IR written  {}", out.display());
+            }
+            let phases: Vec<String> = timings
+                .iter()
+                .map(|(name, d)| format!("{name} {:.2} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            println!("time        {} (total {:.2} ms)", phases.join(", "), start.elapsed().as_secs_f64() * 1e3);
+        }
+        Command::Summary { input, json } => {
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let rows = stats::rows(&g);
+            let totals = stats::totals(&g);
+            if json {
+                let params: Vec<serde_json::Value> = g
+                    .params()
+                    .map(|(_, p)| serde_json::json!({ "name": p.key, "shape": p.shape, "trainable": p.role.is_trainable() }))
+                    .collect();
+                let layers: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({ "name": r.name, "op": r.op, "shape": shape_json(&r.shape), "params": r.params, "macs": r.macs }))
+                    .collect();
+                let obj = serde_json::json!({
+                    "network": g.name,
+                    "params": totals.params,
+                    "buffers": totals.buffers,
+                    "macs": totals.macs,
+                    "inputs": io_list(&g, g.inputs.iter().map(|i| (i.name.clone(), i.node))),
+                    "outputs": io_list(&g, g.outputs.iter().map(|o| (o.name.clone(), o.node))),
+                    "parameters": params,
+                    "layers": layers,
+                });
+                println!("{}", serde_json::to_string_pretty(&obj).unwrap_or_default());
+            } else {
+                print!("{}", netc_compiler::stats::table(&rows, &totals));
+            }
+        }
+        Command::Ir { input, no_locations } => {
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let src = (!no_locations).then_some(&sources);
+            print!("{}", netc_compiler::print::print(&g, src));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

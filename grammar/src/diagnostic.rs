@@ -165,6 +165,19 @@ impl miette::Diagnostic for Rendered {
     }
 }
 
+/// Renders diagnostics as plain text (no colours), as tests snapshot them.
+pub fn render_plain(diags: &[Diagnostic], sources: &SourceMap) -> String {
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(100);
+    let mut out = String::new();
+    for d in diags {
+        let r = d.render(sources);
+        let _ = handler.render_report(&mut out, &r);
+        out.push('\n');
+    }
+    out
+}
+
 /// The closest candidate to `name` by edit distance, for "did you mean" hints.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.len() / 3).max(1) + 1;

@@ -9,6 +9,6 @@ pub mod diagnostic;
 pub mod parser;
 pub mod span;
 
-pub use diagnostic::Diagnostic;
-pub use parser::parse;
+pub use diagnostic::{did_you_mean, render_plain, Diagnostic};
+pub use parser::{parse, parse_expr};
 pub use span::{FileId, SourceMap, Span, Spanned};

@@ -30,6 +30,16 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Diagnostic> {
     Ok(File { items })
 }
 
+/// Parses a lone expression (a `--set` value).
+pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Diagnostic> {
+    check_nesting(file, text)?;
+    let mut pairs =
+        NetParser::parse(Rule::expr_only, text).map_err(|e| syntax_error(file, text, e))?;
+    let cx = Cx { file };
+    let p = pairs.next().expect("grammar: expr_only");
+    cx.expr(p.into_inner().next().expect("grammar: expr"))
+}
+
 /// Rejects bracket nesting deeper than [`MAX_NESTING`] before pest sees the text.
 fn check_nesting(file: FileId, text: &str) -> Result<(), Diagnostic> {
     let mut depth = 0usize;
