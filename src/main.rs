@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "netc", version, about = "Compiler for the .net neural-network language")]
+#[command(
+    name = "netc",
+    version,
+    about = "Compiler for the .net neural-network language"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,7 +76,11 @@ fn report(diags: &[Diagnostic], sources: &SourceMap) {
     eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
 }
 
-fn compile(input: &Input, sources: &mut SourceMap, timings: &mut Timings) -> Result<Graph, ExitCode> {
+fn compile(
+    input: &Input,
+    sources: &mut SourceMap,
+    timings: &mut Timings,
+) -> Result<Graph, ExitCode> {
     let opts = Options {
         network: input.network.clone(),
         set: input.set.clone(),
@@ -94,7 +102,10 @@ fn shape_json(s: &netc_compiler::ir::Shape) -> serde_json::Value {
     )
 }
 
-fn io_list(g: &Graph, items: impl Iterator<Item = (String, netc_compiler::ir::NodeIndex)>) -> serde_json::Value {
+fn io_list(
+    g: &Graph,
+    items: impl Iterator<Item = (String, netc_compiler::ir::NodeIndex)>,
+) -> serde_json::Value {
     serde_json::Value::Array(
         items
             .map(|(name, n)| serde_json::json!({ "name": name, "shape": shape_json(&g.node(n).shape) }))
@@ -152,7 +163,11 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 .iter()
                 .map(|(name, d)| format!("{name} {:.2} ms", d.as_secs_f64() * 1e3))
                 .collect();
-            println!("time        {} (total {:.2} ms)", phases.join(", "), start.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "time        {} (total {:.2} ms)",
+                phases.join(", "),
+                start.elapsed().as_secs_f64() * 1e3
+            );
         }
         Command::Summary { input, json } => {
             let g = compile(&input, &mut sources, &mut timings)?;
@@ -182,7 +197,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 print!("{}", netc_compiler::stats::table(&rows, &totals));
             }
         }
-        Command::Ir { input, no_locations } => {
+        Command::Ir {
+            input,
+            no_locations,
+        } => {
             let g = compile(&input, &mut sources, &mut timings)?;
             let src = (!no_locations).then_some(&sources);
             print!("{}", netc_compiler::print::print(&g, src));

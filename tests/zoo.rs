@@ -96,7 +96,10 @@ fn every_zoo_model_matches_its_reference() {
             }
         }
         if res != row.resolution {
-            failures.push(format!("{}: resolution {res} != {}", row.model, row.resolution));
+            failures.push(format!(
+                "{}: resolution {res} != {}",
+                row.model, row.resolution
+            ));
         }
         if let Some(keys) = state_dict(&row.model) {
             let mine: Vec<(String, Vec<u64>)> = s["parameters"]
@@ -106,7 +109,12 @@ fn every_zoo_model_matches_its_reference() {
                 .map(|p| {
                     (
                         p["name"].as_str().unwrap().to_string(),
-                        p["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect(),
+                        p["shape"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|d| d.as_u64().unwrap())
+                            .collect(),
                     )
                 })
                 .collect();
@@ -138,7 +146,10 @@ fn every_reference_key_list_is_covered() {
     for e in dir {
         let name = e.unwrap().file_name().into_string().unwrap();
         let model = name.trim_end_matches(".txt");
-        assert!(rows.iter().any(|r| r.model == model), "{model} has keys but no row");
+        assert!(
+            rows.iter().any(|r| r.model == model),
+            "{model} has keys but no row"
+        );
         n += 1;
     }
     assert_eq!(n, 11, "the eleven reference key lists");

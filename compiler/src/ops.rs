@@ -60,9 +60,11 @@ fn rank_at_least(s: &Shape, n: usize, what: &str) -> Res<()> {
 fn expect_nchw(s: &Shape, what: &str) -> Res<[usize; 3]> {
     match (s.rank(), s.known(1), s.known(2), s.known(3)) {
         (4, Some(c), Some(h), Some(w)) => Ok([c, h, w]),
-        _ => Err(OpError::new(format!("{what} needs an [N, C, H, W] tensor, found {s}"))
-            .operand(0, format!("shape {s}"))
-            .help("flatten/reshape/permute the tensor into NCHW layout first")),
+        _ => Err(
+            OpError::new(format!("{what} needs an [N, C, H, W] tensor, found {s}"))
+                .operand(0, format!("shape {s}"))
+                .help("flatten/reshape/permute the tensor into NCHW layout first"),
+        ),
     }
 }
 
@@ -96,11 +98,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
                 } else {
                     format!("{out_channels} output channels")
                 };
-                return Err(OpError::new(format!(
-                    "{bad} are not divisible by groups = {groups}"
-                ))
-                .operand(0, format!("{c} channels"))
-                .help("input and output channels must both be multiples of `groups`"));
+                return Err(
+                    OpError::new(format!("{bad} are not divisible by groups = {groups}"))
+                        .operand(0, format!("{c} channels"))
+                        .help("input and output channels must both be multiples of `groups`"),
+                );
             }
             let oh = window.out_extent(h, 0, false);
             let ow = window.out_extent(w, 1, false);
@@ -118,7 +120,9 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
             let x = x.unwrap();
             rank_at_least(x, 2, "layer_norm")?;
             if *axis == NormAxis::ChannelsFirst && x.rank() < 3 {
-                return Err(OpError::new("channels-first layer_norm needs an [N, C, ...] tensor"));
+                return Err(OpError::new(
+                    "channels-first layer_norm needs an [N, C, ...] tensor",
+                ));
             }
             x.clone()
         }
@@ -147,9 +151,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
             let batch_a = Shape(a.0[..a.rank() - 2].to_vec());
             let batch_b = Shape(b.0[..b.rank() - 2].to_vec());
             let mut s = broadcast(&batch_a, &batch_b).ok_or_else(|| {
-                OpError::new(format!("matmul batch dimensions do not broadcast: {a} @ {b}"))
-                    .operand(0, format!("shape {a}"))
-                    .operand(1, format!("shape {b}"))
+                OpError::new(format!(
+                    "matmul batch dimensions do not broadcast: {a} @ {b}"
+                ))
+                .operand(0, format!("shape {a}"))
+                .operand(1, format!("shape {b}"))
             })?;
             s.0.push(a.0[a.rank() - 2]);
             s.0.push(b.0[b.rank() - 1]);
@@ -200,10 +206,10 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
         Op::Flatten { start } => {
             let x = x.unwrap();
             if *start == 0 || *start >= x.rank() {
-                return Err(OpError::new(format!(
-                    "flatten start {start} is out of range for {x}"
-                ))
-                .help("the batch (axis 0) is never flattened; start must be 1..rank"));
+                return Err(
+                    OpError::new(format!("flatten start {start} is out of range for {x}"))
+                        .help("the batch (axis 0) is never flattened; start must be 1..rank"),
+                );
             }
             let mut s = x.0[..*start].to_vec();
             let tail: usize = x.0[*start..]
@@ -247,13 +253,15 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
         Op::Concat { axis } => {
             let first = inputs[0];
             if *axis >= first.rank() {
-                return Err(OpError::new(format!("concat axis {axis} is out of range for {first}")));
+                return Err(OpError::new(format!(
+                    "concat axis {axis} is out of range for {first}"
+                )));
             }
             let mut total = 0usize;
             for (i, s) in inputs.iter().enumerate() {
                 let same_rank = s.rank() == first.rank();
-                let others_equal = same_rank
-                    && (0..s.rank()).all(|d| d == *axis || s.0[d] == first.0[d]);
+                let others_equal =
+                    same_rank && (0..s.rank()).all(|d| d == *axis || s.0[d] == first.0[d]);
                 if !others_equal {
                     return Err(OpError::new(format!(
                         "shape mismatch in concat along axis {axis}: {first} and {s}"
@@ -317,7 +325,9 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
         Op::Softmax { axis } => {
             let x = x.unwrap();
             if *axis >= x.rank() {
-                return Err(OpError::new(format!("softmax axis {axis} is out of range for {x}")));
+                return Err(OpError::new(format!(
+                    "softmax axis {axis} is out of range for {x}"
+                )));
             }
             x.clone()
         }
@@ -342,7 +352,9 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
         Op::LayerScale { axis } => {
             let x = x.unwrap();
             if *axis >= x.rank() || x.known(*axis).is_none() {
-                return Err(OpError::new(format!("layer_scale axis {axis} is out of range for {x}")));
+                return Err(OpError::new(format!(
+                    "layer_scale axis {axis} is out of range for {x}"
+                )));
             }
             x.clone()
         }
@@ -375,10 +387,12 @@ pub fn params(op: &Op, name: &str, inputs: &[&Shape]) -> Vec<ParamSlot> {
         role,
     };
     let c = |axis: usize| inputs[0].known(axis).unwrap_or(0);
-    let last = || inputs[0].0.last().and_then(|d| match d {
-        Dim::Known(n) => Some(*n),
-        Dim::Batch => None,
-    });
+    let last = || {
+        inputs[0].0.last().and_then(|d| match d {
+            Dim::Known(n) => Some(*n),
+            Dim::Batch => None,
+        })
+    };
     match op {
         Op::Parameter { shape } => vec![slot("", shape.clone(), ParamRole::Weight)],
         Op::Conv2d {
@@ -389,7 +403,12 @@ pub fn params(op: &Op, name: &str, inputs: &[&Shape]) -> Vec<ParamSlot> {
         } => {
             let mut v = vec![slot(
                 "weight",
-                vec![*out_channels, c(1) / groups, window.kernel[0], window.kernel[1]],
+                vec![
+                    *out_channels,
+                    c(1) / groups,
+                    window.kernel[0],
+                    window.kernel[1],
+                ],
                 ParamRole::Weight,
             )];
             if *bias {
@@ -456,9 +475,7 @@ pub fn params(op: &Op, name: &str, inputs: &[&Shape]) -> Vec<ParamSlot> {
 pub fn macs(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
     let per = |s: &Shape| s.numel_per_sample();
     match op {
-        Op::Conv2d {
-            window, groups, ..
-        } => {
+        Op::Conv2d { window, groups, .. } => {
             let cin = inputs[0].known(1).unwrap_or(0) as u64;
             per(output) * (cin / *groups as u64) * (window.kernel[0] * window.kernel[1]) as u64
         }

@@ -104,12 +104,28 @@ pub fn table(rows: &[Row], totals: &Totals) -> String {
     let wo = ops.iter().map(String::len).max().unwrap_or(0).max(2);
     let ws = shapes.iter().map(String::len).max().unwrap_or(0).max(12);
     let mut out = String::new();
-    let _ = writeln!(out, "{:<wn$}  {:<wo$}  {:<ws$}  {:>12}  {:>16}", "layer", "op", "output shape", "params", "MACs");
+    let _ = writeln!(
+        out,
+        "{:<wn$}  {:<wo$}  {:<ws$}  {:>12}  {:>16}",
+        "layer", "op", "output shape", "params", "MACs"
+    );
     let _ = writeln!(out, "{}", "-".repeat(wn + wo + ws + 12 + 16 + 8));
     for ((r, op), shape) in rows.iter().zip(&ops).zip(&shapes) {
-        let p = if r.params > 0 { grouped(r.params) } else { "-".into() };
-        let m = if r.macs > 0 { grouped(r.macs) } else { "-".into() };
-        let _ = writeln!(out, "{:<wn$}  {:<wo$}  {:<ws$}  {:>12}  {:>16}", r.name, op, shape, p, m);
+        let p = if r.params > 0 {
+            grouped(r.params)
+        } else {
+            "-".into()
+        };
+        let m = if r.macs > 0 {
+            grouped(r.macs)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<wn$}  {:<wo$}  {:<ws$}  {:>12}  {:>16}",
+            r.name, op, shape, p, m
+        );
     }
     let _ = writeln!(out, "{}", "-".repeat(wn + wo + ws + 12 + 16 + 8));
     let _ = writeln!(out, "total params     {}", grouped(totals.params));

@@ -8,6 +8,9 @@ use crate::span::{SourceMap, Span};
 use std::fmt;
 use std::sync::Arc;
 
+/// Lines longer than this are not drawn with their source.
+const MAX_RENDERED_LINE: usize = 2000;
+
 /// One error (or warning) with labelled source spans and an optional hint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnostic {
@@ -60,31 +63,30 @@ impl Diagnostic {
 
     /// Attaches the sources so miette can print it.
     pub fn render(&self, sources: &SourceMap) -> Rendered {
-        let mut groups: Vec<(crate::span::FileId, Vec<(Span, String)>)> = Vec::new();
+        // miette draws whole lines and cannot pad past 65535 columns; for labels on
+        // huge lines (generated or hostile input) print locations instead.
+        let long_line = self.labels.iter().any(|(span, _)| {
+            let text = &sources.get(span.file).text;
+            let at = (span.start as usize).min(text.len());
+            let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            end - start > MAX_RENDERED_LINE
+        });
+        let primary_file = self.labels.first().map(|l| l.0.file);
+        let mut labels = Vec::new();
+        let mut notes = Vec::new();
         for (span, text) in &self.labels {
-            match groups.iter_mut().find(|g| g.0 == span.file) {
-                Some(g) => g.1.push((*span, text.clone())),
-                None => groups.push((span.file, vec![(*span, text.clone())])),
+            // miette shows one source per report: labels elsewhere become located notes.
+            if long_line || Some(span.file) != primary_file {
+                notes.push(format!("{}: {text}", sources.location(*span)));
+            } else {
+                labels.push((*span, text.clone()));
             }
         }
-        let mut groups = groups.into_iter();
-        let (source, labels) = match groups.next() {
-            Some((file, labels)) => (Some(sources.named_source(file)), labels),
-            None => (None, Vec::new()),
-        };
-        let related = groups
-            .map(|(file, labels)| Rendered {
-                code: self.code,
-                message: "related location".into(),
-                help: None,
-                source: Some(sources.named_source(file)),
-                labels,
-                related: Vec::new(),
-            })
-            .collect();
+        notes.extend(self.notes.iter().cloned());
         let mut help = self.help.clone();
-        if !self.notes.is_empty() {
-            let notes = self.notes.join("\n");
+        if !notes.is_empty() {
+            let notes = notes.join("\n");
             help = Some(match help {
                 Some(h) => format!("{h}\n{notes}"),
                 None => notes,
@@ -94,9 +96,11 @@ impl Diagnostic {
             code: self.code,
             message: self.message.clone(),
             help,
-            source,
+            source: match (long_line, primary_file) {
+                (false, Some(f)) => Some(sources.named_source(f)),
+                _ => None,
+            },
             labels,
-            related,
         }
     }
 }
@@ -115,7 +119,6 @@ pub struct Rendered {
     help: Option<String>,
     source: Option<miette::NamedSource<Arc<str>>>,
     labels: Vec<(Span, String)>,
-    related: Vec<Rendered>,
 }
 
 impl fmt::Display for Rendered {
@@ -145,30 +148,24 @@ impl miette::Diagnostic for Rendered {
         if self.labels.is_empty() {
             return None;
         }
-        Some(Box::new(self.labels.iter().enumerate().map(|(i, (span, text))| {
-            let text = (!text.is_empty()).then(|| text.clone());
-            if i == 0 {
-                miette::LabeledSpan::new_primary_with_span(text, *span)
-            } else {
-                miette::LabeledSpan::new_with_span(text, *span)
-            }
-        })))
-    }
-
-    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
-        if self.related.is_empty() {
-            return None;
-        }
-        Some(Box::new(
-            self.related.iter().map(|r| r as &dyn miette::Diagnostic),
-        ))
+        Some(Box::new(self.labels.iter().enumerate().map(
+            |(i, (span, text))| {
+                let text = (!text.is_empty()).then(|| text.clone());
+                if i == 0 {
+                    miette::LabeledSpan::new_primary_with_span(text, *span)
+                } else {
+                    miette::LabeledSpan::new_with_span(text, *span)
+                }
+            },
+        )))
     }
 }
 
 /// Renders diagnostics as plain text (no colours), as tests snapshot them.
 pub fn render_plain(diags: &[Diagnostic], sources: &SourceMap) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .with_width(100);
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100);
     let mut out = String::new();
     for d in diags {
         let r = d.render(sources);
@@ -179,7 +176,10 @@ pub fn render_plain(diags: &[Diagnostic], sources: &SourceMap) -> String {
 }
 
 /// The closest candidate to `name` by edit distance, for "did you mean" hints.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (name.len() / 3).max(1) + 1;
     candidates
         .into_iter()
@@ -190,21 +190,32 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|(_, c)| c)
 }
 
-/// Levenshtein distance over chars (case-insensitive for letters).
+/// Edit distance counting insertions, deletions, substitutions and adjacent
+/// transpositions (optimal string alignment), case-insensitive.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().flat_map(char::to_lowercase).collect();
     let b: Vec<char> = b.chars().flat_map(char::to_lowercase).collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 #[cfg(test)]
@@ -217,5 +228,6 @@ mod tests {
         assert_eq!(did_you_mean("batchnorm", names), Some("batch_norm"));
         assert_eq!(did_you_mean("lnear", names), Some("linear"));
         assert_eq!(did_you_mean("softmax", names), None);
+        assert_eq!(did_you_mean("rleu", ["relu", "len"]), Some("relu"));
     }
 }

@@ -27,7 +27,9 @@ pub fn parse(file: FileId, text: &str) -> Result<File, Diagnostic> {
             _ => items.push(cx.item(p)?),
         }
     }
-    Ok(File { items })
+    let file = File { items };
+    check_depth(&file)?;
+    Ok(file)
 }
 
 /// Parses a lone expression (a `--set` value).
@@ -37,11 +39,31 @@ pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Diagnostic> {
         NetParser::parse(Rule::expr_only, text).map_err(|e| syntax_error(file, text, e))?;
     let cx = Cx { file };
     let p = pairs.next().expect("grammar: expr_only");
-    cx.expr(p.into_inner().next().expect("grammar: expr"))
+    let e = cx.expr(p.into_inner().next().expect("grammar: expr"))?;
+    let probe = File {
+        items: vec![Item::Const(ConstDef {
+            name: crate::span::Spanned::new(String::new(), e.span),
+            value: e,
+        })],
+    };
+    check_depth(&probe)?;
+    let Some(Item::Const(c)) = probe.items.into_iter().next() else {
+        unreachable!()
+    };
+    Ok(c.value)
 }
+
+/// Most `**` operators or `if` keywords in one file: both nest in the grammar
+/// without brackets, so they are bounded separately.
+pub const MAX_RIGHT_NESTING_TOKENS: usize = 1000;
+
+/// Deepest expression tree accepted (after parsing): evaluation recurses per level.
+pub const MAX_EXPR_DEPTH: usize = 256;
 
 /// Rejects bracket nesting deeper than [`MAX_NESTING`] before pest sees the text.
 fn check_nesting(file: FileId, text: &str) -> Result<(), Diagnostic> {
+    let mut pows = 0usize;
+    let mut ifs = 0usize;
     let mut depth = 0usize;
     let mut in_string = false;
     let mut in_comment = false;
@@ -67,10 +89,160 @@ fn check_nesting(file: FileId, text: &str) -> Result<(), Diagnostic> {
                 }
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'*' if !in_string && bytes.get(i + 1) == Some(&b'*') => pows += 1,
+            b'i' if !in_string
+                && bytes.get(i + 1) == Some(&b'f')
+                && !bytes
+                    .get(i + 2)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')) =>
+            {
+                ifs += 1
+            }
             _ => {}
+        }
+        if pows > MAX_RIGHT_NESTING_TOKENS || ifs > MAX_RIGHT_NESTING_TOKENS {
+            let what = if pows > MAX_RIGHT_NESTING_TOKENS {
+                "`**` operators"
+            } else {
+                "`if` expressions"
+            };
+            return Err(Diagnostic::new(
+                "netc::nesting_too_deep",
+                format!("more than {MAX_RIGHT_NESTING_TOKENS} {what} in one file"),
+            )
+            .label(Span::new(file, i, i + 1), "one too many")
+            .help("this limit keeps the parser's recursion bounded; split the file"));
         }
     }
     Ok(())
+}
+
+/// The depth of the deepest expression in the file, computed without recursion.
+fn body_exprs<'a>(b: &'a Body, out: &mut Vec<&'a Expr>) {
+    let mut bodies = vec![b];
+    while let Some(b) = bodies.pop() {
+        for s in &b.stmts {
+            match s {
+                Stmt::Input { shape, .. } | Stmt::Param { shape, .. } => out.push(shape),
+                Stmt::Let { value, .. } | Stmt::Return { value, .. } => out.push(value),
+                Stmt::For { iter, body, .. } => {
+                    out.push(iter);
+                    bodies.push(body);
+                }
+            }
+        }
+    }
+}
+
+fn check_depth(f: &File) -> Result<(), Diagnostic> {
+    let mut stack: Vec<(&Expr, usize)> = Vec::new();
+    let mut roots: Vec<&Expr> = Vec::new();
+    for item in &f.items {
+        match item {
+            Item::Const(c) => roots.push(&c.value),
+            Item::Block(b) => {
+                b.params
+                    .iter()
+                    .filter_map(|p| p.default.as_ref())
+                    .for_each(|e| roots.push(e));
+                body_exprs(&b.body, &mut roots);
+            }
+            Item::Network(n) => match &n.kind {
+                NetworkKind::Defined { params, body } => {
+                    params
+                        .iter()
+                        .filter_map(|p| p.default.as_ref())
+                        .for_each(|e| roots.push(e));
+                    body_exprs(body, &mut roots);
+                }
+                NetworkKind::Alias { args, .. } => args.iter().for_each(|a| roots.push(&a.value)),
+            },
+            Item::Import(_) | Item::Enum(_) => {}
+        }
+    }
+    stack.extend(roots.into_iter().map(|e| (e, 1)));
+    while let Some((e, d)) = stack.pop() {
+        if d > MAX_EXPR_DEPTH {
+            return Err(Diagnostic::new(
+                "netc::nesting_too_deep",
+                format!("expression nested more than {MAX_EXPR_DEPTH} levels deep"),
+            )
+            .label(e.span, "too deep here")
+            .help("split the expression into `let` bindings"));
+        }
+        let mut children = Vec::new();
+        for_each_child(e, &mut |x| children.push((x, d + 1)));
+        stack.extend(children);
+    }
+    Ok(())
+}
+
+/// Calls `f` on every direct sub-expression of `e` (string interpolations and labels included).
+pub fn for_each_child<'a>(e: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
+    let labeled = |l: &'a Labeled, f: &mut dyn FnMut(&'a Expr)| {
+        if let Some(Label::Str(s)) = &l.label {
+            for p in &s.parts {
+                if let StrPart::Interp(x) = p {
+                    f(x);
+                }
+            }
+        }
+        f(&l.expr);
+    };
+    match &e.kind {
+        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::Ident(_) => {}
+        ExprKind::Str(s) => {
+            for p in &s.parts {
+                if let StrPart::Interp(x) = p {
+                    f(x);
+                }
+            }
+        }
+        ExprKind::List(elems) | ExprKind::ForkList(elems) => {
+            for el in elems {
+                match el {
+                    ListElem::Item(l) => labeled(l, f),
+                    ListElem::Spread(x) => f(x),
+                }
+            }
+        }
+        ExprKind::ListComp {
+            elem, iter, cond, ..
+        } => {
+            labeled(elem, f);
+            f(iter);
+            if let Some(c) = cond {
+                f(c);
+            }
+        }
+        ExprKind::Tuple(items) => items.iter().for_each(|x| f(x)),
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) => {
+            f(a);
+            f(b);
+        }
+        ExprKind::Unary(_, x) => f(x),
+        ExprKind::Call(c, args) => {
+            f(c);
+            args.iter().for_each(|a| f(&a.value));
+        }
+        ExprKind::If(c, t, e2) => {
+            f(c);
+            labeled(t, f);
+            if let Some(e2) = e2 {
+                labeled(e2, f);
+            }
+        }
+        ExprKind::Pipeline(h, stages) => {
+            f(h);
+            stages.iter().for_each(|s| labeled(s, f));
+        }
+        ExprKind::Repeat(r) | ExprKind::Dense(r) | ExprKind::ForkN(r) => {
+            f(&r.count);
+            labeled(&r.body, f);
+        }
+        ExprKind::Each { body, .. } => labeled(body, f),
+    }
 }
 
 fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
@@ -90,6 +262,14 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
             .map_or(rest.len(), |(i, _)| i);
         start + tok.max(usize::from(!rest.is_empty()))
     };
+    if start >= text.len() {
+        // At the end of the file the list of what could follow is noise: say what is unclosed.
+        let last = text.trim_end().len();
+        let at = text[..last].char_indices().last().map_or(0, |(i, _)| i);
+        return Diagnostic::new("netc::syntax", "syntax error: unexpected end of file")
+            .label(Span::new(file, at, last.max(at)), "the file ends here")
+            .help(hint_for(text, start).unwrap_or_else(|| "the last item is incomplete".into()));
+    }
     let found = if start >= text.len() {
         "end of file".to_string()
     } else {
@@ -156,16 +336,20 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::expr | Rule::pipeline | Rule::or_expr | Rule::and_expr | Rule::not_expr => {
             "an expression"
         }
-        Rule::cmp_expr | Rule::add_expr | Rule::mul_expr | Rule::unary | Rule::power | Rule::postfix => {
-            "an expression"
-        }
+        Rule::cmp_expr
+        | Rule::add_expr
+        | Rule::mul_expr
+        | Rule::unary
+        | Rule::power
+        | Rule::postfix => "an expression",
         Rule::labeled | Rule::list_elem | Rule::stage => "an expression",
-        Rule::arrow => "`->`",
-        Rule::cmp_op => "a comparison",
-        Rule::add_op => "`+` or `-`",
-        Rule::mul_op => "`*`, `/`, `//` or `%`",
-        Rule::call_args | Rule::arg_list => "`(`",
-        Rule::index => "`[`",
+        Rule::arrow
+        | Rule::cmp_op
+        | Rule::add_op
+        | Rule::mul_op
+        | Rule::call_args
+        | Rule::index => "an operator",
+        Rule::arg_list => "`(`",
         Rule::param_list => "a parameter list `(...)`",
         Rule::param => "a parameter",
         Rule::type_expr => "a type",
@@ -190,8 +374,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::kw_else => "`else`",
         Rule::kw_for => "`for`",
         Rule::kw_if => "`if`",
-        Rule::kw_and => "`and`",
-        Rule::kw_or => "`or`",
+        Rule::kw_and | Rule::kw_or => "an operator",
         Rule::named_arg | Rule::arg => "an argument",
         _ => return None,
     })
@@ -293,12 +476,14 @@ impl Cx {
         let span = self.span(&inner);
         match inner.as_rule() {
             Rule::ident => TypeExpr::Named(self.ident(inner)),
-            Rule::list_type => {
-                TypeExpr::List(Box::new(self.type_expr(inner.into_inner().next().unwrap())), span)
-            }
-            Rule::tuple_type => {
-                TypeExpr::Tuple(inner.into_inner().map(|t| self.type_expr(t)).collect(), span)
-            }
+            Rule::list_type => TypeExpr::List(
+                Box::new(self.type_expr(inner.into_inner().next().unwrap())),
+                span,
+            ),
+            Rule::tuple_type => TypeExpr::Tuple(
+                inner.into_inner().map(|t| self.type_expr(t)).collect(),
+                span,
+            ),
             r => unreachable!("grammar: type {r:?}"),
         }
     }
@@ -680,7 +865,10 @@ impl Cx {
             Rule::repeat_expr => ExprKind::Repeat(self.repeat(p)?),
             Rule::dense_expr => ExprKind::Dense(self.repeat(p)?),
             Rule::fork_expr => {
-                let inner: Vec<_> = p.into_inner().filter(|q| q.as_rule() != Rule::kw_fork).collect();
+                let inner: Vec<_> = p
+                    .into_inner()
+                    .filter(|q| q.as_rule() != Rule::kw_fork)
+                    .collect();
                 if inner.len() == 1 && inner[0].as_rule() == Rule::fork_list {
                     let elems = inner
                         .into_iter()
@@ -745,7 +933,8 @@ impl Cx {
             Rule::tuple_or_paren => {
                 let text = p.as_str().trim_end_matches(')').trim_end();
                 let trailing_comma = text.ends_with(',');
-                let mut elems: Vec<Expr> = p.into_inner().map(|q| self.expr(q)).collect::<Res<_>>()?;
+                let mut elems: Vec<Expr> =
+                    p.into_inner().map(|q| self.expr(q)).collect::<Res<_>>()?;
                 if elems.len() == 1 && !trailing_comma {
                     let mut e = elems.pop().unwrap();
                     e.span = span;

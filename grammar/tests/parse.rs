@@ -41,7 +41,11 @@ fn parses_the_language_tour() {
 #[test]
 fn syntax_errors_say_what_was_expected() {
     let e = parse(FileId(0), "block A() { x = conv(3, k=) }").unwrap_err();
-    assert!(e.message.starts_with("syntax error: expected"), "{}", e.message);
+    assert!(
+        e.message.starts_with("syntax error: expected"),
+        "{}",
+        e.message
+    );
     assert_eq!(e.help.as_deref(), Some("a value is missing after `=`"));
 }
 

@@ -127,7 +127,26 @@ impl Elab<'_> {
             .collect();
         let refs: Vec<&Shape> = shapes.iter().collect();
         let shape = ops::infer(&op, &refs).map_err(|e| {
-            let mut d = self.error("netc::shape", e.message.clone(), span, "in this layer");
+            // When the operands are written inside the span (`a + b`), point at the
+            // operator between them so miette can draw all three labels.
+            let inside = |s: Span| {
+                s.file == span.file && s.start >= span.start && s.end <= span.end && s != span
+            };
+            let primary = match operands {
+                [(_, a), (_, b), ..] if inside(*a) && inside(*b) && a.end <= b.start => self
+                    .trimmed(Span {
+                        file: span.file,
+                        start: a.end,
+                        end: b.start,
+                    }),
+                _ => span,
+            };
+            let mut d = self.error(
+                "netc::shape",
+                e.message.clone(),
+                primary,
+                format!("this `{}`", op.mnemonic()),
+            );
             if e.message.starts_with("shape mismatch") || e.message.contains("inner dimensions") {
                 d.code = "netc::shape_mismatch";
             } else if e.message.contains("divisible by groups") {
@@ -137,7 +156,7 @@ impl Elab<'_> {
             }
             for (i, text) in &e.operand_labels {
                 if let Some((_, s)) = operands.get(*i) {
-                    if *s != span {
+                    if *s != span && *s != primary {
                         d = d.label(*s, text.clone());
                     } else {
                         d.labels[0].1 = format!("in this layer: input {text}");
@@ -165,6 +184,21 @@ impl Elab<'_> {
         self.push_node(op, name, shape, params, &ids, span)
     }
 
+    /// The span without leading and trailing whitespace.
+    fn trimmed(&self, s: Span) -> Span {
+        let text = self.sources.snippet(s);
+        let lead = text.len() - text.trim_start().len();
+        let trail = text.len() - text.trim_end().len();
+        if lead + trail >= text.len() {
+            return s;
+        }
+        Span {
+            file: s.file,
+            start: s.start + lead as u32,
+            end: s.end - trail as u32,
+        }
+    }
+
     // ------------------------------------------------------------ calls
 
     /// Evaluates `callee(args)`: a function call, or binding arguments of an op or
@@ -177,7 +211,8 @@ impl Elab<'_> {
         span: Span,
     ) -> R<Value> {
         if let ExprKind::Ident(name) = &callee.kind {
-            let shadowed = env.contains_key(name.as_str()) || self.consts.contains_key(name.as_str());
+            let shadowed =
+                env.contains_key(name.as_str()) || self.consts.contains_key(name.as_str());
             if !shadowed && builtins::FUNCTIONS.iter().any(|f| f.0 == name) {
                 let mut vals = Vec::new();
                 for a in args {
@@ -234,7 +269,10 @@ impl Elab<'_> {
             )
         };
         let label = layer.label.clone();
-        self.apply(&layer, label, input, input_span, span)
+        self.call_operand_spans = operands.iter().map(|o| o.1).collect();
+        let r = self.apply(&layer, label, input, input_span, span);
+        self.call_operand_spans.clear();
+        r
     }
 
     /// Binds call arguments to a layer's parameters; tensors are returned as operands.
@@ -268,22 +306,28 @@ impl Elab<'_> {
                         }
                     }
                     let spec_arg = match &name {
-                        Some(n) => spec.args.iter().find(|s| s.name == n.node).ok_or_else(|| {
-                            let d = self.error(
-                                "netc::unknown_argument",
-                                format!("`{}` has no argument `{}`", spec.name, n.node),
-                                n.span,
-                                "unknown argument",
-                            );
-                            let names: Vec<&str> = spec.args.iter().map(|s| s.name).collect();
-                            match did_you_mean(&n.node, names.iter().copied()) {
-                                Some(s) => d.help(format!("did you mean `{s}`?")),
-                                None if names.is_empty() => {
-                                    d.help(format!("`{}` takes no arguments", spec.name))
+                        Some(n) => {
+                            spec.args.iter().find(|s| s.name == n.node).ok_or_else(|| {
+                                let d = self.error(
+                                    "netc::unknown_argument",
+                                    format!("`{}` has no argument `{}`", spec.name, n.node),
+                                    n.span,
+                                    "unknown argument",
+                                );
+                                let names: Vec<&str> = spec.args.iter().map(|s| s.name).collect();
+                                match did_you_mean(&n.node, names.iter().copied()) {
+                                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                                    None if names.is_empty() => {
+                                        d.help(format!("`{}` takes no arguments", spec.name))
+                                    }
+                                    None => d.help(format!(
+                                        "`{}` takes: {}",
+                                        spec.name,
+                                        names.join(", ")
+                                    )),
                                 }
-                                None => d.help(format!("`{}` takes: {}", spec.name, names.join(", "))),
-                            }
-                        })?,
+                            })?
+                        }
                         None => {
                             let s = spec.args.get(pos).ok_or_else(|| {
                                 self.error(
@@ -302,7 +346,10 @@ impl Elab<'_> {
                             s
                         }
                     };
-                    if name.is_some() && bound.contains_key(spec_arg.name) && !base_has(base, spec_arg.name) {
+                    if name.is_some()
+                        && bound.contains_key(spec_arg.name)
+                        && !base_has(base, spec_arg.name)
+                    {
                         return Err(self.error(
                             "netc::arity",
                             format!("argument `{}` given twice", spec_arg.name),
@@ -313,13 +360,22 @@ impl Elab<'_> {
                     let v = check_arg(spec_arg.kind, &a.value).map_err(|why| {
                         self.error(
                             "netc::type",
-                            format!("wrong type for `{}` of `{}`: {why}", spec_arg.name, spec.name),
+                            format!(
+                                "wrong type for `{}` of `{}`: {why}",
+                                spec_arg.name, spec.name
+                            ),
                             a.span,
                             format!("this is {}", a.value.kind()),
                         )
                         .help(signature(spec))
                     })?;
-                    bound.insert(spec_arg.name, ArgValue { value: v, span: a.span });
+                    bound.insert(
+                        spec_arg.name,
+                        ArgValue {
+                            value: v,
+                            span: a.span,
+                        },
+                    );
                 }
                 Ok((
                     Layer {
@@ -417,7 +473,10 @@ impl Elab<'_> {
                 operands.extend(named_tensors.into_iter().map(|t| t.1));
                 Ok((
                     Layer {
-                        kind: LayerKind::Block { name: name.clone(), args: bound },
+                        kind: LayerKind::Block {
+                            name: name.clone(),
+                            args: bound,
+                        },
                         label: base.label.clone(),
                         span,
                     },
@@ -516,7 +575,10 @@ impl Elab<'_> {
                     Value::Tensor(t) => Ok(*t),
                     v => Err(self.error(
                         "netc::type",
-                        format!("{what} takes a list of tensors, found {} `{v}` in it", v.kind()),
+                        format!(
+                            "{what} takes a list of tensors, found {} `{v}` in it",
+                            v.kind()
+                        ),
                         span,
                         "this list",
                     )),
@@ -548,18 +610,16 @@ impl Elab<'_> {
             LayerKind::Block { name, args } => {
                 self.apply_block(name, args, label, input, input_span, site)
             }
-            LayerKind::Seq(children) => {
-                self.with_scope(label, |me| {
-                    let mut v = input;
-                    let mut vspan = input_span;
-                    for (i, child) in children.iter().enumerate() {
-                        let l = child.label.clone().unwrap_or_else(|| i.to_string().into());
-                        v = me.apply(child, Some(l), v, vspan, child.span)?;
-                        vspan = child.span;
-                    }
-                    Ok(v)
-                })
-            }
+            LayerKind::Seq(children) => self.with_scope(label, |me| {
+                let mut v = input;
+                let mut vspan = input_span;
+                for (i, child) in children.iter().enumerate() {
+                    let l = child.label.clone().unwrap_or_else(|| i.to_string().into());
+                    v = me.apply(child, Some(l), v, vspan, child.span)?;
+                    vspan = child.span;
+                }
+                Ok(v)
+            }),
             LayerKind::Dense(children) => self.with_scope(label, |me| {
                 let x = me.tensor_input(&input, input_span, "a dense block")?;
                 let mut features: Vec<Operand> = vec![(x, input_span)];
@@ -570,7 +630,8 @@ impl Elab<'_> {
                         me.add_op(Op::Concat { axis: 1 }, None, &features, child.span)?
                     };
                     let l = child.label.clone().unwrap_or_else(|| i.to_string().into());
-                    let out = me.apply(child, Some(l), Value::Tensor(inp), input_span, child.span)?;
+                    let out =
+                        me.apply(child, Some(l), Value::Tensor(inp), input_span, child.span)?;
                     let out = me.tensor_input(&out, child.span, "a dense block layer's output")?;
                     features.push((out, child.span));
                 }
@@ -619,7 +680,13 @@ impl Elab<'_> {
                             other => (other.clone(), None),
                         };
                         let lab = l_label.unwrap_or_else(|| i.to_string().into());
-                        outs.push(me.apply_value(l_layer, Some(lab), item.clone(), input_span, closure.body.expr.span)?);
+                        outs.push(me.apply_value(
+                            l_layer,
+                            Some(lab),
+                            item.clone(),
+                            input_span,
+                            closure.body.expr.span,
+                        )?);
                     }
                     Ok(Value::list(outs))
                 })
@@ -662,7 +729,10 @@ impl Elab<'_> {
             }
         }
         let operands: Vec<Operand> = match spec.inputs {
-            Inputs::One => vec![(self.tensor_input(&input, input_span, &format!("`{}`", spec.name))?, input_span)],
+            Inputs::One => vec![(
+                self.tensor_input(&input, input_span, &format!("`{}`", spec.name))?,
+                input_span,
+            )],
             Inputs::Two => {
                 let ts = self.tensor_list(&input, input_span, &format!("`{}`", spec.name))?;
                 if ts.len() != 2 {
@@ -673,14 +743,35 @@ impl Elab<'_> {
                         "here",
                     ));
                 }
-                ts.into_iter().map(|t| (t, input_span)).collect()
+                ts.into_iter()
+                    .map(|t| (t, self.graph.node(t).span))
+                    .collect()
             }
-            Inputs::Many => self
-                .tensor_list(&input, input_span, &format!("`{}`", spec.name))?
-                .into_iter()
-                .map(|t| (t, input_span))
-                .collect(),
+            Inputs::Many => {
+                let ts = self.tensor_list(&input, input_span, &format!("`{}`", spec.name))?;
+                // Several tensors from one expression: blame each one's producer.
+                let each = ts.len() > 1 && matches!(input, Value::List(_));
+                ts.into_iter()
+                    .map(|t| {
+                        (
+                            t,
+                            if each {
+                                self.graph.node(t).span
+                            } else {
+                                input_span
+                            },
+                        )
+                    })
+                    .collect()
+            }
         };
+        let mut operands = operands;
+        let written = std::mem::take(&mut self.call_operand_spans);
+        if written.len() == operands.len() && operands.len() > 1 {
+            for (o, s) in operands.iter_mut().zip(written) {
+                o.1 = s;
+            }
+        }
         let shapes: Vec<Shape> = operands.iter().map(|o| self.shape(o.0).clone()).collect();
         let refs: Vec<&Shape> = shapes.iter().collect();
         let bound = Args::new(spec, args);
@@ -700,7 +791,11 @@ impl Elab<'_> {
                 if operands.len() < 2 {
                     return Err(self.error(
                         "netc::arity",
-                        format!("`{}` needs at least two tensors, found {}", spec.name, operands.len()),
+                        format!(
+                            "`{}` needs at least two tensors, found {}",
+                            spec.name,
+                            operands.len()
+                        ),
                         input_span,
                         "here",
                     ));
@@ -716,11 +811,23 @@ impl Elab<'_> {
             }
             Lowering::Split => {
                 let x = operands[0];
-                let n = bound.size("n").map_err(|e| self.error("netc::bad_argument", e.message, e.span.unwrap_or(site), "here"))?;
+                let n = bound.size("n").map_err(|e| {
+                    self.error(
+                        "netc::bad_argument",
+                        e.message,
+                        e.span.unwrap_or(site),
+                        "here",
+                    )
+                })?;
                 let axis_v = bound.int("axis");
                 let xs = self.shape(x.0).clone();
                 let axis = xs.axis(axis_v).ok_or_else(|| {
-                    self.error("netc::bad_argument", format!("axis {axis_v} is out of range for {xs}"), site, "here")
+                    self.error(
+                        "netc::bad_argument",
+                        format!("axis {axis_v} is out of range for {xs}"),
+                        site,
+                        "here",
+                    )
                 })?;
                 let extent = xs.known(axis).unwrap_or(0);
                 if n == 0 || extent % n != 0 {
@@ -739,7 +846,11 @@ impl Elab<'_> {
                 let mut outs = Vec::new();
                 for i in 0..n {
                     let l = base.as_ref().map(|b| format!("{b}.{i}"));
-                    let op = Op::Slice { axis, start: i * chunk, end: (i + 1) * chunk };
+                    let op = Op::Slice {
+                        axis,
+                        start: i * chunk,
+                        end: (i + 1) * chunk,
+                    };
                     outs.push(Value::Tensor(self.add_op(op, l.as_deref(), &[x], site)?));
                 }
                 Ok(Value::list(outs))
@@ -770,7 +881,11 @@ impl Elab<'_> {
                 .help("a block that (indirectly) applies itself never ends; check layer-typed arguments"));
         }
         let mut values: HashMap<Rc<str>, ArgValue> = args.iter().cloned().collect();
-        let tensor_params: Vec<&ast::Param> = def.params.iter().filter(|p| is_tensor_type(&p.ty)).collect();
+        let tensor_params: Vec<&ast::Param> = def
+            .params
+            .iter()
+            .filter(|p| is_tensor_type(&p.ty))
+            .collect();
         let mut env = Env::new();
         match tensor_params.len() {
             0 => {
@@ -779,13 +894,22 @@ impl Elab<'_> {
             1 => {
                 values.insert(
                     tensor_params[0].name.node.as_str().into(),
-                    ArgValue { value: input, span: input_span },
+                    ArgValue {
+                        value: input,
+                        span: input_span,
+                    },
                 );
             }
             n => match &input {
                 Value::List(items) if items.len() == n => {
                     for (p, v) in tensor_params.iter().zip(items.iter()) {
-                        values.insert(p.name.node.as_str().into(), ArgValue { value: v.clone(), span: input_span });
+                        values.insert(
+                            p.name.node.as_str().into(),
+                            ArgValue {
+                                value: v.clone(),
+                                span: input_span,
+                            },
+                        );
                     }
                 }
                 v => {

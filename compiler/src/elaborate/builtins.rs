@@ -181,7 +181,10 @@ impl<'a> Args<'a> {
     fn positive(&self, name: &str, v: i64) -> Result<usize, ArgError> {
         if v <= 0 || v > super::limits::MAX_DIM as i64 {
             return Err(ArgError::new(
-                format!("`{name}` must be between 1 and {}, found {v}", super::limits::MAX_DIM),
+                format!(
+                    "`{name}` must be between 1 and {}, found {v}",
+                    super::limits::MAX_DIM
+                ),
                 self.span(name),
             ));
         }
@@ -258,7 +261,10 @@ impl<'a> Args<'a> {
         let nonneg = |v: i64| -> Result<usize, ArgError> {
             if !(0..=super::limits::MAX_DIM as i64).contains(&v) {
                 return Err(ArgError::new(
-                    format!("padding must be between 0 and {}, found {v}", super::limits::MAX_DIM),
+                    format!(
+                        "padding must be between 0 and {}, found {v}",
+                        super::limits::MAX_DIM
+                    ),
                     self.span(name),
                 ));
             }
@@ -410,8 +416,8 @@ macro_rules! act {
     };
 }
 
-use ArgKind as K;
 use ArgDefault as D;
+use ArgKind as K;
 
 /// Every built-in op.
 pub static OPS: &[OpSpec] = &[
@@ -436,12 +442,19 @@ pub static OPS: &[OpSpec] = &[
         args: &[arg("eps", K::Float, D::Float(1e-5))],
         inputs: Inputs::One,
         is_activation: false,
-        lowering: Lowering::Node(|a, _| Ok(Op::BatchNorm { eps: a.float("eps") })),
+        lowering: Lowering::Node(|a, _| {
+            Ok(Op::BatchNorm {
+                eps: a.float("eps"),
+            })
+        }),
         doc: "batch normalisation over channels (axis 1)",
     },
     OpSpec {
         name: "layer_norm",
-        args: &[arg("eps", K::Float, D::Float(1e-5)), arg("axis", K::Int, D::Int(-1))],
+        args: &[
+            arg("eps", K::Float, D::Float(1e-5)),
+            arg("axis", K::Int, D::Int(-1)),
+        ],
         inputs: Inputs::One,
         is_activation: false,
         lowering: Lowering::Node(|a, x| {
@@ -465,7 +478,10 @@ pub static OPS: &[OpSpec] = &[
     },
     OpSpec {
         name: "linear",
-        args: &[arg("out", K::Int, D::Required), arg("bias", K::Bool, D::Bool(true))],
+        args: &[
+            arg("out", K::Int, D::Required),
+            arg("bias", K::Bool, D::Bool(true)),
+        ],
         inputs: Inputs::One,
         is_activation: false,
         lowering: Lowering::Node(|a, _| {
@@ -548,7 +564,11 @@ pub static OPS: &[OpSpec] = &[
         args: &[arg("size", K::Pair, D::Required)],
         inputs: Inputs::One,
         is_activation: false,
-        lowering: Lowering::Node(|a, _| Ok(Op::AdaptiveAvgPool { size: a.pair("size")? })),
+        lowering: Lowering::Node(|a, _| {
+            Ok(Op::AdaptiveAvgPool {
+                size: a.pair("size")?,
+            })
+        }),
         doc: "average pooling to a fixed output size",
     },
     OpSpec {
@@ -561,7 +581,10 @@ pub static OPS: &[OpSpec] = &[
     },
     OpSpec {
         name: "pad",
-        args: &[arg("pad", K::Pad, D::Required), arg("value", K::Float, D::Float(0.0))],
+        args: &[
+            arg("pad", K::Pad, D::Required),
+            arg("value", K::Float, D::Float(0.0)),
+        ],
         inputs: Inputs::One,
         is_activation: false,
         lowering: Lowering::Node(|a, x| {
@@ -592,7 +615,11 @@ pub static OPS: &[OpSpec] = &[
         lowering: Lowering::Node(|a, x| {
             let dims = a.ints("shape");
             let total = x[0].numel_per_sample();
-            let known: u64 = dims.iter().filter(|&&d| d != -1).map(|&d| d.max(0) as u64).product();
+            let known: u64 = dims
+                .iter()
+                .filter(|&&d| d != -1)
+                .map(|&d| d.max(0) as u64)
+                .product();
             let holes = dims.iter().filter(|&&d| d == -1).count();
             if holes > 1 || dims.iter().any(|&d| d == 0 || d < -1) {
                 return Err(ArgError::new(
@@ -707,7 +734,10 @@ pub static OPS: &[OpSpec] = &[
     },
     OpSpec {
         name: "split",
-        args: &[arg("n", K::Int, D::Required), arg("axis", K::Int, D::Int(1))],
+        args: &[
+            arg("n", K::Int, D::Required),
+            arg("axis", K::Int, D::Int(1)),
+        ],
         inputs: Inputs::One,
         is_activation: false,
         lowering: Lowering::Split,
@@ -715,7 +745,10 @@ pub static OPS: &[OpSpec] = &[
     },
     OpSpec {
         name: "select",
-        args: &[arg("axis", K::Int, D::Required), arg("index", K::Int, D::Required)],
+        args: &[
+            arg("axis", K::Int, D::Required),
+            arg("index", K::Int, D::Required),
+        ],
         inputs: Inputs::One,
         is_activation: false,
         lowering: Lowering::Node(|a, x| {
@@ -786,7 +819,10 @@ pub static FUNCTIONS: &[(&str, &str)] = &[
     ("max", "largest of its arguments (or of one list)"),
     ("ceil", "round up to an int"),
     ("floor", "round down to an int"),
-    ("round", "round to the nearest int (halves to even, as Python)"),
+    (
+        "round",
+        "round to the nearest int (halves to even, as Python)",
+    ),
     ("abs", "absolute value"),
     ("int", "truncate to an int"),
     ("float", "convert to float"),
@@ -795,7 +831,10 @@ pub static FUNCTIONS: &[(&str, &str)] = &[
     ("range", "range(n) or range(a, b): the ints a..b"),
     ("enumerate", "list of (index, element) pairs"),
     ("zip", "list of tuples of corresponding elements"),
-    ("make_divisible", "make_divisible(v, divisor, min_value = divisor): torchvision's channel rounding"),
+    (
+        "make_divisible",
+        "make_divisible(v, divisor, min_value = divisor): torchvision's channel rounding",
+    ),
     ("channels", "the channel count (axis 1) of a tensor"),
     ("dim", "dim(t, axis): the extent of one axis of a tensor"),
     ("shape", "the per-sample dims of a tensor as a list"),

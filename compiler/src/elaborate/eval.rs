@@ -46,6 +46,9 @@ pub(crate) struct Elab<'p> {
     /// Blocks being applied, innermost last, with their application sites.
     pub(super) stack: Vec<(Rc<str>, Span)>,
     steps: u64,
+    /// Spans of the tensor arguments of a direct call (`matmul(a, b)`), taken by
+    /// the op application that follows so each operand is labelled where written.
+    pub(super) call_operand_spans: Vec<Span>,
 }
 
 fn value_str(v: &Value) -> String {
@@ -67,6 +70,7 @@ impl<'p> Elab<'p> {
             param_keys: HashMap::new(),
             stack: Vec::new(),
             steps: 0,
+            call_operand_spans: Vec::new(),
         }
     }
 
@@ -102,7 +106,10 @@ impl<'p> Elab<'p> {
             return Err(self
                 .error(
                     "netc::limit",
-                    format!("elaboration exceeded {} evaluation steps", limits::MAX_STEPS),
+                    format!(
+                        "elaboration exceeded {} evaluation steps",
+                        limits::MAX_STEPS
+                    ),
                     span,
                     "still evaluating here",
                 )
@@ -131,7 +138,12 @@ impl<'p> Elab<'p> {
     // ------------------------------------------------------------ networks
 
     /// Elaborates a network with overrides from the command line.
-    pub fn network(&mut self, name: &str, name_span: Option<Span>, overrides: &[Override]) -> R<()> {
+    pub fn network(
+        &mut self,
+        name: &str,
+        name_span: Option<Span>,
+        overrides: &[Override],
+    ) -> R<()> {
         // Follow `network a = b(args)` aliases down to a defined network.
         let mut bound: Vec<(Option<Rc<str>>, ArgValue)> = Vec::new();
         let mut current: Rc<str> = name.into();
@@ -154,7 +166,10 @@ impl<'p> Elab<'p> {
                         .filter(|(_, d)| matches!(d, Def::Network(_)))
                         .map(|(k, _)| &**k)
                         .collect();
-                    let mut d = Diagnostic::new("netc::unknown_network", format!("no network named `{current}`"));
+                    let mut d = Diagnostic::new(
+                        "netc::unknown_network",
+                        format!("no network named `{current}`"),
+                    );
                     if let Some(s) = name_span {
                         d = d.label(s, "not found");
                     }
@@ -166,7 +181,9 @@ impl<'p> Elab<'p> {
                 }
             };
             match &def.kind {
-                ast::NetworkKind::Defined { params, body } => break (params.clone(), body.clone(), def.span),
+                ast::NetworkKind::Defined { params, body } => {
+                    break (params.clone(), body.clone(), def.span)
+                }
                 ast::NetworkKind::Alias { target, args } => {
                     let env = Env::new();
                     // Earlier (outer) bindings win over the alias's own: prepend the alias's.
@@ -175,7 +192,10 @@ impl<'p> Elab<'p> {
                         let v = self.eval(&env, &a.value)?;
                         mine.push((
                             a.name.as_ref().map(|n| Rc::from(n.node.as_str())),
-                            ArgValue { value: v, span: a.span },
+                            ArgValue {
+                                value: v,
+                                span: a.span,
+                            },
                         ));
                     }
                     mine.append(&mut bound);
@@ -183,8 +203,11 @@ impl<'p> Elab<'p> {
                     current = target.node.as_str().into();
                     hops += 1;
                     if hops > 16 {
-                        return Err(Diagnostic::new("netc::recursive_network", "network aliases form a cycle")
-                            .label(target.span, "refers back here"));
+                        return Err(Diagnostic::new(
+                            "netc::recursive_network",
+                            "network aliases form a cycle",
+                        )
+                        .label(target.span, "refers back here"));
                     }
                 }
             }
@@ -198,36 +221,63 @@ impl<'p> Elab<'p> {
                 Some(n) => n,
                 None => {
                     let Some(p) = params.get(pos) else {
-                        return Err(Diagnostic::new("netc::arity", "too many arguments for the network")
-                            .label(a.span, "extra argument"));
+                        return Err(Diagnostic::new(
+                            "netc::arity",
+                            "too many arguments for the network",
+                        )
+                        .label(a.span, "extra argument"));
                     };
                     pos += 1;
                     p.name.node.as_str().into()
                 }
             };
             if !params.iter().any(|p| *p.name.node == *pname) {
-                return Err(self.unknown_param(&pname, a.span, params.iter().map(|p| p.name.node.as_str()), &current));
+                return Err(self.unknown_param(
+                    &pname,
+                    a.span,
+                    params.iter().map(|p| p.name.node.as_str()),
+                    &current,
+                ));
             }
             values.insert(pname, a);
         }
         for o in overrides {
             if !params.iter().any(|p| p.name.node == o.name) {
-                return Err(self.unknown_param(&o.name, o.name_span, params.iter().map(|p| p.name.node.as_str()), &current)
+                return Err(self
+                    .unknown_param(
+                        &o.name,
+                        o.name_span,
+                        params.iter().map(|p| p.name.node.as_str()),
+                        &current,
+                    )
                     .help(format!(
                         "`--set` names a parameter of network `{current}`: {}",
-                        params.iter().map(|p| p.name.node.as_str()).collect::<Vec<_>>().join(", ")
+                        params
+                            .iter()
+                            .map(|p| p.name.node.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
             }
             let v = self.eval(&Env::new(), &o.value)?;
-            values.insert(o.name.as_str().into(), ArgValue { value: v, span: o.value.span });
+            values.insert(
+                o.name.as_str().into(),
+                ArgValue {
+                    value: v,
+                    span: o.value.span,
+                },
+            );
         }
         let mut env = Env::new();
         self.bind_params(&mut env, &params, &values, None, &current)?;
         match self.exec_body(&mut env, &body, true)? {
             Some((v, span, ident)) => self.set_outputs(v, span, ident),
-            None => Err(Diagnostic::new("netc::no_return", format!("network `{current}` returns nothing"))
-                .label(body.span, "this body has no `return`")
-                .help("end the network with `return <tensor>`")),
+            None => Err(Diagnostic::new(
+                "netc::no_return",
+                format!("network `{current}` returns nothing"),
+            )
+            .label(body.span, "this body has no `return`")
+            .help("end the network with `return <tensor>`")),
         }
     }
 
@@ -237,26 +287,36 @@ impl<'p> Elab<'p> {
                 let name = ident.unwrap_or_else(|| "output".into());
                 self.graph.outputs.push(GraphOutput { name, node: n });
             }
-            Value::List(items) if !items.is_empty() && items.iter().all(|i| matches!(i, Value::Tensor(_))) => {
+            Value::List(items)
+                if !items.is_empty() && items.iter().all(|i| matches!(i, Value::Tensor(_))) =>
+            {
                 for (i, it) in items.iter().enumerate() {
                     if let Value::Tensor(n) = it {
-                        self.graph.outputs.push(GraphOutput { name: format!("output{i}"), node: *n });
+                        self.graph.outputs.push(GraphOutput {
+                            name: format!("output{i}"),
+                            node: *n,
+                        });
                     }
                 }
             }
             other => {
                 return Err(self.error(
                     "netc::type",
-                    format!("a network must return tensors, found {} `{other}`", other.kind()),
+                    format!(
+                        "a network must return tensors, found {} `{other}`",
+                        other.kind()
+                    ),
                     span,
                     "returned here",
                 ))
             }
         }
         if self.graph.inputs.is_empty() {
-            return Err(Diagnostic::new("netc::no_input", "the network declares no input")
-                .label(span, "returned here")
-                .help("declare one with `input x: [3, 224, 224]`"));
+            return Err(
+                Diagnostic::new("netc::no_input", "the network declares no input")
+                    .label(span, "returned here")
+                    .help("declare one with `input x: [3, 224, 224]`"),
+            );
         }
         Ok(())
     }
@@ -308,13 +368,21 @@ impl<'p> Elab<'p> {
                                 span,
                                 format!("`{}: {ty}` is not given", p.name.node),
                             )
-                            .help(format!("pass it, e.g. `{owner}({} = ...)`, or give it a default", p.name.node)));
+                            .help(format!(
+                                "pass it, e.g. `{owner}({} = ...)`, or give it a default",
+                                p.name.node
+                            )));
                     }
                 },
             };
             let v = coerce(&ty, &v).map_err(|why| {
-                self.error("netc::type", format!("wrong type for `{}`: {why}", p.name.node), span, format!("this is {}", v.kind()))
-                    .label(p.ty.span(), format!("declared `{ty}` here"))
+                self.error(
+                    "netc::type",
+                    format!("wrong type for `{}`: {why}", p.name.node),
+                    span,
+                    format!("this is {}", v.kind()),
+                )
+                .label(p.ty.span(), format!("declared `{ty}` here"))
             })?;
             env.insert(name, v);
         }
@@ -335,7 +403,16 @@ impl<'p> Elab<'p> {
                 other => match self.prog.defs.get(other) {
                     Some(Def::Enum(e)) => Type::Enum(e.name.node.as_str().into()),
                     _ => {
-                        let mut names = vec!["int", "float", "bool", "str", "tensor", "layer", "activation", "any"];
+                        let mut names = vec![
+                            "int",
+                            "float",
+                            "bool",
+                            "str",
+                            "tensor",
+                            "layer",
+                            "activation",
+                            "any",
+                        ];
                         names.extend(
                             self.prog
                                 .defs
@@ -343,17 +420,25 @@ impl<'p> Elab<'p> {
                                 .filter(|(_, d)| matches!(d, Def::Enum(_)))
                                 .map(|(k, _)| &**k),
                         );
-                        let d = Diagnostic::new("netc::unknown_type", format!("unknown type `{other}`"))
-                            .label(n.span, "not a type");
+                        let d = Diagnostic::new(
+                            "netc::unknown_type",
+                            format!("unknown type `{other}`"),
+                        )
+                        .label(n.span, "not a type");
                         return Err(match did_you_mean(other, names.iter().copied()) {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
-                            None => d.help(format!("types are {}, lists [T], tuples (T, U) and enums", names[..8].join(", "))),
+                            None => d.help(format!(
+                                "types are {}, lists [T], tuples (T, U) and enums",
+                                names[..8].join(", ")
+                            )),
                         });
                     }
                 },
             },
             ast::TypeExpr::List(t, _) => Type::List(Box::new(self.resolve_type(t)?)),
-            ast::TypeExpr::Tuple(ts, _) => Type::Tuple(ts.iter().map(|t| self.resolve_type(t)).collect::<R<_>>()?),
+            ast::TypeExpr::Tuple(ts, _) => {
+                Type::Tuple(ts.iter().map(|t| self.resolve_type(t)).collect::<R<_>>()?)
+            }
         })
     }
 
@@ -361,7 +446,12 @@ impl<'p> Elab<'p> {
 
     /// Runs statements; returns the value of `return` (with its span and, when it
     /// returns a plain variable, the variable's name).
-    pub(super) fn exec_body(&mut self, env: &mut Env, body: &ast::Body, is_network: bool) -> R<Option<(Value, Span, Option<String>)>> {
+    pub(super) fn exec_body(
+        &mut self,
+        env: &mut Env,
+        body: &ast::Body,
+        is_network: bool,
+    ) -> R<Option<(Value, Span, Option<String>)>> {
         for stmt in &body.stmts {
             if let Some(ret) = self.exec(env, stmt, is_network)? {
                 return Ok(Some(ret));
@@ -370,24 +460,43 @@ impl<'p> Elab<'p> {
         Ok(None)
     }
 
-    fn exec(&mut self, env: &mut Env, stmt: &Stmt, is_network: bool) -> R<Option<(Value, Span, Option<String>)>> {
+    fn exec(
+        &mut self,
+        env: &mut Env,
+        stmt: &Stmt,
+        is_network: bool,
+    ) -> R<Option<(Value, Span, Option<String>)>> {
         match stmt {
             Stmt::Input { name, shape, span } => {
                 if !is_network || !self.stack.is_empty() {
-                    return Err(self.error("netc::input_in_block", "`input` is only allowed in a network body", *span, "inside a block")
-                        .help("blocks receive tensors as arguments; declare inputs in the network"));
+                    return Err(self
+                        .error(
+                            "netc::input_in_block",
+                            "`input` is only allowed in a network body",
+                            *span,
+                            "inside a block",
+                        )
+                        .help(
+                            "blocks receive tensors as arguments; declare inputs in the network",
+                        ));
                 }
                 let dims = self.eval_dims(env, shape, "input")?;
                 let node_name = self.fresh_name(&name.node);
                 let op = Op::Input { dims: dims.clone() };
-                let id = self.push_node(op, node_name, Shape::batched(&dims), Vec::new(), &[], *span)?;
-                self.graph.inputs.push(GraphInput { name: name.node.clone(), node: id });
+                let id =
+                    self.push_node(op, node_name, Shape::batched(&dims), Vec::new(), &[], *span)?;
+                self.graph.inputs.push(GraphInput {
+                    name: name.node.clone(),
+                    node: id,
+                });
                 env.insert(name.node.as_str().into(), Value::Tensor(id));
             }
             Stmt::Param { name, shape, span } => {
                 let dims = self.eval_dims(env, shape, "param")?;
                 let key = self.path_with(Some(&name.node));
-                let op = Op::Parameter { shape: dims.clone() };
+                let op = Op::Parameter {
+                    shape: dims.clone(),
+                };
                 let params = ops::params(&op, &key, &[]);
                 let node_name = self.fresh_name(&key);
                 let id = self.push_node(op, node_name, Shape::fixed(&dims), params, &[], *span)?;
@@ -397,7 +506,12 @@ impl<'p> Elab<'p> {
                 let v = self.eval(env, value)?;
                 self.bind_pattern(env, pattern, v, value.span)?;
             }
-            Stmt::For { pattern, iter, body, .. } => {
+            Stmt::For {
+                pattern,
+                iter,
+                body,
+                ..
+            } => {
                 let items = self.eval_list(env, iter, "a `for` loop")?;
                 for item in items.iter() {
                     self.step(iter.span)?;
@@ -425,7 +539,16 @@ impl<'p> Elab<'p> {
             Value::List(items) => items.clone(),
             Value::Int(_) => Rc::new(vec![v.clone()]),
             _ => {
-                return Err(self.error("netc::type", format!("{what} shape must be a list of ints, found {} `{v}`", v.kind()), e.span, "not a shape")
+                return Err(self
+                    .error(
+                        "netc::type",
+                        format!(
+                            "{what} shape must be a list of ints, found {} `{v}`",
+                            v.kind()
+                        ),
+                        e.span,
+                        "not a shape",
+                    )
                     .help("write the dims without the batch, e.g. [3, 224, 224]"))
             }
         };
@@ -440,7 +563,10 @@ impl<'p> Elab<'p> {
                 _ => {
                     return Err(self.error(
                         "netc::bad_shape",
-                        format!("{what} dims must be ints between 1 and {}, found `{it}`", limits::MAX_DIM),
+                        format!(
+                            "{what} dims must be ints between 1 and {}, found `{it}`",
+                            limits::MAX_DIM
+                        ),
                         e.span,
                         format!("shape {v}"),
                     ))
@@ -450,7 +576,10 @@ impl<'p> Elab<'p> {
         if total > limits::MAX_TENSOR_ELEMENTS {
             return Err(self.error(
                 "netc::tensor_too_large",
-                format!("{what} of shape {v} has {total} elements, over the limit of {}", limits::MAX_TENSOR_ELEMENTS),
+                format!(
+                    "{what} of shape {v} has {total} elements, over the limit of {}",
+                    limits::MAX_TENSOR_ELEMENTS
+                ),
                 e.span,
                 "too large",
             ));
@@ -458,7 +587,13 @@ impl<'p> Elab<'p> {
         Ok(dims)
     }
 
-    pub(super) fn bind_pattern(&mut self, env: &mut Env, p: &Pattern, v: Value, span: Span) -> R<()> {
+    pub(super) fn bind_pattern(
+        &mut self,
+        env: &mut Env,
+        p: &Pattern,
+        v: Value,
+        span: Span,
+    ) -> R<()> {
         match p {
             Pattern::Ident(n) => {
                 env.insert(n.node.as_str().into(), v);
@@ -474,7 +609,11 @@ impl<'p> Elab<'p> {
                 _ => Err(self
                     .error(
                         "netc::pattern",
-                        format!("cannot destructure {} `{v}` into {} names", v.kind(), ps.len()),
+                        format!(
+                            "cannot destructure {} `{v}` into {} names",
+                            v.kind(),
+                            ps.len()
+                        ),
                         span,
                         "this value",
                     )
@@ -492,23 +631,40 @@ impl<'p> Elab<'p> {
         match self.prog.defs.get(name) {
             Some(Def::Block(b)) => {
                 return Ok(Value::Layer(Rc::new(Layer {
-                    kind: LayerKind::Block { name: b.name.node.as_str().into(), args: Vec::new() },
+                    kind: LayerKind::Block {
+                        name: b.name.node.as_str().into(),
+                        args: Vec::new(),
+                    },
                     label: None,
                     span,
                 })))
             }
             Some(Def::Const(_)) => {
-                return Err(self.error("netc::const_order", format!("constant `{name}` is used before it is defined"), span, "used here")
+                return Err(self
+                    .error(
+                        "netc::const_order",
+                        format!("constant `{name}` is used before it is defined"),
+                        span,
+                        "used here",
+                    )
                     .help("file-level constants are evaluated in order; move this one later"))
             }
             Some(d) => {
-                return Err(self.error("netc::type", format!("`{name}` is a {}, not a value", d.kind()), span, "used as a value"))
+                return Err(self.error(
+                    "netc::type",
+                    format!("`{name}` is a {}, not a value", d.kind()),
+                    span,
+                    "used as a value",
+                ))
             }
             None => {}
         }
         if let Some(spec) = builtins::op(name) {
             return Ok(Value::Layer(Rc::new(Layer {
-                kind: LayerKind::Op { spec, args: HashMap::new() },
+                kind: LayerKind::Op {
+                    spec,
+                    args: HashMap::new(),
+                },
                 label: None,
                 span,
             })));
@@ -517,7 +673,13 @@ impl<'p> Elab<'p> {
             return Ok(Value::Symbol(e.clone(), name.into()));
         }
         if builtins::FUNCTIONS.iter().any(|f| f.0 == name) {
-            return Err(self.error("netc::type", format!("`{name}` is a function; call it with arguments"), span, "not called")
+            return Err(self
+                .error(
+                    "netc::type",
+                    format!("`{name}` is a function; call it with arguments"),
+                    span,
+                    "not called",
+                )
                 .help(format!("write `{name}(...)`")));
         }
         Err(self.unknown_name(env, name, span))
@@ -530,7 +692,12 @@ impl<'p> Elab<'p> {
         cands.extend(builtins::OPS.iter().map(|o| o.name));
         cands.extend(builtins::FUNCTIONS.iter().map(|f| f.0));
         cands.extend(self.prog.variants.keys().map(|k| &**k));
-        let d = self.error("netc::unknown_name", format!("unknown name `{name}`"), span, "not defined");
+        let d = self.error(
+            "netc::unknown_name",
+            format!("unknown name `{name}`"),
+            span,
+            "not defined",
+        );
         match did_you_mean(name, cands) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help("define it with `let`, as a parameter, or as a block"),
@@ -540,7 +707,12 @@ impl<'p> Elab<'p> {
     pub(super) fn eval_list(&mut self, env: &Env, e: &Expr, what: &str) -> R<Rc<Vec<Value>>> {
         match self.eval(env, e)? {
             Value::List(items) => Ok(items),
-            v => Err(self.error("netc::type", format!("{what} needs a list, found {} `{v}`", v.kind()), e.span, "not a list")),
+            v => Err(self.error(
+                "netc::type",
+                format!("{what} needs a list, found {} `{v}`", v.kind()),
+                e.span,
+                "not a list",
+            )),
         }
     }
 
@@ -548,7 +720,12 @@ impl<'p> Elab<'p> {
         let v = self.eval(env, e)?;
         match coerce(&Type::Int, &v) {
             Ok(Value::Int(i)) => Ok(i),
-            _ => Err(self.error("netc::type", format!("{what} must be an int, found {} `{v}`", v.kind()), e.span, "not an int")),
+            _ => Err(self.error(
+                "netc::type",
+                format!("{what} must be an int, found {} `{v}`", v.kind()),
+                e.span,
+                "not an int",
+            )),
         }
     }
 
@@ -562,7 +739,10 @@ impl<'p> Elab<'p> {
                     e.span,
                     "count out of range",
                 )
-                .help(format!("repetition counts are limited to {}", limits::MAX_REPEAT)));
+                .help(format!(
+                    "repetition counts are limited to {}",
+                    limits::MAX_REPEAT
+                )));
         }
         Ok(n as usize)
     }
@@ -573,8 +753,19 @@ impl<'p> Elab<'p> {
             Label::Int(n) => n.node.to_string(),
             Label::Str(s) => self.eval_string(env, s)?,
         };
-        if s.is_empty() || s.chars().any(char::is_whitespace) || s.starts_with('.') || s.ends_with('.') || s.contains("..") {
-            return Err(self.error("netc::bad_label", format!("`{s}` is not a usable layer name"), l.span(), "bad label")
+        if s.is_empty()
+            || s.chars().any(char::is_whitespace)
+            || s.starts_with('.')
+            || s.ends_with('.')
+            || s.contains("..")
+        {
+            return Err(self
+                .error(
+                    "netc::bad_label",
+                    format!("`{s}` is not a usable layer name"),
+                    l.span(),
+                    "bad label",
+                )
                 .help("labels are non-empty, without spaces, and do not start or end with `.`"));
         }
         Ok(s.into())
@@ -588,13 +779,23 @@ impl<'p> Elab<'p> {
                 StrPart::Interp(e) => {
                     let v = self.eval(env, e)?;
                     if matches!(v, Value::Tensor(_) | Value::Layer(_)) {
-                        return Err(self.error("netc::type", format!("cannot put a {} in a string", v.kind()), e.span, "here"));
+                        return Err(self.error(
+                            "netc::type",
+                            format!("cannot put a {} in a string", v.kind()),
+                            e.span,
+                            "here",
+                        ));
                     }
                     out.push_str(&value_str(&v));
                 }
             }
             if out.len() > limits::MAX_STRING_LEN {
-                return Err(self.error("netc::limit", format!("string longer than {} bytes", limits::MAX_STRING_LEN), s.span, "too long"));
+                return Err(self.error(
+                    "netc::limit",
+                    format!("string longer than {} bytes", limits::MAX_STRING_LEN),
+                    s.span,
+                    "too long",
+                ));
             }
         }
         Ok(out)
@@ -612,16 +813,34 @@ impl<'p> Elab<'p> {
         }
     }
 
-    pub(super) fn label_value(&self, v: Value, name: Rc<str>, label_span: Span, span: Span) -> R<Value> {
+    pub(super) fn label_value(
+        &self,
+        v: Value,
+        name: Rc<str>,
+        label_span: Span,
+        span: Span,
+    ) -> R<Value> {
         match v {
             Value::Layer(l) => Ok(Value::Layer(Rc::new(l.with_label(Some(name))))),
             Value::List(items) => {
                 let layers = self.as_layers(&items, span)?;
-                Ok(Value::Layer(Rc::new(Layer { kind: LayerKind::Seq(layers), label: Some(name), span })))
+                Ok(Value::Layer(Rc::new(Layer {
+                    kind: LayerKind::Seq(layers),
+                    label: Some(name),
+                    span,
+                })))
             }
             Value::None => Ok(Value::None),
             other => Err(self
-                .error("netc::bad_label", format!("only layers can be labelled, this is {} `{other}`", other.kind()), span, "not a layer")
+                .error(
+                    "netc::bad_label",
+                    format!(
+                        "only layers can be labelled, this is {} `{other}`",
+                        other.kind()
+                    ),
+                    span,
+                    "not a layer",
+                )
                 .label(label_span, "label")),
         }
     }
@@ -631,10 +850,17 @@ impl<'p> Elab<'p> {
             .iter()
             .map(|v| match v {
                 Value::Layer(l) => Ok(l.clone()),
-                Value::List(inner) => Ok(Rc::new(Layer { kind: LayerKind::Seq(self.as_layers(inner, span)?), label: None, span })),
+                Value::List(inner) => Ok(Rc::new(Layer {
+                    kind: LayerKind::Seq(self.as_layers(inner, span)?),
+                    label: None,
+                    span,
+                })),
                 other => Err(self.error(
                     "netc::type",
-                    format!("expected a list of layers, found {} `{other}` in it", other.kind()),
+                    format!(
+                        "expected a list of layers, found {} `{other}` in it",
+                        other.kind()
+                    ),
                     span,
                     "in this list",
                 )),
@@ -644,7 +870,12 @@ impl<'p> Elab<'p> {
 
     pub(super) fn check_list_len(&self, n: usize, span: Span) -> R<()> {
         if n > limits::MAX_LIST_LEN {
-            return Err(self.error("netc::limit", format!("list longer than {} elements", limits::MAX_LIST_LEN), span, "too long"));
+            return Err(self.error(
+                "netc::limit",
+                format!("list longer than {} elements", limits::MAX_LIST_LEN),
+                span,
+                "too long",
+            ));
         }
         Ok(())
     }
@@ -674,7 +905,12 @@ impl<'p> Elab<'p> {
                 }
                 Value::list(out)
             }
-            ExprKind::ListComp { elem, pattern, iter, cond } => {
+            ExprKind::ListComp {
+                elem,
+                pattern,
+                iter,
+                cond,
+            } => {
                 let items = self.eval_list(env, iter, "a list comprehension")?;
                 let mut inner = env.clone();
                 let mut out = Vec::new();
@@ -692,16 +928,25 @@ impl<'p> Elab<'p> {
                 }
                 Value::list(out)
             }
-            ExprKind::Tuple(items) => Value::list(items.iter().map(|x| self.eval(env, x)).collect::<R<_>>()?),
+            ExprKind::Tuple(items) => {
+                Value::list(items.iter().map(|x| self.eval(env, x)).collect::<R<_>>()?)
+            }
             ExprKind::Unary(op, x) => {
                 let v = self.eval(env, x)?;
                 match (op, &v) {
-                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or_else(|| self.overflow(e.span))?),
+                    (UnOp::Neg, Value::Int(i)) => {
+                        Value::Int(i.checked_neg().ok_or_else(|| self.overflow(e.span))?)
+                    }
                     (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
                     (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                     _ => {
                         let what = if *op == UnOp::Neg { "-" } else { "not" };
-                        return Err(self.error("netc::type", format!("cannot apply `{what}` to {} `{v}`", v.kind()), x.span, "operand"));
+                        return Err(self.error(
+                            "netc::type",
+                            format!("cannot apply `{what}` to {} `{v}`", v.kind()),
+                            x.span,
+                            "operand",
+                        ));
                     }
                 }
             }
@@ -716,17 +961,34 @@ impl<'p> Elab<'p> {
                         let j = if i < 0 { i + n } else { i };
                         if !(0..n).contains(&j) {
                             return Err(self
-                                .error("netc::index", format!("index {i} is out of range for a list of {n}"), idx.span, "out of range")
+                                .error(
+                                    "netc::index",
+                                    format!("index {i} is out of range for a list of {n}"),
+                                    idx.span,
+                                    "out of range",
+                                )
                                 .label(base.span, format!("this list has {n} elements")));
                         }
                         items[j as usize].clone()
                     }
                     Value::Tensor(_) => {
                         return Err(self
-                            .error("netc::type", "tensors are not indexed with `[]`", e.span, "indexing a tensor")
+                            .error(
+                                "netc::type",
+                                "tensors are not indexed with `[]`",
+                                e.span,
+                                "indexing a tensor",
+                            )
                             .help("use `select(axis = 1, index = 0)` or `split(n)`"))
                     }
-                    v => return Err(self.error("netc::type", format!("cannot index {} `{v}`", v.kind()), base.span, "not a list")),
+                    v => {
+                        return Err(self.error(
+                            "netc::type",
+                            format!("cannot index {} `{v}`", v.kind()),
+                            base.span,
+                            "not a list",
+                        ))
+                    }
                 }
             }
             ExprKind::If(c, then, els) => {
@@ -775,7 +1037,11 @@ impl<'p> Elab<'p> {
                     ExprKind::Dense(_) => LayerKind::Dense(layers),
                     _ => LayerKind::Fork(layers),
                 };
-                Value::Layer(Rc::new(Layer { kind, label: None, span: e.span }))
+                Value::Layer(Rc::new(Layer {
+                    kind,
+                    label: None,
+                    span: e.span,
+                }))
             }
             ExprKind::ForkList(elems) => {
                 let mut layers = Vec::new();
@@ -783,7 +1049,8 @@ impl<'p> Elab<'p> {
                     match el {
                         ListElem::Item(l) => match self.eval_labeled(env, l)? {
                             Value::None => {}
-                            v => layers.extend(self.as_layers(std::slice::from_ref(&v), l.expr.span)?),
+                            v => layers
+                                .extend(self.as_layers(std::slice::from_ref(&v), l.expr.span)?),
                         },
                         ListElem::Spread(x) => {
                             let items = self.eval_list(env, x, "`..`")?;
@@ -791,7 +1058,11 @@ impl<'p> Elab<'p> {
                         }
                     }
                 }
-                Value::Layer(Rc::new(Layer { kind: LayerKind::Fork(layers), label: None, span: e.span }))
+                Value::Layer(Rc::new(Layer {
+                    kind: LayerKind::Fork(layers),
+                    label: None,
+                    span: e.span,
+                }))
             }
             ExprKind::Each { var, body } => Value::Layer(Rc::new(Layer {
                 kind: LayerKind::Each(Closure {
@@ -808,13 +1079,24 @@ impl<'p> Elab<'p> {
     pub(super) fn eval_bool(&mut self, env: &Env, e: &Expr) -> R<bool> {
         match self.eval(env, e)? {
             Value::Bool(b) => Ok(b),
-            v => Err(self.error("netc::type", format!("a condition must be a bool, found {} `{v}`", v.kind()), e.span, "not a bool")
+            v => Err(self
+                .error(
+                    "netc::type",
+                    format!("a condition must be a bool, found {} `{v}`", v.kind()),
+                    e.span,
+                    "not a bool",
+                )
                 .help("compare explicitly, e.g. `n != 0`")),
         }
     }
 
     pub(super) fn overflow(&self, span: Span) -> Diagnostic {
-        self.error("netc::overflow", "integer overflow", span, "result does not fit in 64 bits")
+        self.error(
+            "netc::overflow",
+            "integer overflow",
+            span,
+            "result does not fit in 64 bits",
+        )
     }
 
     fn binary(&mut self, env: &Env, op: BinOp, a: &Expr, b: &Expr, span: Span) -> R<Value> {
@@ -836,7 +1118,12 @@ impl<'p> Elab<'p> {
         let type_err = |me: &Self| {
             me.error(
                 "netc::type",
-                format!("cannot apply `{}` to {} and {}", op.symbol(), l.kind(), r.kind()),
+                format!(
+                    "cannot apply `{}` to {} and {}",
+                    op.symbol(),
+                    l.kind(),
+                    r.kind()
+                ),
                 span,
                 "here",
             )
@@ -922,13 +1209,21 @@ impl<'p> Elab<'p> {
 /// Python's floor division (rounds toward negative infinity).
 fn floor_div(x: i64, y: i64) -> Option<i64> {
     let q = x.checked_div(y)?;
-    Some(if x % y != 0 && ((x < 0) != (y < 0)) { q - 1 } else { q })
+    Some(if x % y != 0 && ((x < 0) != (y < 0)) {
+        q - 1
+    } else {
+        q
+    })
 }
 
 /// Python's modulo (the result has the divisor's sign).
 fn floor_rem(x: i64, y: i64) -> Option<i64> {
     let r = x.checked_rem(y)?;
-    Some(if r != 0 && ((r < 0) != (y < 0)) { r + y } else { r })
+    Some(if r != 0 && ((r < 0) != (y < 0)) {
+        r + y
+    } else {
+        r
+    })
 }
 
 fn compare(op: BinOp, o: std::cmp::Ordering) -> bool {
@@ -962,7 +1257,9 @@ fn values_equal(a: &Value, b: &Value) -> Option<bool> {
         (Value::None, Value::None) => true,
         (Value::List(x), Value::List(y)) => {
             x.len() == y.len()
-                && x.iter().zip(y.iter()).all(|(p, q)| values_equal(p, q) == Some(true))
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| values_equal(p, q) == Some(true))
         }
         (Value::Layer(x), Value::Layer(y)) => match (&x.kind, &y.kind) {
             (LayerKind::Op { spec: s1, args: a1 }, LayerKind::Op { spec: s2, args: a2 }) => {

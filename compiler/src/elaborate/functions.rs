@@ -28,7 +28,11 @@ fn round_half_even(x: f64) -> f64 {
 pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span) -> R<Value> {
     let arity = |me: &Elab<'_>, lo: usize, hi: usize| -> R<()> {
         if args.len() < lo || args.len() > hi {
-            let want = if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") };
+            let want = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo} to {hi}")
+            };
             return Err(me
                 .error(
                     "netc::arity",
@@ -48,15 +52,25 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
     let type_err = |me: &Elab<'_>, a: &ArgValue, want: &str| {
         me.error(
             "netc::type",
-            format!("`{name}` expects {want}, found {} `{}`", a.value.kind(), a.value),
+            format!(
+                "`{name}` expects {want}, found {} `{}`",
+                a.value.kind(),
+                a.value
+            ),
             a.span,
             "this argument",
         )
     };
-    let number = |me: &Elab<'_>, a: &ArgValue| num(&a.value).ok_or_else(|| type_err(me, a, "a number"));
+    let number =
+        |me: &Elab<'_>, a: &ArgValue| num(&a.value).ok_or_else(|| type_err(me, a, "a number"));
     let to_int = |me: &Elab<'_>, x: f64| -> R<Value> {
         if !x.is_finite() || x.abs() > 9.0e15 {
-            return Err(me.error("netc::overflow", format!("`{name}` result {x} is not a representable int"), span, "here"));
+            return Err(me.error(
+                "netc::overflow",
+                format!("`{name}` result {x} is not a representable int"),
+                span,
+                "here",
+            ));
         }
         Ok(Value::Int(x as i64))
     };
@@ -68,7 +82,13 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
         "min" | "max" => {
             let items: Vec<ArgValue> = if args.len() == 1 {
                 match &args[0].value {
-                    Value::List(items) => items.iter().map(|v| ArgValue { value: v.clone(), span: args[0].span }).collect(),
+                    Value::List(items) => items
+                        .iter()
+                        .map(|v| ArgValue {
+                            value: v.clone(),
+                            span: args[0].span,
+                        })
+                        .collect(),
                     _ => return Err(type_err(me, &args[0], "a list or several numbers")),
                 }
             } else {
@@ -104,7 +124,11 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
         "abs" => {
             arity(me, 1, 1)?;
             match &args[0].value {
-                Value::Int(i) => Value::Int(i.checked_abs().ok_or_else(|| me.error("netc::overflow", "integer overflow", span, "here"))?),
+                Value::Int(i) => {
+                    Value::Int(i.checked_abs().ok_or_else(|| {
+                        me.error("netc::overflow", "integer overflow", span, "here")
+                    })?)
+                }
                 _ => Value::Float(number(me, &args[0])?.abs()),
             }
         }
@@ -116,7 +140,12 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
             arity(me, 1, 1)?;
             let x = number(me, &args[0])?;
             if x < 0.0 {
-                return Err(me.error("netc::domain", "square root of a negative number", args[0].span, "negative"));
+                return Err(me.error(
+                    "netc::domain",
+                    "square root of a negative number",
+                    args[0].span,
+                    "negative",
+                ));
             }
             Value::Float(x.sqrt())
         }
@@ -144,7 +173,12 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
                 _ => unreachable!(),
             };
             if step == 0 {
-                return Err(me.error("netc::bad_argument", "range step is 0", args[2].span, "zero step"));
+                return Err(me.error(
+                    "netc::bad_argument",
+                    "range step is 0",
+                    args[2].span,
+                    "zero step",
+                ));
             }
             let count = if step > 0 {
                 (end.saturating_sub(start) as i128 + step as i128 - 1) / step as i128
@@ -154,10 +188,22 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
             .max(0);
             if count > limits::MAX_REPEAT as i128 {
                 return Err(me
-                    .error("netc::limit", format!("range of {count} elements is over the limit of {}", limits::MAX_REPEAT), span, "too long")
+                    .error(
+                        "netc::limit",
+                        format!(
+                            "range of {count} elements is over the limit of {}",
+                            limits::MAX_REPEAT
+                        ),
+                        span,
+                        "too long",
+                    )
                     .help("repetition counts are limited"));
             }
-            Value::list((0..count as i64).map(|i| Value::Int(start + i * step)).collect())
+            Value::list(
+                (0..count as i64)
+                    .map(|i| Value::Int(start + i * step))
+                    .collect(),
+            )
         }
         "enumerate" => {
             arity(me, 1, 1)?;
@@ -184,7 +230,11 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
                 }
             }
             let n = lists.iter().map(|l| l.len()).min().unwrap_or(0);
-            Value::list((0..n).map(|i| Value::list(lists.iter().map(|l| l[i].clone()).collect())).collect())
+            Value::list(
+                (0..n)
+                    .map(|i| Value::list(lists.iter().map(|l| l[i].clone()).collect()))
+                    .collect(),
+            )
         }
         "make_divisible" => {
             arity(me, 2, 3)?;
@@ -205,7 +255,8 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
             }
             // torchvision's _make_divisible.
             let d = divisor as f64;
-            let mut new_v = (min_value as f64).max(((v + d / 2.0) as i64 / divisor * divisor) as f64);
+            let mut new_v =
+                (min_value as f64).max(((v + d / 2.0) as i64 / divisor * divisor) as f64);
             if new_v < 0.9 * v {
                 new_v += d;
             }
@@ -216,7 +267,14 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
             let s = tensor_shape(me, &args[0])?;
             match s.known(1) {
                 Some(c) => Value::Int(c as i64),
-                None => return Err(me.error("netc::type", format!("a tensor of shape {s} has no channel axis"), args[0].span, "here")),
+                None => {
+                    return Err(me.error(
+                        "netc::type",
+                        format!("a tensor of shape {s} has no channel axis"),
+                        args[0].span,
+                        "here",
+                    ))
+                }
             }
         }
         "dim" => {
@@ -230,7 +288,12 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
                 Some(d) => Value::Int(d as i64),
                 None => {
                     return Err(me
-                        .error("netc::bad_argument", format!("axis {axis} of {s} has no static extent"), args[1].span, "here")
+                        .error(
+                            "netc::bad_argument",
+                            format!("axis {axis} of {s} has no static extent"),
+                            args[1].span,
+                            "here",
+                        )
                         .help("axis 0 is the batch, whose size is only known at run time"))
                 }
             }
@@ -238,7 +301,12 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
         "shape" => {
             arity(me, 1, 1)?;
             let s = tensor_shape(me, &args[0])?;
-            Value::list(s.per_sample().into_iter().map(|d| Value::Int(d as i64)).collect())
+            Value::list(
+                s.per_sample()
+                    .into_iter()
+                    .map(|d| Value::Int(d as i64))
+                    .collect(),
+            )
         }
         "str" => {
             arity(me, 1, 1)?;

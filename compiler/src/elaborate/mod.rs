@@ -33,22 +33,31 @@ pub struct Options {
 
 /// Parses `--set name=value` arguments into overrides; each becomes a source file
 /// named `--set` so errors in it are shown like any other.
-pub fn parse_overrides(set: &[String], sources: &mut SourceMap) -> Result<Vec<Override>, Vec<Diagnostic>> {
+pub fn parse_overrides(
+    set: &[String],
+    sources: &mut SourceMap,
+) -> Result<Vec<Override>, Vec<Diagnostic>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for s in set {
         let file = sources.add("--set", s.clone());
         let Some(eq) = s.find('=') else {
             errors.push(
-                Diagnostic::new("netc::bad_set", format!("`--set {s}` is not of the form name=value"))
-                    .label(Span::new(file, 0, s.len()), "missing `=`")
-                    .help("write e.g. `--set width=1.5` or `--set layers=[2, 2, 2, 2]`"),
+                Diagnostic::new(
+                    "netc::bad_set",
+                    format!("`--set {s}` is not of the form name=value"),
+                )
+                .label(Span::new(file, 0, s.len()), "missing `=`")
+                .help("write e.g. `--set width=1.5` or `--set layers=[2, 2, 2, 2]`"),
             );
             continue;
         };
         let name = s[..eq].trim();
         let valid_name = !name.is_empty()
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
             errors.push(
@@ -85,12 +94,40 @@ pub fn parse_overrides(set: &[String], sources: &mut SourceMap) -> Result<Vec<Ov
 pub type Timings = Vec<(&'static str, std::time::Duration)>;
 
 /// Loads, checks and elaborates one network. All diagnostics refer to `sources`.
-pub fn elaborate(root: Source<'_>, opts: &Options, sources: &mut SourceMap) -> Result<Graph, Vec<Diagnostic>> {
+pub fn elaborate(
+    root: Source<'_>,
+    opts: &Options,
+    sources: &mut SourceMap,
+) -> Result<Graph, Vec<Diagnostic>> {
     elaborate_timed(root, opts, sources, &mut Vec::new())
 }
 
+/// Stack for the elaboration thread. Parsing and evaluation recurse per nesting
+/// level (bounded by the parser's and `limits`' caps); this leaves ample room.
+const STACK_BYTES: usize = 256 << 20;
+
 /// [`elaborate`], recording the time of each phase (parse, check, elaborate).
+///
+/// Runs on a dedicated thread with a large stack, so that deeply nested (but
+/// legal) programs cannot overflow the caller's stack.
 pub fn elaborate_timed(
+    root: Source<'_>,
+    opts: &Options,
+    sources: &mut SourceMap,
+    timings: &mut Timings,
+) -> Result<Graph, Vec<Diagnostic>> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("netc-elaborate".into())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(s, || elaborate_on_this_thread(root, opts, sources, timings))
+            .expect("spawn the elaboration thread")
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn elaborate_on_this_thread(
     root: Source<'_>,
     opts: &Options,
     sources: &mut SourceMap,
@@ -99,7 +136,10 @@ pub fn elaborate_timed(
     let t0 = std::time::Instant::now();
     let stem = match &root {
         Source::Path(p) => p.file_stem().and_then(|s| s.to_str()).map(str::to_string),
-        Source::Text { name, .. } => Path::new(name).file_stem().and_then(|s| s.to_str()).map(str::to_string),
+        Source::Text { name, .. } => Path::new(name)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string),
     };
     let prog = Program::load(root, sources)?;
     timings.push(("parse", t0.elapsed()));
@@ -132,7 +172,11 @@ pub fn elaborate_timed(
                     let list: Vec<&str> = many.iter().map(|n| &**n).collect();
                     return Err(vec![Diagnostic::new(
                         "netc::ambiguous_network",
-                        format!("this file defines {} networks: {}", many.len(), list.join(", ")),
+                        format!(
+                            "this file defines {} networks: {}",
+                            many.len(),
+                            list.join(", ")
+                        ),
                     )
                     .help("choose one with `--network NAME`")]);
                 }
@@ -146,7 +190,10 @@ pub fn elaborate_timed(
             .filter(|(_, d)| matches!(d, Def::Network(_)))
             .map(|(k, _)| &**k)
             .collect();
-        let d = Diagnostic::new("netc::unknown_network", format!("no network named `{name}`"));
+        let d = Diagnostic::new(
+            "netc::unknown_network",
+            format!("no network named `{name}`"),
+        );
         return Err(vec![match did_you_mean(&name, names.iter().copied()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help(format!("networks defined: {}", names.join(", "))),

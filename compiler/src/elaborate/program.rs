@@ -94,16 +94,17 @@ impl Program {
         let (name, text, base) = match root {
             Source::Path(p) => {
                 let text = read_source(p).map_err(|e| {
-                    vec![Diagnostic::new(
-                        "netc::io",
-                        format!("cannot read `{}`: {e}", p.display()),
-                    )
-                    .help("check the path; netc reads UTF-8 `.net` files")]
+                    vec![
+                        Diagnostic::new("netc::io", format!("cannot read `{}`: {e}", p.display()))
+                            .help("check the path; netc reads UTF-8 `.net` files"),
+                    ]
                 })?;
                 let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
                 (p.display().to_string(), text, base)
             }
-            Source::Text { name, text, base } => (name.to_string(), text.to_string(), base.to_path_buf()),
+            Source::Text { name, text, base } => {
+                (name.to_string(), text.to_string(), base.to_path_buf())
+            }
         };
         let root = sources.add(name, text);
         let mut prog = Program {
@@ -145,8 +146,11 @@ impl Program {
                 }
                 if sources.files().len() >= limits::MAX_FILES {
                     errors.push(
-                        Diagnostic::new("netc::too_many_files", format!("more than {} source files", limits::MAX_FILES))
-                            .label(imp.path.span, "this import is one too many"),
+                        Diagnostic::new(
+                            "netc::too_many_files",
+                            format!("more than {} source files", limits::MAX_FILES),
+                        )
+                        .label(imp.path.span, "this import is one too many"),
                     );
                     continue;
                 }
@@ -169,9 +173,9 @@ impl Program {
                                 .filter(|n| n.ends_with(".net"))
                                 .collect::<Vec<_>>()
                         });
-                        let hint = near
-                            .as_ref()
-                            .and_then(|names| did_you_mean(&imp.path.node, names.iter().map(String::as_str)));
+                        let hint = near.as_ref().and_then(|names| {
+                            did_you_mean(&imp.path.node, names.iter().map(String::as_str))
+                        });
                         d = match hint {
                             Some(h) => d.help(format!("did you mean \"{h}\"?")),
                             None => d.help("import paths are relative to the importing file"),
@@ -197,18 +201,29 @@ impl Program {
         };
         if let Some(prev) = self.defs.get(&name) {
             errors.push(
-                Diagnostic::new("netc::duplicate_definition", format!("`{name}` is defined twice"))
-                    .label(def.name_span(), format!("this {} ...", def.kind()))
-                    .label(prev.name_span(), format!("... clashes with this {}", prev.kind()))
-                    .help("rename one of them; blocks, networks, enums and constants share one namespace"),
+                Diagnostic::new(
+                    "netc::duplicate_definition",
+                    format!("`{name}` is defined twice"),
+                )
+                .label(def.name_span(), format!("this {} ...", def.kind()))
+                .label(
+                    prev.name_span(),
+                    format!("... clashes with this {}", prev.kind()),
+                )
+                .help(
+                    "rename one of them; blocks, networks, enums and constants share one namespace",
+                ),
             );
             return;
         }
         if super::builtins::op(&name).is_some() {
             errors.push(
-                Diagnostic::new("netc::duplicate_definition", format!("`{name}` is a built-in op"))
-                    .label(def.name_span(), "cannot be redefined")
-                    .help("choose another name"),
+                Diagnostic::new(
+                    "netc::duplicate_definition",
+                    format!("`{name}` is a built-in op"),
+                )
+                .label(def.name_span(), "cannot be redefined")
+                .help("choose another name"),
             );
             return;
         }

@@ -8,7 +8,16 @@ use netc_grammar::ast::{self, Expr, ExprKind, Label, Labeled, ListElem, Pattern,
 use netc_grammar::{did_you_mean, Diagnostic, Span};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-const TYPES: [&str; 8] = ["int", "float", "bool", "str", "tensor", "layer", "activation", "any"];
+const TYPES: [&str; 8] = [
+    "int",
+    "float",
+    "bool",
+    "str",
+    "tensor",
+    "layer",
+    "activation",
+    "any",
+];
 
 struct Resolver<'a> {
     prog: &'a Program,
@@ -84,9 +93,12 @@ impl Resolver<'_> {
         for p in params {
             if let Some(prev) = seen.insert(&p.name.node, p.name.span) {
                 self.errors.push(
-                    Diagnostic::new("netc::duplicate_definition", format!("parameter `{}` is declared twice", p.name.node))
-                        .label(p.name.span, "again here")
-                        .label(prev, "first here"),
+                    Diagnostic::new(
+                        "netc::duplicate_definition",
+                        format!("parameter `{}` is declared twice", p.name.node),
+                    )
+                    .label(p.name.span, "again here")
+                    .label(prev, "first here"),
                 );
             }
             self.ty(&p.ty);
@@ -111,8 +123,9 @@ impl Resolver<'_> {
                             .filter(|(_, d)| matches!(d, Def::Enum(_)))
                             .map(|(k, _)| &**k),
                     );
-                    let d = Diagnostic::new("netc::unknown_type", format!("unknown type `{}`", n.node))
-                        .label(n.span, "not a type");
+                    let d =
+                        Diagnostic::new("netc::unknown_type", format!("unknown type `{}`", n.node))
+                            .label(n.span, "not a type");
                     self.errors.push(match did_you_mean(&n.node, names.iter().copied()) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
                         None => d.help("types are int, float, bool, str, tensor, layer, activation, any, [T], (T, U) and enums"),
@@ -135,7 +148,12 @@ impl Resolver<'_> {
                     self.expr(scope, value);
                     bind(scope, pattern);
                 }
-                Stmt::For { pattern, iter, body, .. } => {
+                Stmt::For {
+                    pattern,
+                    iter,
+                    body,
+                    ..
+                } => {
                     self.expr(scope, iter);
                     bind(scope, pattern);
                     self.body(scope, body);
@@ -160,7 +178,12 @@ impl Resolver<'_> {
         }
     }
 
-    fn with_var(&mut self, scope: &mut HashSet<String>, var: Option<&str>, f: impl FnOnce(&mut Self, &mut HashSet<String>)) {
+    fn with_var(
+        &mut self,
+        scope: &mut HashSet<String>,
+        var: Option<&str>,
+        f: impl FnOnce(&mut Self, &mut HashSet<String>),
+    ) {
         let mut inner = scope.clone();
         if let Some(v) = var {
             inner.insert(v.to_string());
@@ -181,7 +204,12 @@ impl Resolver<'_> {
                     }
                 }
             }
-            ExprKind::ListComp { elem, pattern, iter, cond } => {
+            ExprKind::ListComp {
+                elem,
+                pattern,
+                iter,
+                cond,
+            } => {
                 self.expr(scope, iter);
                 let mut inner = scope.clone();
                 bind(&mut inner, pattern);
@@ -226,10 +254,16 @@ impl Resolver<'_> {
             }
             ExprKind::Repeat(r) | ExprKind::Dense(r) | ExprKind::ForkN(r) => {
                 self.expr(scope, &r.count);
-                self.with_var(scope, r.var.as_ref().map(|v| v.node.as_str()), |me, inner| me.labeled(inner, &r.body));
+                self.with_var(
+                    scope,
+                    r.var.as_ref().map(|v| v.node.as_str()),
+                    |me, inner| me.labeled(inner, &r.body),
+                );
             }
             ExprKind::Each { var, body } => {
-                self.with_var(scope, var.as_ref().map(|v| v.node.as_str()), |me, inner| me.labeled(inner, body));
+                self.with_var(scope, var.as_ref().map(|v| v.node.as_str()), |me, inner| {
+                    me.labeled(inner, body)
+                });
             }
         }
     }
@@ -240,7 +274,10 @@ impl Resolver<'_> {
         }
         if let Some(def) = self.prog.defs.get(n) {
             if let (Def::Block(_), Some(cur)) = (def, &self.current_block) {
-                self.refs.entry(cur.clone()).or_default().push((n.to_string(), span));
+                self.refs
+                    .entry(cur.clone())
+                    .or_default()
+                    .push((n.to_string(), span));
             }
             return;
         }
@@ -263,7 +300,9 @@ impl Resolver<'_> {
             .label(span, "not defined");
         self.errors.push(match did_you_mean(n, cands) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
-            None => d.help("define it with `let`, as a parameter, a block, or import the file that defines it"),
+            None => d.help(
+                "define it with `let`, as a parameter, a block, or import the file that defines it",
+            ),
         });
     }
 
@@ -283,11 +322,14 @@ impl Resolver<'_> {
                         format!("`{callee}` has no parameter `{}`", n.node),
                     )
                     .label(n.span, "unknown parameter");
-                    self.errors.push(match did_you_mean(&n.node, names.iter().copied()) {
-                        Some(s) => d.help(format!("did you mean `{s}`?")),
-                        None if names.is_empty() => d.help(format!("`{callee}` takes no parameters")),
-                        None => d.help(format!("`{callee}` takes: {}", names.join(", "))),
-                    });
+                    self.errors
+                        .push(match did_you_mean(&n.node, names.iter().copied()) {
+                            Some(s) => d.help(format!("did you mean `{s}`?")),
+                            None if names.is_empty() => {
+                                d.help(format!("`{callee}` takes no parameters"))
+                            }
+                            None => d.help(format!("`{callee}` takes: {}", names.join(", "))),
+                        });
                 }
             }
         }
@@ -314,7 +356,10 @@ impl Resolver<'_> {
                     "netc::recursive_block",
                     format!("recursive block definition: {} -> {n}", cycle.join(" -> ")),
                 )
-                .label(span, format!("`{n}` is applied here, inside its own definition"))
+                .label(
+                    span,
+                    format!("`{n}` is applied here, inside its own definition"),
+                )
                 .help("blocks cannot apply themselves; use `repeat` for repetition");
                 if let Some(Def::Block(b)) = self.prog.defs.get(n) {
                     d = d.label(b.name.span, "defined here");

@@ -394,7 +394,11 @@ impl fmt::Display for Op {
                 }
             }
             Op::AdaptiveAvgPool { size } => write!(f, " {}", pair(*size))?,
-            Op::Pad { pad, value } => write!(f, " ({},{},{},{}) value={value}", pad[0], pad[1], pad[2], pad[3])?,
+            Op::Pad { pad, value } => write!(
+                f,
+                " ({},{},{},{}) value={value}",
+                pad[0], pad[1], pad[2], pad[3]
+            )?,
             Op::Flatten { start } => write!(f, " start={start}")?,
             Op::Permute { perm } => write!(f, " {perm:?}")?,
             Op::Concat { axis } | Op::Softmax { axis } => write!(f, " axis={axis}")?,
@@ -411,11 +415,7 @@ impl fmt::Display for Op {
             Op::Parameter { shape } | Op::Reshape { dims: shape } | Op::Input { dims: shape } => {
                 write!(f, " {shape:?}")?
             }
-            Op::MatMul
-            | Op::Act(_)
-            | Op::Binary(_)
-            | Op::ExpandBatch
-            | Op::Identity => {}
+            Op::MatMul | Op::Act(_) | Op::Binary(_) | Op::ExpandBatch | Op::Identity => {}
         }
         Ok(())
     }

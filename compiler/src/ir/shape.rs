@@ -123,9 +123,15 @@ mod tests {
     #[test]
     fn broadcasting_follows_numpy_with_batch_in_front() {
         let act = Shape::batched(&[96, 56, 56]);
-        assert_eq!(broadcast(&act, &Shape::fixed(&[96, 1, 1])), Some(act.clone()));
+        assert_eq!(
+            broadcast(&act, &Shape::fixed(&[96, 1, 1])),
+            Some(act.clone())
+        );
         let tokens = Shape::batched(&[197, 768]);
-        assert_eq!(broadcast(&tokens, &Shape::fixed(&[1, 197, 768])), Some(tokens.clone()));
+        assert_eq!(
+            broadcast(&tokens, &Shape::fixed(&[1, 197, 768])),
+            Some(tokens.clone())
+        );
         assert_eq!(broadcast(&act, &Shape::fixed(&[95, 1, 1])), None);
         assert_eq!(act.to_string(), "[N, 96, 56, 56]");
     }
