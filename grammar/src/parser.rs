@@ -260,7 +260,9 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
             .char_indices()
             .find(|(_, c)| c.is_whitespace())
             .map_or(rest.len(), |(i, _)| i);
-        start + tok.max(usize::from(!rest.is_empty()))
+        // At least one whole character (which may be several bytes).
+        let first = rest.chars().next().map_or(0, char::len_utf8);
+        start + tok.max(first)
     };
     if start >= text.len() {
         // At the end of the file the list of what could follow is noise: say what is unclosed.
