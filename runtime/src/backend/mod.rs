@@ -1,0 +1,3 @@
+//! Execution backends. Each backend is a folder; all consume the IR (never the AST).
+
+pub mod candle;

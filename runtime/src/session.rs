@@ -1,0 +1,121 @@
+//! The embedding API: compile once, load weights, run many times (from any
+//! number of threads).
+
+use crate::backend::candle::CandleProgram;
+use crate::weights::{HostTensor, Weights};
+use candle_core::Device;
+use netc_compiler::elaborate::{elaborate, Options, Source};
+use netc_compiler::ir::Graph;
+use netc_grammar::{render_plain, Diagnostic, SourceMap};
+use std::path::Path;
+
+/// A compiled network and the sources it came from (for diagnostics).
+pub struct Model {
+    graph: Graph,
+    sources: SourceMap,
+}
+
+/// An error from compiling or running, with its rendered diagnostics.
+#[derive(Debug)]
+pub struct Error {
+    /// The diagnostics.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The diagnostics rendered as text with their source snippets.
+    pub rendered: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.rendered)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Model {
+    /// Compiles a `.net` file; `set` holds `name=value` overrides as on the CLI.
+    pub fn from_file(path: impl AsRef<Path>, set: &[&str]) -> Result<Model, Error> {
+        let opts = Options { network: None, set: set.iter().map(|s| s.to_string()).collect() };
+        let mut sources = SourceMap::new();
+        match elaborate(Source::Path(path.as_ref()), &opts, &mut sources) {
+            Ok(graph) => Ok(Model { graph, sources }),
+            Err(d) => Err(Self::error(d, &sources)),
+        }
+    }
+
+    /// Compiles source text; imports resolve relative to `base`.
+    pub fn from_source(name: &str, text: &str, base: &Path, set: &[&str]) -> Result<Model, Error> {
+        let opts = Options { network: None, set: set.iter().map(|s| s.to_string()).collect() };
+        let mut sources = SourceMap::new();
+        match elaborate(Source::Text { name, text, base }, &opts, &mut sources) {
+            Ok(graph) => Ok(Model { graph, sources }),
+            Err(d) => Err(Self::error(d, &sources)),
+        }
+    }
+
+    /// Wraps an already-built graph.
+    pub fn from_graph(graph: Graph, sources: SourceMap) -> Model {
+        Model { graph, sources }
+    }
+
+    fn error(diagnostics: Vec<Diagnostic>, sources: &SourceMap) -> Error {
+        let rendered = render_plain(&diagnostics, sources);
+        Error { diagnostics, rendered }
+    }
+
+    /// The IR.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The source files (to render diagnostics that point into them).
+    pub fn sources(&self) -> &SourceMap {
+        &self.sources
+    }
+
+    /// Loads and validates a safetensors checkpoint for this network.
+    pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<Weights, Error> {
+        Weights::load(path.as_ref(), &self.graph).map_err(|d| Self::error(d, &self.sources))
+    }
+
+    /// A session on the CPU with the given weights.
+    pub fn session(&self, weights: &Weights) -> Result<Session, Error> {
+        self.session_on(weights, &Device::Cpu)
+    }
+
+    /// A session on a candle device (CPU, or CUDA with the `cuda` feature).
+    pub fn session_on(&self, weights: &Weights, device: &Device) -> Result<Session, Error> {
+        let program = CandleProgram::new(&self.graph, weights, device).map_err(|d| Self::error(vec![d], &self.sources))?;
+        Ok(Session { program, sources: self.sources.clone() })
+    }
+
+    /// A CPU session with PyTorch-default random weights (seeded).
+    pub fn session_with_random_weights(&self, seed: u64) -> Result<Session, Error> {
+        self.session(&Weights::pytorch_default(&self.graph, seed))
+    }
+}
+
+/// A network ready to run. `run` takes `&self`: share it across threads.
+pub struct Session {
+    program: CandleProgram,
+    sources: SourceMap,
+}
+
+impl Session {
+    /// Runs on host tensors, one per network input; returns one per output.
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, Error> {
+        self.program.run(inputs).map_err(|d| Model::error(vec![d], &self.sources))
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        self.program.graph()
+    }
+}
+
+impl HostTensor {
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize]) -> HostTensor {
+        HostTensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+    }
+}
