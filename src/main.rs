@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod image_input;
+
 #[derive(Parser)]
 #[command(
     name = "netc",
@@ -54,6 +56,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a network on an input with a checkpoint.
+    Run {
+        #[command(flatten)]
+        input: Input,
+        /// Weights: a safetensors file keyed by the network's parameter names
+        /// (an export of torchvision's `state_dict()` loads unchanged).
+        #[arg(long)]
+        weights: PathBuf,
+        /// The input: a .safetensors (tensor named after the network input, or its
+        /// only tensor) or an image (.png/.jpg) preprocessed as for ImageNet.
+        #[arg(long = "input", value_name = "X")]
+        x: PathBuf,
+        /// Write every output to this .safetensors file, by output name.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print the K most probable ImageNet classes.
+        #[arg(long)]
+        top: Option<usize>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value_t = Backend::Candle)]
+        backend: Backend,
+    },
+    /// Write deterministic random weights (PyTorch's default initialisers).
+    InitWeights {
+        #[command(flatten)]
+        input: Input,
+        /// Output .safetensors file.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print the IR text.
     Ir {
         #[command(flatten)]
@@ -62,6 +97,13 @@ enum Command {
         #[arg(long)]
         no_locations: bool,
     },
+}
+
+/// Execution backends selectable on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// The candle-core reference backend.
+    Candle,
 }
 
 fn report(diags: &[Diagnostic], sources: &SourceMap) {
@@ -112,6 +154,85 @@ fn io_list(
             .collect(),
     )
 }
+
+fn read_inputs(g: &Graph, x: &Path) -> Result<Vec<netc_runtime::HostTensor>, ExitCode> {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::FAILURE
+    };
+    let ext = x
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if g.inputs.len() != 1 && ext != "safetensors" {
+        return Err(fail(format!(
+            "the network has {} inputs; pass them in one .safetensors file",
+            g.inputs.len()
+        )));
+    }
+    if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+        let shape = &g.node(g.inputs[0].node).shape;
+        let (c, h, w) = match shape.per_sample().as_slice() {
+            [c, h, w] => (*c, *h, *w),
+            _ => {
+                return Err(fail(format!(
+                    "an image input needs a [N, 3, H, W] network input, this one is {shape}"
+                )))
+            }
+        };
+        if c != 3 {
+            return Err(fail(format!(
+                "an image has 3 channels; the network input is {shape}"
+            )));
+        }
+        return image_input::load(x, h, w).map(|t| vec![t]).map_err(fail);
+    }
+    let bytes =
+        std::fs::read(x).map_err(|e| fail(format!("cannot read `{}`: {e}", x.display())))?;
+    g.inputs
+        .iter()
+        .map(|i| {
+            let only = g.inputs.len() == 1;
+            netc_runtime::weights::read_tensor(&bytes, Some(&i.name))
+                .or_else(|e| {
+                    if only {
+                        netc_runtime::weights::read_tensor(&bytes, None)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| fail(format!("input `{}` from `{}`: {e}", i.name, x.display())))
+        })
+        .collect()
+}
+
+fn print_top(logits: &netc_runtime::HostTensor, k: usize) -> Result<(), ExitCode> {
+    let classes = *logits.shape.last().unwrap_or(&0);
+    if classes == 0 || logits.data.len() < classes {
+        eprintln!("error: --top needs a [N, classes] output");
+        return Err(ExitCode::FAILURE);
+    }
+    let row = &logits.data[..classes];
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = row.iter().map(|v| ((v - max) as f64).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let mut idx: Vec<usize> = (0..classes).collect();
+    idx.sort_by(|a, b| exps[*b].total_cmp(&exps[*a]));
+    let labels: Vec<&str> = IMAGENET_LABELS.lines().collect();
+    for &i in idx.iter().take(k) {
+        let label = if classes == labels.len() {
+            labels[i]
+        } else {
+            ""
+        };
+        println!("{:>6.2}%  {i:>4}  {label}", 100.0 * exps[i] / sum);
+    }
+    Ok(())
+}
+
+/// ImageNet-1k class names in index order (from torchvision's metadata).
+const IMAGENET_LABELS: &str = include_str!("imagenet_labels.txt");
 
 fn write_file(path: &Path, text: &str) -> Result<(), ExitCode> {
     std::fs::write(path, text).map_err(|e| {
@@ -196,6 +317,65 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             } else {
                 print!("{}", netc_compiler::stats::table(&rows, &totals));
             }
+        }
+        Command::Run {
+            input,
+            weights,
+            x,
+            output,
+            top,
+            backend,
+        } => {
+            let Backend::Candle = backend;
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let w = netc_runtime::Weights::load(&weights, &g).map_err(|d| {
+                report(&d, &sources);
+                ExitCode::FAILURE
+            })?;
+            let inputs = read_inputs(&g, &x)?;
+            let model = netc_runtime::Model::from_graph(g, sources.clone());
+            let session = model.session(&w).map_err(|e| {
+                report(&e.diagnostics, &sources);
+                ExitCode::FAILURE
+            })?;
+            let t = Instant::now();
+            let outs = session.run(&inputs).map_err(|e| {
+                report(&e.diagnostics, &sources);
+                ExitCode::FAILURE
+            })?;
+            let elapsed = t.elapsed();
+            let g = model.graph();
+            for (o, t) in g.outputs.iter().zip(&outs) {
+                println!("output {}: {:?}", o.name, t.shape);
+            }
+            println!("time {:.2} ms", elapsed.as_secs_f64() * 1e3);
+            if let Some(k) = top {
+                print_top(&outs[0], k)?;
+            }
+            if let Some(path) = output {
+                let mut w = netc_runtime::Weights::default();
+                for (o, t) in g.outputs.iter().zip(outs) {
+                    w.insert(o.name.clone(), t);
+                }
+                w.save(&path).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                })?;
+                println!("outputs written to {}", path.display());
+            }
+        }
+        Command::InitWeights {
+            input,
+            output,
+            seed,
+        } => {
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let w = netc_runtime::Weights::pytorch_default(&g, seed);
+            w.save(&output).map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            })?;
+            println!("{} tensors written to {}", w.len(), output.display());
         }
         Command::Ir {
             input,

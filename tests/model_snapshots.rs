@@ -12,7 +12,11 @@ fn netc(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run netc");
-    assert!(out.status.success(), "netc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "netc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

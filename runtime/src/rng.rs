@@ -42,7 +42,9 @@ impl Stream {
     /// The next raw 64-bit value: element i is mix(base + (i + 1) * golden).
     pub fn next_u64(&mut self) -> u64 {
         self.i += 1;
-        mix(self.base.wrapping_add(self.i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        mix(self
+            .base
+            .wrapping_add(self.i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
     }
 
     /// Uniform in [0, 1) with 53 random bits.

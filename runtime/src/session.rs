@@ -35,7 +35,10 @@ impl std::error::Error for Error {}
 impl Model {
     /// Compiles a `.net` file; `set` holds `name=value` overrides as on the CLI.
     pub fn from_file(path: impl AsRef<Path>, set: &[&str]) -> Result<Model, Error> {
-        let opts = Options { network: None, set: set.iter().map(|s| s.to_string()).collect() };
+        let opts = Options {
+            network: None,
+            set: set.iter().map(|s| s.to_string()).collect(),
+        };
         let mut sources = SourceMap::new();
         match elaborate(Source::Path(path.as_ref()), &opts, &mut sources) {
             Ok(graph) => Ok(Model { graph, sources }),
@@ -45,7 +48,10 @@ impl Model {
 
     /// Compiles source text; imports resolve relative to `base`.
     pub fn from_source(name: &str, text: &str, base: &Path, set: &[&str]) -> Result<Model, Error> {
-        let opts = Options { network: None, set: set.iter().map(|s| s.to_string()).collect() };
+        let opts = Options {
+            network: None,
+            set: set.iter().map(|s| s.to_string()).collect(),
+        };
         let mut sources = SourceMap::new();
         match elaborate(Source::Text { name, text, base }, &opts, &mut sources) {
             Ok(graph) => Ok(Model { graph, sources }),
@@ -60,7 +66,10 @@ impl Model {
 
     fn error(diagnostics: Vec<Diagnostic>, sources: &SourceMap) -> Error {
         let rendered = render_plain(&diagnostics, sources);
-        Error { diagnostics, rendered }
+        Error {
+            diagnostics,
+            rendered,
+        }
     }
 
     /// The IR.
@@ -85,8 +94,12 @@ impl Model {
 
     /// A session on a candle device (CPU, or CUDA with the `cuda` feature).
     pub fn session_on(&self, weights: &Weights, device: &Device) -> Result<Session, Error> {
-        let program = CandleProgram::new(&self.graph, weights, device).map_err(|d| Self::error(vec![d], &self.sources))?;
-        Ok(Session { program, sources: self.sources.clone() })
+        let program = CandleProgram::new(&self.graph, weights, device)
+            .map_err(|d| Self::error(vec![d], &self.sources))?;
+        Ok(Session {
+            program,
+            sources: self.sources.clone(),
+        })
     }
 
     /// A CPU session with PyTorch-default random weights (seeded).
@@ -104,7 +117,9 @@ pub struct Session {
 impl Session {
     /// Runs on host tensors, one per network input; returns one per output.
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, Error> {
-        self.program.run(inputs).map_err(|d| Model::error(vec![d], &self.sources))
+        self.program
+            .run(inputs)
+            .map_err(|d| Model::error(vec![d], &self.sources))
     }
 
     /// The graph being run.
@@ -116,6 +131,9 @@ impl Session {
 impl HostTensor {
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> HostTensor {
-        HostTensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        HostTensor {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
 }

@@ -63,7 +63,8 @@ impl Weights {
             vec![Diagnostic::new("netc::weights", msg)
                 .help("pass a .safetensors file, e.g. one exported from `model.state_dict()`")]
         };
-        let meta = std::fs::metadata(path).map_err(|e| io(format!("cannot read `{}`: {e}", path.display())))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| io(format!("cannot read `{}`: {e}", path.display())))?;
         if meta.len() > MAX_WEIGHT_FILE_BYTES {
             return Err(io(format!(
                 "`{}` is {} bytes, over the limit of {MAX_WEIGHT_FILE_BYTES}",
@@ -71,7 +72,8 @@ impl Weights {
                 meta.len()
             )));
         }
-        let bytes = std::fs::read(path).map_err(|e| io(format!("cannot read `{}`: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| io(format!("cannot read `{}`: {e}", path.display())))?;
         Self::from_bytes(&bytes, &path.display().to_string(), graph)
     }
 
@@ -103,7 +105,11 @@ impl Weights {
                 errors.push(
                     Diagnostic::new(
                         "netc::weights",
-                        format!("`{key}` has shape {:?} in `{name}`, the network expects {:?}", view.shape(), slot.shape),
+                        format!(
+                            "`{key}` has shape {:?} in `{name}`, the network expects {:?}",
+                            view.shape(),
+                            slot.shape
+                        ),
                     )
                     .label(*span, "this layer")
                     .help("the checkpoint is for a different architecture or width"),
@@ -112,17 +118,29 @@ impl Weights {
             }
             match to_f32(view.dtype(), view.data()) {
                 Ok(data) if data.len() == slot.numel() as usize => {
-                    out.insert(key.to_string(), HostTensor { shape: slot.shape.clone(), data });
+                    out.insert(
+                        key.to_string(),
+                        HostTensor {
+                            shape: slot.shape.clone(),
+                            data,
+                        },
+                    );
                 }
                 Ok(_) => errors.push(
-                    Diagnostic::new("netc::weights", format!("`{key}` in `{name}` holds the wrong number of bytes"))
-                        .label(*span, "this layer")
-                        .help("the file is corrupt"),
+                    Diagnostic::new(
+                        "netc::weights",
+                        format!("`{key}` in `{name}` holds the wrong number of bytes"),
+                    )
+                    .label(*span, "this layer")
+                    .help("the file is corrupt"),
                 ),
                 Err(dt) => errors.push(
-                    Diagnostic::new("netc::weights", format!("`{key}` in `{name}` has dtype {dt}"))
-                        .label(*span, "this layer")
-                        .help("netc reads f32, f16 and bf16 weights"),
+                    Diagnostic::new(
+                        "netc::weights",
+                        format!("`{key}` in `{name}` has dtype {dt}"),
+                    )
+                    .label(*span, "this layer")
+                    .help("netc reads f32, f16 and bf16 weights"),
                 ),
             }
         }
@@ -143,7 +161,11 @@ impl Weights {
                         "`{name}` has {} tensor(s) the network does not use: {}{}",
                         unexpected.len(),
                         shown.join(", "),
-                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        }
                     ),
                 )
                 .help("the checkpoint is for another model, or the network names differ from it"),
@@ -152,7 +174,10 @@ impl Weights {
         if errors.len() > 20 {
             let n = errors.len();
             errors.truncate(20);
-            errors.push(Diagnostic::new("netc::weights", format!("... {} more weight problems", n - 20)));
+            errors.push(Diagnostic::new(
+                "netc::weights",
+                format!("... {} more weight problems", n - 20),
+            ));
         }
         if errors.is_empty() {
             Ok(out)
@@ -197,11 +222,21 @@ impl Weights {
             let n = p.numel() as usize;
             let mut s = Stream::new(seed, &p.key);
             let data = match fixture_rule(p) {
-                FixtureRule::FanIn(bound) => (0..n).map(|_| ((2.0 * s.uniform() - 1.0) * bound) as f32).collect(),
+                FixtureRule::FanIn(bound) => (0..n)
+                    .map(|_| ((2.0 * s.uniform() - 1.0) * bound) as f32)
+                    .collect(),
                 FixtureRule::AroundOne => (0..n).map(|_| (0.5 + s.uniform()) as f32).collect(),
-                FixtureRule::Small => (0..n).map(|_| ((2.0 * s.uniform() - 1.0) * 0.1) as f32).collect(),
+                FixtureRule::Small => (0..n)
+                    .map(|_| ((2.0 * s.uniform() - 1.0) * 0.1) as f32)
+                    .collect(),
             };
-            out.insert(p.key.clone(), HostTensor { shape: p.shape.clone(), data });
+            out.insert(
+                p.key.clone(),
+                HostTensor {
+                    shape: p.shape.clone(),
+                    data,
+                },
+            );
         }
         out
     }
@@ -216,26 +251,39 @@ impl Weights {
                 let n = p.numel() as usize;
                 let mut s = Stream::new(seed, &p.key);
                 let fan_in: usize = p.shape.iter().skip(1).product::<usize>().max(1);
-                let uniform = |s: &mut Stream, bound: f64| ((2.0 * s.uniform() - 1.0) * bound) as f32;
+                let uniform =
+                    |s: &mut Stream, bound: f64| ((2.0 * s.uniform() - 1.0) * bound) as f32;
                 let data: Vec<f32> = match (&node.op, p.role) {
                     (_, ParamRole::RunningMean) => vec![0.0; n],
                     (_, ParamRole::RunningVar) => vec![1.0; n],
-                    (Op::BatchNorm { .. } | Op::LayerNorm { .. }, ParamRole::Weight) => vec![1.0; n],
+                    (Op::BatchNorm { .. } | Op::LayerNorm { .. }, ParamRole::Weight) => {
+                        vec![1.0; n]
+                    }
                     (Op::BatchNorm { .. } | Op::LayerNorm { .. }, ParamRole::Bias) => vec![0.0; n],
                     // nn.MultiheadAttention: xavier_uniform in_proj, zero biases,
                     // out_proj as nn.Linear's weight.
                     (Op::SelfAttention { .. }, ParamRole::Bias) => vec![0.0; n],
-                    (Op::SelfAttention { .. }, ParamRole::Weight) if p.key.ends_with("in_proj_weight") => {
+                    (Op::SelfAttention { .. }, ParamRole::Weight)
+                        if p.key.ends_with("in_proj_weight") =>
+                    {
                         let bound = (6.0 / (p.shape[0] + p.shape[1]) as f64).sqrt();
                         (0..n).map(|_| uniform(&mut s, bound)).collect()
                     }
                     // kaiming_uniform(a=sqrt(5)) and the matching bias bound: 1/sqrt(fan_in).
-                    (Op::Conv2d { .. } | Op::Linear { .. } | Op::SelfAttention { .. }, ParamRole::Weight) => {
+                    (
+                        Op::Conv2d { .. } | Op::Linear { .. } | Op::SelfAttention { .. },
+                        ParamRole::Weight,
+                    ) => {
                         let bound = 1.0 / (fan_in as f64).sqrt();
                         (0..n).map(|_| uniform(&mut s, bound)).collect()
                     }
                     (Op::Conv2d { .. } | Op::Linear { .. }, ParamRole::Bias) => {
-                        let weight_fan_in = node.params[0].shape.iter().skip(1).product::<usize>().max(1);
+                        let weight_fan_in = node.params[0]
+                            .shape
+                            .iter()
+                            .skip(1)
+                            .product::<usize>()
+                            .max(1);
                         let bound = 1.0 / (weight_fan_in as f64).sqrt();
                         (0..n).map(|_| uniform(&mut s, bound)).collect()
                     }
@@ -244,7 +292,13 @@ impl Weights {
                     // Learned tokens and embeddings: normal(0, 0.02) as ViT initialises them.
                     _ => (0..n).map(|_| (s.normal() * 0.02) as f32).collect(),
                 };
-                out.insert(p.key.clone(), HostTensor { shape: p.shape.clone(), data });
+                out.insert(
+                    p.key.clone(),
+                    HostTensor {
+                        shape: p.shape.clone(),
+                        data,
+                    },
+                );
             }
         }
         out
@@ -294,7 +348,8 @@ fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>, String> {
 
 /// Reads one named tensor (or the only tensor) of a safetensors file as f32.
 pub fn read_tensor(bytes: &[u8], name: Option<&str>) -> Result<HostTensor, String> {
-    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let names = file.names();
     let key = match name {
         Some(n) if names.contains(&n) => n.to_string(),
@@ -305,13 +360,22 @@ pub fn read_tensor(bytes: &[u8], name: Option<&str>) -> Result<HostTensor, Strin
                 names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
             ))
         }
-        None => return Err(format!("the file has {} tensors; name the one to use", names.len())),
+        None => {
+            return Err(format!(
+                "the file has {} tensors; name the one to use",
+                names.len()
+            ))
+        }
     };
     let view = file.tensor(&key).map_err(|e| e.to_string())?;
-    let data = to_f32(view.dtype(), view.data()).map_err(|dt| format!("tensor `{key}` has unsupported dtype {dt}"))?;
+    let data = to_f32(view.dtype(), view.data())
+        .map_err(|dt| format!("tensor `{key}` has unsupported dtype {dt}"))?;
     let numel: usize = view.shape().iter().product();
     if data.len() != numel {
         return Err(format!("tensor `{key}` holds the wrong number of bytes"));
     }
-    Ok(HostTensor { shape: view.shape().to_vec(), data })
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }

@@ -74,7 +74,13 @@ fn tap(
 }
 
 /// Extra bottom/right padding so windows cover `out` positions (ceil mode).
-fn extra_for(out: [usize; 2], padded: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> [usize; 2] {
+fn extra_for(
+    out: [usize; 2],
+    padded: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> [usize; 2] {
     let mut e = [0; 2];
     for a in 0..2 {
         let need = (out[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1;
@@ -95,7 +101,11 @@ pub fn max_pool(
     let (_, _, h, w) = x.dims4()?;
     let padded = [h + pad[0] + pad[2], w + pad[1] + pad[3]];
     let e = extra_for(out, padded, kernel, stride, dilation);
-    let xp = pad2d(x, [pad[0], pad[1], pad[2] + e[0], pad[3] + e[1]], f64::NEG_INFINITY)?;
+    let xp = pad2d(
+        x,
+        [pad[0], pad[1], pad[2] + e[0], pad[3] + e[1]],
+        f64::NEG_INFINITY,
+    )?;
     let mut acc: Option<Tensor> = None;
     for ky in 0..kernel[0] {
         for kx in 0..kernel[1] {
@@ -147,7 +157,11 @@ pub fn avg_pool(
             };
             let (hs, he, ph) = span(oy, 0, h);
             let (ws, we, pw) = span(ox, 1, w);
-            let d = if count_include_pad { ph * pw } else { (he - hs) * (we - ws) };
+            let d = if count_include_pad {
+                ph * pw
+            } else {
+                (he - hs) * (we - ws)
+            };
             div[oy * out[1] + ox] = 1.0 / d.max(1) as f32;
         }
     }
@@ -166,7 +180,9 @@ pub fn adaptive_avg_pool(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
         return avg_pool(x, k, k, [0; 4], size, true);
     }
     let bins = |n: usize, o: usize| -> Vec<(usize, usize)> {
-        (0..o).map(|i| (i * n / o, ((i + 1) * n).div_ceil(o))).collect()
+        (0..o)
+            .map(|i| (i * n / o, ((i + 1) * n).div_ceil(o)))
+            .collect()
     };
     let mut rows = Vec::new();
     for (hs, he) in bins(h, size[0]) {
@@ -226,14 +242,20 @@ pub fn conv2d(
         return depthwise_conv(x, weight, stride, pad, dilation, out);
     }
     let symmetric = pad[0] == pad[1] && pad[1] == pad[2] && pad[2] == pad[3];
-    let (xp, p) = if symmetric { (x.clone(), pad[0]) } else { (pad2d(x, pad, 0.0)?, 0) };
+    let (xp, p) = if symmetric {
+        (x.clone(), pad[0])
+    } else {
+        (pad2d(x, pad, 0.0)?, 0)
+    };
     let (weight, dilation) = if dilation[0] == dilation[1] {
         (weight.clone(), dilation[0])
     } else {
         (dilate_kernel(weight, dilation)?, 1)
     };
     if stride[0] == stride[1] {
-        return xp.contiguous()?.conv2d(&weight, p, stride[0], dilation, groups);
+        return xp
+            .contiguous()?
+            .conv2d(&weight, p, stride[0], dilation, groups);
     }
     let full = xp.contiguous()?.conv2d(&weight, p, 1, dilation, groups)?;
     let rows = strided(&full, 2, 0, out[0], stride[0])?;
@@ -299,6 +321,10 @@ pub fn self_attention(
     let (q, k, v) = (split(0)?, split(1)?, split(2)?);
     let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
     let attn = softmax(&scores, 3)?;
-    let ctx = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n, s, e))?;
+    let ctx = attn
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, s, e))?;
     linear(&ctx, out_w, out_b)
 }

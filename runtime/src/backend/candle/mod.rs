@@ -95,7 +95,11 @@ impl CandleProgram {
         if inputs.len() != self.graph.inputs.len() {
             return Err(Diagnostic::new(
                 "netc::input",
-                format!("the network takes {} input(s), {} given", self.graph.inputs.len(), inputs.len()),
+                format!(
+                    "the network takes {} input(s), {} given",
+                    self.graph.inputs.len(),
+                    inputs.len()
+                ),
             ));
         }
         let mut batch = None;
@@ -106,15 +110,27 @@ impl CandleProgram {
             if !ok || t.data.len() != t.shape.iter().product::<usize>() {
                 return Err(Diagnostic::new(
                     "netc::input",
-                    format!("input `{}` has shape {:?}; the network expects [N, {}]", inp.name, t.shape,
-                        want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "input `{}` has shape {:?}; the network expects [N, {}]",
+                        inp.name,
+                        t.shape,
+                        want.iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 )
                 .label(self.graph.node(inp.node).span, "declared here"));
             }
             if *batch.get_or_insert(t.shape[0]) != t.shape[0] {
-                return Err(Diagnostic::new("netc::input", "inputs disagree on the batch size"));
+                return Err(Diagnostic::new(
+                    "netc::input",
+                    "inputs disagree on the batch size",
+                ));
             }
-            out.push(Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device).map_err(internal)?);
+            out.push(
+                Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device).map_err(internal)?,
+            );
         }
         Ok(out)
     }
@@ -146,7 +162,12 @@ impl CandleProgram {
                 }
             }
         }
-        Ok(self.graph.outputs.iter().map(|o| values[&o.node].clone()).collect())
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|o| values[&o.node].clone())
+            .collect())
     }
 
     fn eval(
@@ -172,7 +193,15 @@ impl CandleProgram {
             Op::Parameter { .. } => p[0].clone(),
             Op::Conv2d { window, groups, .. } => {
                 let o = out_dims();
-                let y = kernels::conv2d(x[0], &p[0], window.stride, window.pad, window.dilation, *groups, [o[2], o[3]])?;
+                let y = kernels::conv2d(
+                    x[0],
+                    &p[0],
+                    window.stride,
+                    window.pad,
+                    window.dilation,
+                    *groups,
+                    [o[2], o[3]],
+                )?;
                 match p.get(1) {
                     Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
                     None => y,
@@ -184,7 +213,8 @@ impl CandleProgram {
                 let shift = (b - mean.broadcast_mul(&scale)?)?;
                 let mut bshape = vec![1usize; x[0].rank()];
                 bshape[1] = scale.dim(0)?;
-                x[0].broadcast_mul(&scale.reshape(bshape.clone())?)?.broadcast_add(&shift.reshape(bshape)?)?
+                x[0].broadcast_mul(&scale.reshape(bshape.clone())?)?
+                    .broadcast_add(&shift.reshape(bshape)?)?
             }
             Op::LayerNorm { eps, axis } => {
                 let dim = match axis {
@@ -197,7 +227,9 @@ impl CandleProgram {
                 let normed = centered.broadcast_div(&(var + *eps)?.sqrt()?)?;
                 let mut bshape = vec![1usize; x[0].rank()];
                 bshape[dim] = p[0].dim(0)?;
-                normed.broadcast_mul(&p[0].reshape(bshape.clone())?)?.broadcast_add(&p[1].reshape(bshape)?)?
+                normed
+                    .broadcast_mul(&p[0].reshape(bshape.clone())?)?
+                    .broadcast_add(&p[1].reshape(bshape)?)?
             }
             Op::Linear { .. } => kernels::linear(x[0], &p[0], p.get(1))?,
             Op::MatMul => x[0].contiguous()?.broadcast_matmul(&x[1].contiguous()?)?,
@@ -208,11 +240,30 @@ impl CandleProgram {
                 BinaryOp::Mul => x[0].broadcast_mul(x[1])?,
                 BinaryOp::Div => x[0].broadcast_div(x[1])?,
             },
-            Op::Pool { kind, window, count_include_pad, .. } => {
+            Op::Pool {
+                kind,
+                window,
+                count_include_pad,
+                ..
+            } => {
                 let o = out_dims();
                 match kind {
-                    PoolKind::Max => kernels::max_pool(x[0], window.kernel, window.stride, window.pad, window.dilation, [o[2], o[3]])?,
-                    PoolKind::Avg => kernels::avg_pool(x[0], window.kernel, window.stride, window.pad, [o[2], o[3]], *count_include_pad)?,
+                    PoolKind::Max => kernels::max_pool(
+                        x[0],
+                        window.kernel,
+                        window.stride,
+                        window.pad,
+                        window.dilation,
+                        [o[2], o[3]],
+                    )?,
+                    PoolKind::Avg => kernels::avg_pool(
+                        x[0],
+                        window.kernel,
+                        window.stride,
+                        window.pad,
+                        [o[2], o[3]],
+                        *count_include_pad,
+                    )?,
                 }
             }
             Op::AdaptiveAvgPool { size } => kernels::adaptive_avg_pool(x[0], *size)?,
@@ -226,7 +277,11 @@ impl CandleProgram {
             Op::Softmax { axis } => kernels::softmax(x[0], *axis)?,
             Op::Dropout { .. } | Op::Identity => x[0].clone(),
             Op::SelfAttention { heads, bias } => {
-                let (in_b, out_w, out_b) = if *bias { (Some(&p[1]), &p[2], Some(&p[3])) } else { (None, &p[1], None) };
+                let (in_b, out_w, out_b) = if *bias {
+                    (Some(&p[1]), &p[2], Some(&p[3]))
+                } else {
+                    (None, &p[1], None)
+                };
                 kernels::self_attention(x[0], &p[0], in_b, out_w, out_b, *heads)?
             }
             Op::LayerScale { axis } => {
