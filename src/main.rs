@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use netc_compiler::elaborate::{elaborate_timed, Options, Source, Timings};
 use netc_compiler::ir::Graph;
+use netc_compiler::passes::{self, PassOptions};
 use netc_compiler::stats::{self, grouped};
 use netc_grammar::{Diagnostic, SourceMap};
 use std::io::IsTerminal;
@@ -36,6 +37,29 @@ struct Input {
     network: Option<String>,
 }
 
+#[derive(Args, Clone)]
+struct Optimize {
+    /// Optimization level: 0 none, 1 canonicalize and fold, 2 everything.
+    #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=2))]
+    level: Option<u8>,
+    /// Run exactly these passes, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PASS,...")]
+    passes: Option<Vec<String>>,
+    /// Verify the IR after every pass (always on in debug builds).
+    #[arg(long)]
+    verify_each: bool,
+}
+
+impl Optimize {
+    fn options(&self, default_level: u8) -> PassOptions {
+        PassOptions {
+            level: self.level.unwrap_or(default_level),
+            passes: self.passes.clone(),
+            verify: self.verify_each || cfg!(debug_assertions),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Report diagnostics only.
@@ -44,6 +68,11 @@ enum Command {
     Build {
         #[command(flatten)]
         input: Input,
+        #[command(flatten)]
+        opt: Optimize,
+        /// Print a per-pass time table.
+        #[arg(long)]
+        time_passes: bool,
         /// Write the IR text to this file.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -77,6 +106,8 @@ enum Command {
         /// Execution backend.
         #[arg(long, value_enum, default_value_t = Backend::Candle)]
         backend: Backend,
+        #[command(flatten)]
+        opt: Optimize,
     },
     /// Write deterministic random weights (PyTorch's default initialisers).
     InitWeights {
@@ -93,6 +124,11 @@ enum Command {
     Ir {
         #[command(flatten)]
         input: Input,
+        #[command(flatten)]
+        opt: Optimize,
+        /// Print the IR after this pass (or `all`); implies -O2 unless -O is given.
+        #[arg(long, value_name = "PASS")]
+        print_after: Option<String>,
         /// Leave out source locations.
         #[arg(long)]
         no_locations: bool,
@@ -249,20 +285,30 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let g = compile(&input, &mut sources, &mut timings)?;
             println!("{}: ok ({} nodes)", g.name, g.len());
         }
-        Command::Build { input, output } => {
+        Command::Build {
+            input,
+            opt,
+            time_passes,
+            output,
+        } => {
             let start = Instant::now();
-            let g = compile(&input, &mut sources, &mut timings)?;
-            let t = Instant::now();
-            let problems = netc_compiler::verify::verify(&g);
-            if !problems.is_empty() {
-                eprintln!("internal error: the IR failed verification:");
-                for p in problems {
-                    eprintln!("  {p}");
-                }
-                return Err(ExitCode::FAILURE);
-            }
-            timings.push(("verify", t.elapsed()));
+            let mut g = compile(&input, &mut sources, &mut timings)?;
+            let front_end = start.elapsed();
+            // The figures users compare with torchvision are the source model's.
             let totals = stats::totals(&g);
+            let t = Instant::now();
+            let mut opts = opt.options(2);
+            // The verifier is cheap next to elaboration; `build` always checks each pass.
+            opts.verify = true;
+            let runs = passes::run(&mut g, &opts, |_, _| {}).map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            })?;
+            timings.push(("passes", t.elapsed()));
+            let t = Instant::now();
+            let mem = netc_compiler::memory_plan::plan(&g);
+            timings.push(("memory plan", t.elapsed()));
+            let optimized = stats::totals(&g);
             println!("network     {}", g.name);
             for i in &g.inputs {
                 println!("input       {}: {}", i.name, g.node(i.node).shape);
@@ -270,10 +316,20 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             for o in &g.outputs {
                 println!("output      {}: {}", o.name, g.node(o.node).shape);
             }
-            println!("nodes       {}", g.len());
-            println!("parameters  {}", grouped(totals.params));
+            println!("nodes       {} after passes", g.len());
+            println!(
+                "parameters  {} ({} after folding)",
+                grouped(totals.params),
+                grouped(optimized.params + optimized.buffers)
+            );
             println!("buffers     {}", grouped(totals.buffers));
             println!("MACs        {}", grouped(totals.macs));
+            println!(
+                "arena       {} bytes per image (lower bound {}, without reuse {})",
+                grouped(mem.arena),
+                grouped(mem.lower_bound),
+                grouped(mem.naive)
+            );
             if let Some(out) = output {
                 let t = Instant::now();
                 write_file(&out, &netc_compiler::print::print(&g, Some(&sources)))?;
@@ -285,10 +341,26 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 .map(|(name, d)| format!("{name} {:.2} ms", d.as_secs_f64() * 1e3))
                 .collect();
             println!(
-                "time        {} (total {:.2} ms)",
+                "time        {} (total {:.2} ms, front-end {:.2} ms)",
                 phases.join(", "),
-                start.elapsed().as_secs_f64() * 1e3
+                start.elapsed().as_secs_f64() * 1e3,
+                front_end.as_secs_f64() * 1e3
             );
+            if time_passes {
+                println!(
+                    "\n{:<20} {:>10} {:>8} {:>14}",
+                    "pass", "time (ms)", "changed", "nodes"
+                );
+                for r in &runs {
+                    println!(
+                        "{:<20} {:>10.3} {:>8} {:>14}",
+                        r.name,
+                        r.time.as_secs_f64() * 1e3,
+                        if r.changed { "yes" } else { "no" },
+                        format!("{} -> {}", r.nodes.0, r.nodes.1)
+                    );
+                }
+            }
         }
         Command::Summary { input, json } => {
             let g = compile(&input, &mut sources, &mut timings)?;
@@ -325,6 +397,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             output,
             top,
             backend,
+            opt,
         } => {
             let Backend::Candle = backend;
             let g = compile(&input, &mut sources, &mut timings)?;
@@ -333,7 +406,11 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 ExitCode::FAILURE
             })?;
             let inputs = read_inputs(&g, &x)?;
-            let model = netc_runtime::Model::from_graph(g, sources.clone());
+            let mut model = netc_runtime::Model::from_graph(g, sources.clone());
+            model.optimize(&opt.options(2)).map_err(|e| {
+                report(&e.diagnostics, &sources);
+                ExitCode::FAILURE
+            })?;
             let session = model.session(&w).map_err(|e| {
                 report(&e.diagnostics, &sources);
                 ExitCode::FAILURE
@@ -379,11 +456,43 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         }
         Command::Ir {
             input,
+            opt,
+            print_after,
             no_locations,
         } => {
-            let g = compile(&input, &mut sources, &mut timings)?;
+            let mut g = compile(&input, &mut sources, &mut timings)?;
             let src = (!no_locations).then_some(&sources);
-            print!("{}", netc_compiler::print::print(&g, src));
+            let opts = opt.options(if print_after.is_some() { 2 } else { 0 });
+            if let Some(p) = &print_after {
+                if p != "all" && passes::find(p).is_none() {
+                    let known: Vec<&str> = passes::PASSES.iter().map(|p| p.name).collect();
+                    eprintln!(
+                        "error: unknown pass `{p}` for --print-after; passes: {}, or `all`",
+                        known.join(", ")
+                    );
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+            let mut printed = false;
+            passes::run(&mut g, &opts, |name, g| {
+                if print_after.as_deref() == Some("all") || print_after.as_deref() == Some(name) {
+                    println!("; IR after {name}");
+                    print!("{}", netc_compiler::print::print(g, src));
+                    printed = true;
+                }
+            })
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            })?;
+            match (&print_after, printed) {
+                (Some(p), false) => {
+                    eprintln!("error: pass `{p}` did not run at this optimization level");
+                    return Err(ExitCode::FAILURE);
+                }
+                (None, _) => print!("{}", netc_compiler::print::print(&g, src)),
+                _ => {}
+            }
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! how to rebuild the model; the weights are regenerated here bit-exactly from
 //! (seed, key, index). Bound: max |netc − torch| / max |torch| ≤ 1e-4.
 
+use netc_compiler::passes::PassOptions;
 use netc_runtime::weights::read_tensor;
 use netc_runtime::{Model, Weights};
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
     diff / scale
 }
 
-/// Checks one fixture file; returns the relative error.
+/// Checks one fixture file at every optimization level; returns the worst relative error.
 pub fn check_fixture(path: &Path) -> f64 {
     let bytes = std::fs::read(path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -35,7 +36,7 @@ pub fn check_fixture(path: &Path) -> f64 {
     let set: Vec<String> = serde_json::from_str(&meta["set"]).unwrap();
     let set: Vec<&str> = set.iter().map(String::as_str).collect();
     let seed: u64 = meta["seed"].parse().unwrap();
-    let model =
+    let mut model =
         Model::from_file(root().join(&meta["model"]), &set).unwrap_or_else(|e| panic!("{e}"));
     let weights = Weights::deterministic(model.graph(), seed);
     // The generator must agree with the Python twin bit for bit.
@@ -51,10 +52,27 @@ pub fn check_fixture(path: &Path) -> f64 {
     );
     let input = read_tensor(&bytes, Some("input")).unwrap();
     let expected = read_tensor(&bytes, Some("output")).unwrap();
-    let session = model.session(&weights).unwrap_or_else(|e| panic!("{e}"));
-    let out = session.run(&[input]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(out[0].shape, expected.shape);
-    rel_err(&out[0].data, &expected.data)
+    let mut worst = 0f64;
+    for level in 0..=2 {
+        let opts = PassOptions {
+            level,
+            passes: None,
+            verify: true,
+        };
+        model.optimize(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let session = model.session(&weights).unwrap_or_else(|e| panic!("{e}"));
+        let out = session
+            .run(std::slice::from_ref(&input))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out[0].shape, expected.shape);
+        let err = rel_err(&out[0].data, &expected.data);
+        eprintln!(
+            "  {} -O{level}: {err:.2e}",
+            path.file_stem().unwrap().to_string_lossy()
+        );
+        worst = worst.max(err);
+    }
+    worst
 }
 
 fn fixtures() -> Vec<PathBuf> {

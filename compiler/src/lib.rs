@@ -8,7 +8,9 @@
 
 pub mod elaborate;
 pub mod ir;
+pub mod memory_plan;
 pub mod ops;
+pub mod passes;
 pub mod print;
 pub mod stats;
 pub mod verify;

@@ -2,7 +2,7 @@
 //! slots, and multiply-accumulate count. Elaboration, the verifier and passes all
 //! use these, so an op's rules live in exactly one place.
 
-use crate::ir::{broadcast, Dim, NormAxis, Op, ParamRole, ParamSlot, Shape};
+use crate::ir::{broadcast, Dim, Epilogue, FusedBase, NormAxis, Op, ParamRole, ParamSlot, Shape};
 
 /// Why an op cannot be applied to its operands.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +42,7 @@ pub fn arity(op: &Op) -> (usize, bool) {
     match op {
         Op::Input { .. } | Op::Parameter { .. } => (0, false),
         Op::Binary(_) | Op::MatMul => (2, false),
-        Op::Concat { .. } => (1, true),
+        Op::Concat { .. } | Op::Fused { .. } => (1, true),
         _ => (1, false),
     }
 }
@@ -193,10 +193,61 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
                 _ => return Err(kernel_too_large(window, h, w, x)),
             }
         }
-        Op::AdaptiveAvgPool { size } => {
+        Op::AdaptiveAvgPool { size, flatten } => {
             let x = x.unwrap();
             let [c, _, _] = expect_nchw(x, "adaptive_avg_pool")?;
-            Shape::batched(&[c, size[0], size[1]])
+            if *flatten {
+                Shape::batched(&[c * size[0] * size[1]])
+            } else {
+                Shape::batched(&[c, size[0], size[1]])
+            }
+        }
+        Op::Fused { base, epilogue } => {
+            let plain = match base {
+                FusedBase::Conv2d {
+                    out_channels,
+                    window,
+                    groups,
+                } => Op::Conv2d {
+                    out_channels: *out_channels,
+                    window: *window,
+                    groups: *groups,
+                    bias: false,
+                },
+                FusedBase::Linear { out_features } => Op::Linear {
+                    out_features: *out_features,
+                    bias: false,
+                },
+            };
+            let out = infer(&plain, &inputs[..1])?;
+            for e in epilogue {
+                if let Epilogue::Add(i) = e {
+                    match inputs.get(*i) {
+                        Some(s) if **s == out => {}
+                        Some(s) => {
+                            return Err(OpError::new(format!(
+                                "fused residual {s} differs from the output {out}"
+                            )))
+                        }
+                        None => {
+                            return Err(OpError::new(format!(
+                                "fused epilogue reads missing operand {i}"
+                            )))
+                        }
+                    }
+                }
+            }
+            let adds = epilogue
+                .iter()
+                .filter(|e| matches!(e, Epilogue::Add(_)))
+                .count();
+            if inputs.len() != 1 + adds {
+                return Err(OpError::new(format!(
+                    "fused node has {} operands for {adds} residual(s)",
+                    inputs.len()
+                )));
+            }
+            out
         }
         Op::Pad { pad, .. } => {
             let x = x.unwrap();
@@ -458,6 +509,31 @@ pub fn params(op: &Op, name: &str, inputs: &[&Shape]) -> Vec<ParamSlot> {
             }
             v
         }
+        Op::Fused { base, epilogue } => {
+            let (w, out) = match base {
+                FusedBase::Conv2d {
+                    out_channels,
+                    window,
+                    groups,
+                } => (
+                    vec![
+                        *out_channels,
+                        c(1) / groups,
+                        window.kernel[0],
+                        window.kernel[1],
+                    ],
+                    *out_channels,
+                ),
+                FusedBase::Linear { out_features } => {
+                    (vec![*out_features, last().unwrap_or(0)], *out_features)
+                }
+            };
+            let mut v = vec![slot("weight", w, ParamRole::Weight)];
+            if epilogue.contains(&Epilogue::Bias) {
+                v.push(slot("bias", vec![out], ParamRole::Bias));
+            }
+            v
+        }
         Op::LayerScale { axis } => {
             let ch = c(*axis);
             let trailing = inputs[0].rank() - axis - 1;
@@ -479,7 +555,18 @@ pub fn macs(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
             let cin = inputs[0].known(1).unwrap_or(0) as u64;
             per(output) * (cin / *groups as u64) * (window.kernel[0] * window.kernel[1]) as u64
         }
-        Op::Linear { .. } => {
+        Op::Fused {
+            base: FusedBase::Conv2d { window, groups, .. },
+            ..
+        } => {
+            let cin = inputs[0].known(1).unwrap_or(0) as u64;
+            per(output) * (cin / *groups as u64) * (window.kernel[0] * window.kernel[1]) as u64
+        }
+        Op::Linear { .. }
+        | Op::Fused {
+            base: FusedBase::Linear { .. },
+            ..
+        } => {
             let k = inputs[0].0.last().map_or(0, |d| match d {
                 Dim::Known(n) => *n as u64,
                 Dim::Batch => 0,

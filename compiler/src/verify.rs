@@ -11,6 +11,13 @@ pub fn verify(g: &Graph) -> Vec<String> {
     let mut names = HashSet::new();
     let mut keys = HashSet::new();
     let order = g.topo_order();
+    if order.len() != g.len() {
+        errs.push(format!(
+            "the graph has a cycle ({} of {} nodes ordered)",
+            order.len(),
+            g.len()
+        ));
+    }
     let position: std::collections::HashMap<_, _> =
         order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     for &id in &order {

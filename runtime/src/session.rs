@@ -6,11 +6,18 @@ use crate::weights::{HostTensor, Weights};
 use candle_core::Device;
 use netc_compiler::elaborate::{elaborate, Options, Source};
 use netc_compiler::ir::Graph;
+use netc_compiler::passes::{self, PassOptions, PassRun};
 use netc_grammar::{render_plain, Diagnostic, SourceMap};
 use std::path::Path;
 
 /// A compiled network and the sources it came from (for diagnostics).
+///
+/// Keeps the elaborated graph (whose parameter keys are the checkpoint's) and
+/// the graph that runs (optimized by [`Model::optimize`]); weights are loaded
+/// against the first and transformed into the second's once, when a session
+/// is made.
 pub struct Model {
+    elaborated: Graph,
     graph: Graph,
     sources: SourceMap,
 }
@@ -41,7 +48,7 @@ impl Model {
         };
         let mut sources = SourceMap::new();
         match elaborate(Source::Path(path.as_ref()), &opts, &mut sources) {
-            Ok(graph) => Ok(Model { graph, sources }),
+            Ok(graph) => Ok(Self::from_graph(graph, sources)),
             Err(d) => Err(Self::error(d, &sources)),
         }
     }
@@ -54,14 +61,27 @@ impl Model {
         };
         let mut sources = SourceMap::new();
         match elaborate(Source::Text { name, text, base }, &opts, &mut sources) {
-            Ok(graph) => Ok(Model { graph, sources }),
+            Ok(graph) => Ok(Self::from_graph(graph, sources)),
             Err(d) => Err(Self::error(d, &sources)),
         }
     }
 
-    /// Wraps an already-built graph.
+    /// Wraps an elaborated (unoptimized) graph.
     pub fn from_graph(graph: Graph, sources: SourceMap) -> Model {
-        Model { graph, sources }
+        Model {
+            elaborated: graph.clone(),
+            graph,
+            sources,
+        }
+    }
+
+    /// Optimizes the graph that runs, starting from the elaborated one.
+    pub fn optimize(&mut self, opts: &PassOptions) -> Result<Vec<PassRun>, Error> {
+        let mut g = self.elaborated.clone();
+        let runs = passes::run(&mut g, opts, |_, _| {})
+            .map_err(|e| Self::error(vec![Diagnostic::new("netc::pass", e)], &self.sources))?;
+        self.graph = g;
+        Ok(runs)
     }
 
     fn error(diagnostics: Vec<Diagnostic>, sources: &SourceMap) -> Error {
@@ -72,9 +92,14 @@ impl Model {
         }
     }
 
-    /// The IR.
+    /// The graph that runs (optimized if [`Model::optimize`] was called).
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// The elaborated graph, whose parameter keys are the checkpoint's.
+    pub fn elaborated(&self) -> &Graph {
+        &self.elaborated
     }
 
     /// The source files (to render diagnostics that point into them).
@@ -84,7 +109,7 @@ impl Model {
 
     /// Loads and validates a safetensors checkpoint for this network.
     pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<Weights, Error> {
-        Weights::load(path.as_ref(), &self.graph).map_err(|d| Self::error(d, &self.sources))
+        Weights::load(path.as_ref(), &self.elaborated).map_err(|d| Self::error(d, &self.sources))
     }
 
     /// A session on the CPU with the given weights.
@@ -93,7 +118,22 @@ impl Model {
     }
 
     /// A session on a candle device (CPU, or CUDA with the `cuda` feature).
+    /// `weights` are keyed as the elaborated graph's parameters (the
+    /// checkpoint's names); the optimized graph's weight transformations are
+    /// applied here, once.
     pub fn session_on(&self, weights: &Weights, device: &Device) -> Result<Session, Error> {
+        let transformed;
+        let weights = if self.graph.weight_transforms.is_empty() {
+            weights
+        } else {
+            let mut w = weights.clone();
+            w.apply_transforms(&self.graph.weight_transforms)
+                .map_err(|e| {
+                    Self::error(vec![Diagnostic::new("netc::weights", e)], &self.sources)
+                })?;
+            transformed = w;
+            &transformed
+        };
         let program = CandleProgram::new(&self.graph, weights, device)
             .map_err(|d| Self::error(vec![d], &self.sources))?;
         Ok(Session {
@@ -104,7 +144,7 @@ impl Model {
 
     /// A CPU session with PyTorch-default random weights (seeded).
     pub fn session_with_random_weights(&self, seed: u64) -> Result<Session, Error> {
-        self.session(&Weights::pytorch_default(&self.graph, seed))
+        self.session(&Weights::pytorch_default(&self.elaborated, seed))
     }
 }
 

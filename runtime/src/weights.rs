@@ -3,7 +3,7 @@
 //! and generating deterministic weights.
 
 use crate::rng::Stream;
-use netc_compiler::ir::{Graph, Op, ParamRole, ParamSlot};
+use netc_compiler::ir::{Graph, Op, ParamRole, ParamSlot, WeightTransform};
 use netc_grammar::{Diagnostic, Span};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -184,6 +184,187 @@ impl Weights {
         } else {
             Err(errors)
         }
+    }
+
+    /// Applies the graph's recorded weight transformations in order, turning a
+    /// checkpoint keyed by the original names into the optimized graph's
+    /// parameters. Consumed keys that no later step reads are dropped.
+    pub fn apply_transforms(&mut self, transforms: &[WeightTransform]) -> Result<(), String> {
+        for t in transforms {
+            self.apply_one(t).map_err(|e| format!("{t}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, key: &str) -> Result<HostTensor, String> {
+        self.tensors
+            .remove(key)
+            .ok_or_else(|| format!("missing `{key}`"))
+    }
+
+    fn bn_scale_shift(
+        &mut self,
+        bn: &[String; 4],
+        eps: f64,
+    ) -> Result<(Vec<f64>, Vec<f64>), String> {
+        let g = self.take(&bn[0])?;
+        let b = self.take(&bn[1])?;
+        let m = self.take(&bn[2])?;
+        let v = self.take(&bn[3])?;
+        let scale: Vec<f64> = g
+            .data
+            .iter()
+            .zip(&v.data)
+            .map(|(g, v)| *g as f64 / (*v as f64 + eps).sqrt())
+            .collect();
+        let shift: Vec<f64> = b
+            .data
+            .iter()
+            .zip(&m.data)
+            .zip(&scale)
+            .map(|((b, m), s)| *b as f64 - *m as f64 * s)
+            .collect();
+        Ok((scale, shift))
+    }
+
+    fn apply_one(&mut self, t: &WeightTransform) -> Result<(), String> {
+        match t {
+            WeightTransform::FoldBatchNormAfter {
+                weight,
+                bias,
+                out_bias,
+                bn,
+                eps,
+            } => {
+                let (scale, shift) = self.bn_scale_shift(bn, *eps)?;
+                let mut w = self.take(weight)?;
+                let per = w.data.len() / scale.len().max(1);
+                for (c, chunk) in w.data.chunks_mut(per).enumerate() {
+                    for v in chunk {
+                        *v = (*v as f64 * scale[c]) as f32;
+                    }
+                }
+                let b0 = match bias {
+                    Some(k) => self.take(k)?.data,
+                    None => vec![0.0; scale.len()],
+                };
+                let data = (0..scale.len())
+                    .map(|c| (b0[c] as f64 * scale[c] + shift[c]) as f32)
+                    .collect();
+                self.insert(weight.clone(), w);
+                self.insert(
+                    out_bias.clone(),
+                    HostTensor {
+                        shape: vec![scale.len()],
+                        data,
+                    },
+                );
+            }
+            WeightTransform::FoldBatchNormBefore {
+                weight,
+                bias,
+                out_bias,
+                bn,
+                eps,
+                groups,
+            } => {
+                let (scale, shift) = self.bn_scale_shift(bn, *eps)?;
+                let mut w = self.take(weight)?;
+                let out = w.shape[0];
+                let cin_g = w.shape[1];
+                let k: usize = w.shape[2..].iter().product::<usize>().max(1);
+                let out_g = out / groups.max(&1);
+                let mut b: Vec<f64> = match bias {
+                    Some(key) => self.take(key)?.data.iter().map(|v| *v as f64).collect(),
+                    None => vec![0.0; out],
+                };
+                for o in 0..out {
+                    let g = o / out_g.max(1);
+                    for i in 0..cin_g {
+                        let c = g * cin_g + i;
+                        for j in 0..k {
+                            let idx = (o * cin_g + i) * k + j;
+                            b[o] += w.data[idx] as f64 * shift[c];
+                            w.data[idx] = (w.data[idx] as f64 * scale[c]) as f32;
+                        }
+                    }
+                }
+                self.insert(weight.clone(), w);
+                self.insert(
+                    out_bias.clone(),
+                    HostTensor {
+                        shape: vec![out],
+                        data: b.iter().map(|v| *v as f32).collect(),
+                    },
+                );
+            }
+            WeightTransform::SumKernels {
+                branches,
+                kernel,
+                out_weight,
+                out_bias,
+            } => {
+                let mut acc: Option<HostTensor> = None;
+                let mut bias_acc: Option<Vec<f64>> = None;
+                for (wk, bk) in branches {
+                    let w = self.take(wk)?;
+                    let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+                    let (th, tw) = (kernel[0], kernel[1]);
+                    if kh > th || kw > tw || (th - kh) % 2 != 0 || (tw - kw) % 2 != 0 {
+                        return Err(format!("kernel {kh}x{kw} cannot be centred in {th}x{tw}"));
+                    }
+                    let (dy, dx) = ((th - kh) / 2, (tw - kw) / 2);
+                    let a = acc.get_or_insert_with(|| HostTensor {
+                        shape: vec![o, i, th, tw],
+                        data: vec![0.0; o * i * th * tw],
+                    });
+                    for oi in 0..o * i {
+                        for y in 0..kh {
+                            for x in 0..kw {
+                                a.data[oi * th * tw + (y + dy) * tw + x + dx] +=
+                                    w.data[oi * kh * kw + y * kw + x];
+                            }
+                        }
+                    }
+                    let b = bias_acc.get_or_insert_with(|| vec![0.0; o]);
+                    if let Some(bk) = bk {
+                        for (acc, v) in b.iter_mut().zip(self.take(bk)?.data) {
+                            *acc += v as f64;
+                        }
+                    }
+                }
+                let w = acc.ok_or("no branches")?;
+                let b = bias_acc.unwrap_or_default();
+                self.insert(out_weight.clone(), w);
+                self.insert(
+                    out_bias.clone(),
+                    HostTensor {
+                        shape: vec![b.len()],
+                        data: b.iter().map(|v| *v as f32).collect(),
+                    },
+                );
+            }
+            WeightTransform::ConcatOutputs { parts, out } => {
+                let mut shape: Option<Vec<usize>> = None;
+                let mut data = Vec::new();
+                for p in parts {
+                    let t = self.take(p)?;
+                    match &mut shape {
+                        None => shape = Some(t.shape.clone()),
+                        Some(s) => s[0] += t.shape[0],
+                    }
+                    data.extend(t.data);
+                }
+                self.insert(
+                    out.clone(),
+                    HostTensor {
+                        shape: shape.ok_or("no parts")?,
+                        data,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Writes the tensors (in key order) as a safetensors file of f32.

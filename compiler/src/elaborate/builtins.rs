@@ -567,6 +567,7 @@ pub static OPS: &[OpSpec] = &[
         lowering: Lowering::Node(|a, _| {
             Ok(Op::AdaptiveAvgPool {
                 size: a.pair("size")?,
+                flatten: false,
             })
         }),
         doc: "average pooling to a fixed output size",
@@ -576,7 +577,12 @@ pub static OPS: &[OpSpec] = &[
         args: &[],
         inputs: Inputs::One,
         is_activation: false,
-        lowering: Lowering::Node(|_, _| Ok(Op::AdaptiveAvgPool { size: [1, 1] })),
+        lowering: Lowering::Node(|_, _| {
+            Ok(Op::AdaptiveAvgPool {
+                size: [1, 1],
+                flatten: false,
+            })
+        }),
         doc: "mean over H and W, keeping [N, C, 1, 1]",
     },
     OpSpec {

@@ -2,17 +2,18 @@
 //!
 //! Invariants (checked by [`crate::verify`]):
 //! - every node's operands are edges into it, numbered `0..n` by the edge weight;
-//! - node indices in insertion order are a topological order (elaboration only ever
-//!   adds a node after its operands; passes that add nodes must keep this or call
-//!   [`Graph::topo_order`]);
+//! - the graph is acyclic ([`Graph::topo_order`] is a topological order that
+//!   follows insertion order wherever dependencies allow, so printing is stable);
 //! - a node's `shape` is what [`crate::ops::infer`] computes from its operands;
 //! - parameter keys are unique across the graph.
 
 mod op;
 mod shape;
+mod transform;
 
 pub use op::*;
 pub use shape::*;
+pub use transform::*;
 
 /// Node handles of the graph.
 pub use petgraph::stable_graph::NodeIndex;
@@ -120,6 +121,9 @@ pub struct Graph {
     pub inputs: Vec<GraphInput>,
     /// Outputs in order.
     pub outputs: Vec<GraphOutput>,
+    /// How checkpoint tensors (by their original keys) become this graph's
+    /// parameters, in order; appended by passes that change parameters.
+    pub weight_transforms: Vec<WeightTransform>,
 }
 
 impl Graph {
@@ -168,9 +172,93 @@ impl Graph {
         u
     }
 
-    /// Nodes in a topological order (insertion order, which elaboration keeps topological).
+    /// Nodes in topological order: Kahn's algorithm taking the lowest index
+    /// first, so it equals insertion order wherever that is already topological.
     pub fn topo_order(&self) -> Vec<NodeIndex> {
-        self.g.node_indices().collect()
+        use std::cmp::Reverse;
+        use std::collections::{BinaryHeap, HashMap};
+        let mut indegree: HashMap<NodeIndex, usize> = HashMap::new();
+        let mut ready = BinaryHeap::new();
+        for n in self.g.node_indices() {
+            let d = self.g.edges_directed(n, Direction::Incoming).count();
+            indegree.insert(n, d);
+            if d == 0 {
+                ready.push(Reverse(n));
+            }
+        }
+        let mut order = Vec::with_capacity(indegree.len());
+        while let Some(Reverse(n)) = ready.pop() {
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indegree
+                    .get_mut(&e.target())
+                    .expect("edge target is a node");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(Reverse(e.target()));
+                }
+            }
+        }
+        order
+    }
+
+    /// Makes every reader of `old` (and every output) read `new` instead.
+    pub fn replace_uses(&mut self, old: NodeIndex, new: NodeIndex) {
+        let uses: Vec<(NodeIndex, u32)> = self
+            .g
+            .edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        for (user, slot) in uses {
+            if let Some(e) = self.g.find_edge(old, user) {
+                self.g.remove_edge(e);
+            }
+            self.g.add_edge(new, user, slot);
+        }
+        for o in &mut self.outputs {
+            if o.node == old {
+                o.node = new;
+            }
+        }
+    }
+
+    /// Removes a node that nothing reads any more.
+    pub fn remove_node(&mut self, id: NodeIndex) -> Option<Node> {
+        debug_assert!(
+            self.users(id).is_empty(),
+            "removing a node that is still read"
+        );
+        self.g.remove_node(id)
+    }
+
+    /// Sets the operands of a node (replacing all its incoming edges).
+    pub fn set_operands(&mut self, id: NodeIndex, operands: &[NodeIndex]) {
+        let old: Vec<_> = self
+            .g
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.g.remove_edge(e);
+        }
+        for (i, &o) in operands.iter().enumerate() {
+            self.g.add_edge(o, id, i as u32);
+        }
+    }
+
+    /// Whether `id` is a graph output.
+    pub fn is_output(&self, id: NodeIndex) -> bool {
+        self.outputs.iter().any(|o| o.node == id)
+    }
+
+    /// The single node reading `id`, if exactly one node reads it once and it is not an output.
+    pub fn sole_user(&self, id: NodeIndex) -> Option<NodeIndex> {
+        let edges: Vec<NodeIndex> = self
+            .g
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect();
+        (edges.len() == 1 && !self.is_output(id)).then(|| edges[0])
     }
 
     /// Every parameter slot with its node, in definition order.

@@ -236,6 +236,8 @@ pub enum Op {
     AdaptiveAvgPool {
         /// Output (h, w).
         size: [usize; 2],
+        /// Whether the result is flattened to `[N, C·h·w]` (a fused `flatten`).
+        flatten: bool,
     },
     /// Constant padding of the two spatial axes.
     Pad {
@@ -307,6 +309,45 @@ pub enum Op {
         /// The channel axis (1 for NCHW, last for tokens).
         axis: usize,
     },
+    /// A convolution or linear layer with an epilogue applied to each output
+    /// element while it is hot (made by the `fuse-epilogue` pass). Operand 0 is
+    /// the input; `Epilogue::Add(i)` reads operand `i`.
+    Fused {
+        /// The main computation.
+        base: FusedBase,
+        /// Steps applied in order to the base's output.
+        epilogue: Vec<Epilogue>,
+    },
+}
+
+/// The computation at the heart of a fused node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FusedBase {
+    /// A 2-D convolution (no bias: a bias is an epilogue step).
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel, stride, padding, dilation.
+        window: Window,
+        /// Channel groups.
+        groups: usize,
+    },
+    /// A linear layer over the last axis (no bias).
+    Linear {
+        /// Output features.
+        out_features: usize,
+    },
+}
+
+/// One step of a fused epilogue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Epilogue {
+    /// Add the per-channel bias parameter.
+    Bias,
+    /// Apply an activation.
+    Act(Activation),
+    /// Add operand `i` element-wise (a residual connection); same shape as the output.
+    Add(usize),
 }
 
 impl Op {
@@ -344,6 +385,14 @@ impl Op {
             Op::Identity => "identity",
             Op::SelfAttention { .. } => "self_attention",
             Op::LayerScale { .. } => "layer_scale",
+            Op::Fused {
+                base: FusedBase::Conv2d { .. },
+                ..
+            } => "fused_conv2d",
+            Op::Fused {
+                base: FusedBase::Linear { .. },
+                ..
+            } => "fused_linear",
         }
     }
 }
@@ -393,7 +442,12 @@ impl fmt::Display for Op {
                     f.write_str(" exclude_pad")?;
                 }
             }
-            Op::AdaptiveAvgPool { size } => write!(f, " {}", pair(*size))?,
+            Op::AdaptiveAvgPool { size, flatten } => {
+                write!(f, " {}", pair(*size))?;
+                if *flatten {
+                    f.write_str(" flatten")?;
+                }
+            }
             Op::Pad { pad, value } => write!(
                 f,
                 " ({},{},{},{}) value={value}",
@@ -412,6 +466,28 @@ impl fmt::Display for Op {
                 }
             }
             Op::LayerScale { axis } => write!(f, " axis={axis}")?,
+            Op::Fused { base, epilogue } => {
+                match base {
+                    FusedBase::Conv2d {
+                        out_channels,
+                        window,
+                        groups,
+                    } => {
+                        write!(f, " {out_channels} {window}")?;
+                        if *groups != 1 {
+                            write!(f, " g={groups}")?;
+                        }
+                    }
+                    FusedBase::Linear { out_features } => write!(f, " {out_features}")?,
+                }
+                for e in epilogue {
+                    match e {
+                        Epilogue::Bias => f.write_str(" | bias")?,
+                        Epilogue::Act(a) => write!(f, " | {}", a.name())?,
+                        Epilogue::Add(i) => write!(f, " | add #{i}")?,
+                    }
+                }
+            }
             Op::Parameter { shape } | Op::Reshape { dims: shape } | Op::Input { dims: shape } => {
                 write!(f, " {shape:?}")?
             }

@@ -5,7 +5,9 @@ mod kernels;
 
 use crate::weights::{HostTensor, Weights};
 use candle_core::{DType, Device, Tensor};
-use netc_compiler::ir::{Activation, BinaryOp, Dim, Graph, NodeIndex, NormAxis, Op, PoolKind};
+use netc_compiler::ir::{
+    Activation, BinaryOp, Dim, Epilogue, FusedBase, Graph, NodeIndex, NormAxis, Op, PoolKind,
+};
 use netc_grammar::Diagnostic;
 use std::collections::HashMap;
 
@@ -266,7 +268,49 @@ impl CandleProgram {
                     )?,
                 }
             }
-            Op::AdaptiveAvgPool { size } => kernels::adaptive_avg_pool(x[0], *size)?,
+            Op::AdaptiveAvgPool { size, flatten } => {
+                let y = kernels::adaptive_avg_pool(x[0], *size)?;
+                if *flatten {
+                    y.flatten_from(1)?
+                } else {
+                    y
+                }
+            }
+            Op::Fused { base, epilogue } => {
+                let mut y = match base {
+                    FusedBase::Conv2d { window, groups, .. } => {
+                        let o = out_dims();
+                        kernels::conv2d(
+                            x[0],
+                            &p[0],
+                            window.stride,
+                            window.pad,
+                            window.dilation,
+                            *groups,
+                            [o[2], o[3]],
+                        )?
+                    }
+                    FusedBase::Linear { .. } => kernels::linear(x[0], &p[0], None)?,
+                };
+                for e in epilogue {
+                    y = match e {
+                        Epilogue::Bias => {
+                            let b = &p[1];
+                            let mut bshape = vec![1usize; y.rank()];
+                            let axis = if matches!(base, FusedBase::Conv2d { .. }) {
+                                1
+                            } else {
+                                y.rank() - 1
+                            };
+                            bshape[axis] = b.dim(0)?;
+                            y.broadcast_add(&b.reshape(bshape)?)?
+                        }
+                        Epilogue::Act(a) => activation(*a, &y)?,
+                        Epilogue::Add(i) => (y + x[*i])?,
+                    };
+                }
+                y
+            }
             Op::Pad { pad, value } => kernels::pad2d(x[0], *pad, *value)?,
             Op::Flatten { .. } | Op::Reshape { .. } => x[0].contiguous()?.reshape(out_dims())?,
             Op::Permute { perm } => x[0].permute(perm.clone())?.contiguous()?,
