@@ -11,8 +11,17 @@ fn bypass(g: &mut Graph, n: NodeIndex) {
     g.remove_node(n);
 }
 
-/// Runs the pass.
+/// Runs the pass to a fixed point (each sweep removes at least one node, so
+/// there are at most as many sweeps as nodes).
 pub fn run(g: &mut Graph) -> bool {
+    let mut changed = false;
+    while sweep(g) {
+        changed = true;
+    }
+    changed
+}
+
+fn sweep(g: &mut Graph) -> bool {
     let mut changed = false;
     for n in g.topo_order() {
         if !g.g.contains_node(n) {
@@ -65,7 +74,10 @@ pub fn run(g: &mut Graph) -> bool {
                     flatten: true,
                 };
                 g.set_operands(n, &[x]);
+                // The merged node is the pooling: it keeps the pooling's name.
+                let name = g.node(src).name.clone();
                 g.remove_node(src);
+                g.g[n].name = name;
                 changed = true;
             }
             _ => {}
