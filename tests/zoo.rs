@@ -12,20 +12,24 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn summary(model: &str) -> serde_json::Value {
+fn summary(model: &str) -> Result<serde_json::Value, String> {
     let path = root().join("models").join(format!("{model}.net"));
-    assert!(path.exists(), "models/{model}.net is missing");
+    if !path.exists() {
+        return Err(format!("models/{model}.net is missing"));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_netc"))
         .args(["summary", "--json"])
         .arg(&path)
         .output()
         .expect("run netc");
-    assert!(
-        out.status.success(),
-        "netc summary {model} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("summary --json prints JSON")
+    if !out.status.success() {
+        return Err(format!(
+            "netc summary {model} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{model}: summary --json is not JSON: {e}"))
 }
 
 struct Row {
@@ -78,7 +82,13 @@ fn state_dict(model: &str) -> Option<Vec<(String, Vec<u64>)>> {
 fn every_zoo_model_matches_its_reference() {
     let mut failures = Vec::new();
     for row in table() {
-        let s = summary(&row.model);
+        let s = match summary(&row.model) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
         let params = s["params"].as_u64().unwrap();
         let macs = s["macs"].as_u64().unwrap();
         let res = s["inputs"][0]["shape"][2].as_u64().unwrap();
