@@ -182,6 +182,18 @@ pub enum Stmt {
         /// Whole statement.
         span: Span,
     },
+    /// `if cond { ... } else { ... }` as a statement (bindings made in the taken
+    /// branch are visible after it).
+    If {
+        /// The condition.
+        cond: Expr,
+        /// Statements when true.
+        then: Body,
+        /// Statements when false (an `else if` is a body holding one `If`).
+        els: Option<Body>,
+        /// Whole statement.
+        span: Span,
+    },
     /// `return expr`.
     Return {
         /// The value returned.
@@ -270,8 +282,6 @@ pub enum BinOp {
     Mul,
     /// `/` (true division)
     Div,
-    /// `//` (floor division)
-    FloorDiv,
     /// `%`
     Rem,
     /// `**`
@@ -302,7 +312,6 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
-            BinOp::FloorDiv => "//",
             BinOp::Rem => "%",
             BinOp::Pow => "**",
             BinOp::Eq => "==",

@@ -130,6 +130,15 @@ fn body_exprs<'a>(b: &'a Body, out: &mut Vec<&'a Expr>) {
                     out.push(iter);
                     bodies.push(body);
                 }
+                Stmt::If {
+                    cond, then, els, ..
+                } => {
+                    out.push(cond);
+                    bodies.push(then);
+                    if let Some(e) = els {
+                        bodies.push(e);
+                    }
+                }
             }
         }
     }
@@ -216,7 +225,7 @@ pub fn for_each_child<'a>(e: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
                 f(c);
             }
         }
-        ExprKind::Tuple(items) => items.iter().for_each(|x| f(x)),
+        ExprKind::Tuple(items) => items.iter().for_each(&mut *f),
         ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) => {
             f(a);
             f(b);
@@ -367,6 +376,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::let_stmt => "`let`",
         Rule::assign_stmt => "an assignment",
         Rule::for_stmt => "`for`",
+        Rule::if_stmt => "`if`",
         Rule::return_stmt => "`return`",
         Rule::pattern | Rule::tuple_pattern => "a name",
         Rule::network_alias => "`=`",
@@ -522,6 +532,27 @@ impl Cx {
                 body: self.body(it.next().unwrap())?,
                 span,
             },
+            Rule::if_stmt => {
+                let cond = self.expr(it.next().unwrap())?;
+                let then = self.body(it.next().unwrap())?;
+                let els = match it.next() {
+                    None => None,
+                    Some(q) if q.as_rule() == Rule::if_stmt => {
+                        let inner_span = self.span(&q);
+                        Some(Body {
+                            stmts: vec![self.stmt(q)?],
+                            span: inner_span,
+                        })
+                    }
+                    Some(q) => Some(self.body(q)?),
+                };
+                Stmt::If {
+                    cond,
+                    then,
+                    els,
+                    span,
+                }
+            }
             Rule::return_stmt => Stmt::Return {
                 value: self.expr(it.next().unwrap())?,
                 span,
@@ -612,7 +643,6 @@ impl Cx {
                         "-" => BinOp::Sub,
                         "*" => BinOp::Mul,
                         "/" => BinOp::Div,
-                        "//" => BinOp::FloorDiv,
                         "%" => BinOp::Rem,
                         "==" => BinOp::Eq,
                         "!=" => BinOp::Ne,
@@ -724,7 +754,9 @@ impl Cx {
     fn label(&self, p: Pair<Rule>) -> Res<Label> {
         let inner = p.into_inner().next().unwrap();
         Ok(match inner.as_rule() {
-            Rule::ident => Label::Ident(self.ident(inner)),
+            Rule::ident | Rule::keyword => {
+                Label::Ident(Spanned::new(inner.as_str().to_string(), self.span(&inner)))
+            }
             Rule::int => {
                 let span = self.span(&inner);
                 Label::Int(Spanned::new(self.int_value(&inner)?, span))

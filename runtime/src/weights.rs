@@ -278,13 +278,13 @@ impl Weights {
                     Some(key) => self.take(key)?.data.iter().map(|v| *v as f64).collect(),
                     None => vec![0.0; out],
                 };
-                for o in 0..out {
+                for (o, bias) in b.iter_mut().enumerate() {
                     let g = o / out_g.max(1);
                     for i in 0..cin_g {
                         let c = g * cin_g + i;
                         for j in 0..k {
                             let idx = (o * cin_g + i) * k + j;
-                            b[o] += w.data[idx] as f64 * shift[c];
+                            *bias += w.data[idx] as f64 * shift[c];
                             w.data[idx] = (w.data[idx] as f64 * scale[c]) as f32;
                         }
                     }

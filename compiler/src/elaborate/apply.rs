@@ -237,12 +237,28 @@ impl Elab<'_> {
         let base = match self.eval(env, callee)? {
             Value::Layer(l) => l,
             v => {
-                return Err(self.error(
+                let d = self.error(
                     "netc::type",
                     format!("{} `{v}` cannot be called", v.kind()),
                     callee.span,
                     "not an op, block or function",
-                ))
+                );
+                // A variable named like a built-in hides it: say so.
+                let hidden = match &callee.kind {
+                    ExprKind::Ident(n)
+                        if builtins::op(n).is_some()
+                            || builtins::FUNCTIONS.iter().any(|f| f.0 == n) =>
+                    {
+                        Some(n.clone())
+                    }
+                    _ => None,
+                };
+                return Err(match hidden {
+                    Some(n) => d.help(format!(
+                        "the variable `{n}` hides the built-in `{n}`; rename the variable (e.g. `{n}_p`)"
+                    )),
+                    None => d,
+                });
             }
         };
         let mut evaluated = Vec::new();
@@ -830,7 +846,7 @@ impl Elab<'_> {
                     )
                 })?;
                 let extent = xs.known(axis).unwrap_or(0);
-                if n == 0 || extent % n != 0 {
+                if n == 0 || !extent.is_multiple_of(n) {
                     return Err(self
                         .error(
                             "netc::groups",

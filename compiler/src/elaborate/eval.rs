@@ -521,6 +521,20 @@ impl<'p> Elab<'p> {
                     }
                 }
             }
+            Stmt::If {
+                cond, then, els, ..
+            } => {
+                let branch = if self.eval_bool(env, cond)? {
+                    Some(then)
+                } else {
+                    els.as_ref()
+                };
+                if let Some(b) = branch {
+                    if let Some(ret) = self.exec_body(env, b, is_network)? {
+                        return Ok(Some(ret));
+                    }
+                }
+            }
             Stmt::Return { value, span } => {
                 let v = self.eval(env, value)?;
                 let ident = match &value.kind {
@@ -1148,11 +1162,10 @@ impl<'p> Elab<'p> {
                     BinOp::Add => V::Int(x.checked_add(y).ok_or_else(ov)?),
                     BinOp::Sub => V::Int(x.checked_sub(y).ok_or_else(ov)?),
                     BinOp::Mul => V::Int(x.checked_mul(y).ok_or_else(ov)?),
-                    BinOp::Div | BinOp::FloorDiv | BinOp::Rem if y == 0 => {
+                    BinOp::Div | BinOp::Rem if y == 0 => {
                         return Err(self.error("netc::division_by_zero", "division by zero", b.span, "this is 0"))
                     }
                     BinOp::Div => V::Float(x as f64 / y as f64),
-                    BinOp::FloorDiv => V::Int(floor_div(x, y).ok_or_else(ov)?),
                     BinOp::Rem => V::Int(floor_rem(x, y).ok_or_else(ov)?),
                     BinOp::Pow => {
                         if !(0..=63).contains(&y) {
@@ -1170,11 +1183,10 @@ impl<'p> Elab<'p> {
                     BinOp::Add => V::Float(x + y),
                     BinOp::Sub => V::Float(x - y),
                     BinOp::Mul => V::Float(x * y),
-                    BinOp::Div | BinOp::FloorDiv | BinOp::Rem if y == 0.0 => {
+                    BinOp::Div | BinOp::Rem if y == 0.0 => {
                         return Err(self.error("netc::division_by_zero", "division by zero", b.span, "this is 0"))
                     }
                     BinOp::Div => V::Float(x / y),
-                    BinOp::FloorDiv => V::Float((x / y).floor()),
                     BinOp::Rem => V::Float(x - y * (x / y).floor()),
                     BinOp::Pow => V::Float(x.powf(y)),
                     _ => V::Bool(compare(op, x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal))),
@@ -1204,16 +1216,6 @@ impl<'p> Elab<'p> {
             _ => return Err(type_err(self)),
         })
     }
-}
-
-/// Python's floor division (rounds toward negative infinity).
-fn floor_div(x: i64, y: i64) -> Option<i64> {
-    let q = x.checked_div(y)?;
-    Some(if x % y != 0 && ((x < 0) != (y < 0)) {
-        q - 1
-    } else {
-        q
-    })
 }
 
 /// Python's modulo (the result has the divisor's sign).

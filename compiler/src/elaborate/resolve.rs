@@ -158,6 +158,15 @@ impl Resolver<'_> {
                     bind(scope, pattern);
                     self.body(scope, body);
                 }
+                Stmt::If {
+                    cond, then, els, ..
+                } => {
+                    self.expr(scope, cond);
+                    self.body(scope, then);
+                    if let Some(e) = els {
+                        self.body(scope, e);
+                    }
+                }
                 Stmt::Return { value, .. } => self.expr(scope, value),
             }
         }

@@ -39,8 +39,8 @@ pub fn run(g: &mut Graph) -> bool {
             } if value == f64::NEG_INFINITY => window,
             _ => continue,
         };
-        for i in 0..4 {
-            window.pad[i] += pad[i];
+        for (w, p) in window.pad.iter_mut().zip(pad) {
+            *w += p;
         }
         let src = g.operands(n)[0];
         // Pooling limits padding to half the kernel: keep the pad if the folded window is invalid.
