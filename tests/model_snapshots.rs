@@ -42,6 +42,26 @@ macro_rules! summary {
 
 ir!(resnet18);
 ir!(resnext50_32x4d);
+ir!(mobilenet_v2);
 
 summary!(summary_resnet50, "resnet50");
 summary!(summary_resnext50_32x4d, "resnext50_32x4d");
+summary!(summary_densenet121, "densenet121");
+summary!(summary_efficientnet_b0, "efficientnet_b0");
+summary!(summary_convnext_tiny, "convnext_tiny");
+summary!(summary_vit_b_16, "vit_b_16");
+summary!(summary_replknet31b, "replknet31b");
+summary!(summary_googlenet, "googlenet");
+
+/// The optimized IR of ResNet-50: one node per convolution, plus pooling and the classifier.
+#[test]
+fn ir_resnet50_optimized() {
+    let text = netc(&["ir", "models/resnet50.net", "--print-after", "dead-code", "--no-locations"]);
+    assert!(!text.contains("batch_norm"), "batch norms survive");
+    let convs = text.lines().filter(|l| l.contains("= fused_conv2d")).count();
+    let nodes = text.lines().filter(|l| l.trim_start().starts_with('%')).count();
+    assert_eq!(convs, 53);
+    // input, max_pool, the pooling+flatten and the classifier are the rest.
+    assert_eq!(nodes, convs + 4);
+    insta::assert_snapshot!("ir_resnet50_optimized", text);
+}
