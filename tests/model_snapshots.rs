@@ -56,10 +56,22 @@ summary!(summary_googlenet, "googlenet");
 /// The optimized IR of ResNet-50: one node per convolution, plus pooling and the classifier.
 #[test]
 fn ir_resnet50_optimized() {
-    let text = netc(&["ir", "models/resnet50.net", "--print-after", "dead-code", "--no-locations"]);
+    let text = netc(&[
+        "ir",
+        "models/resnet50.net",
+        "--print-after",
+        "dead-code",
+        "--no-locations",
+    ]);
     assert!(!text.contains("batch_norm"), "batch norms survive");
-    let convs = text.lines().filter(|l| l.contains("= fused_conv2d")).count();
-    let nodes = text.lines().filter(|l| l.trim_start().starts_with('%')).count();
+    let convs = text
+        .lines()
+        .filter(|l| l.contains("= fused_conv2d"))
+        .count();
+    let nodes = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('%'))
+        .count();
     assert_eq!(convs, 53);
     // input, max_pool, the pooling+flatten and the classifier are the rest.
     assert_eq!(nodes, convs + 4);

@@ -1,11 +1,13 @@
 //! netc's runtime: executes compiled networks. Holds the reference backend
 //! (candle), weight loading and validation, and the embedding API.
 //!
-//! ```no_run
-//! use netc_runtime::{Model, HostTensor};
-//! let model = Model::from_file("models/resnet18.net", &[]).unwrap();
+//! ```
+//! use netc_runtime::{HostTensor, Model};
+//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/resnet18.net");
+//! // Compile once (here at 64x64), then run as often as needed.
+//! let model = Model::from_file(path, &["resolution=64"]).unwrap();
 //! let session = model.session_with_random_weights(0).unwrap();
-//! let image = HostTensor::zeros(&[1, 3, 224, 224]);
+//! let image = HostTensor::zeros(&[1, 3, 64, 64]);
 //! let logits = &session.run(&[image]).unwrap()[0];
 //! assert_eq!(logits.shape, [1, 1000]);
 //! ```

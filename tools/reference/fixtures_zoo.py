@@ -29,3 +29,10 @@ MORE = {
     "densenet121": (tv("densenet121"), "models/densenet121.net", ["resolution=64"], 64),
     "mobilenet_v2": (tv("mobilenet_v2"), "models/mobilenet_v2.net", ["resolution=64"], 64),
 }
+
+# Native-size variants for `make_fixtures.py --full` where the CI fixture is reduced.
+FULL = {
+    "vit_b_16": (tv("vit_b_16"), "models/vit_b_16.net", [], 224),
+    "replknet31b": (lambda: RepLKNet([31, 29, 27, 13], [2, 2, 18, 2], [128, 256, 512, 1024], small_kernel=5),
+                    "models/replknet31b.net", [], 224),
+}

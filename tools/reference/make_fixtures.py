@@ -87,16 +87,13 @@ FIXTURES = {
     "resnext50_32x4d": (tv("resnext50_32x4d"), "models/resnext50_32x4d.net", ["resolution=64"], 64),
 }
 
-try:  # Fixtures for models whose .net files take a resolution parameter; see docs/parity.md.
-    from fixtures_zoo import MORE  # noqa: E402
+from fixtures_zoo import FULL, MORE  # noqa: E402
 
-    FIXTURES.update(MORE)
-except ImportError:
-    pass
+FIXTURES.update(MORE)
 
 
 def make(name, full, out_dir, seed=0):
-    ctor, net, sets, res = FIXTURES[name]
+    ctor, net, sets, res = FULL[name] if full and name in FULL else FIXTURES[name]
     if full:
         sets = [s for s in sets if not s.startswith(("resolution=", "image_size="))]
         res = None

@@ -730,6 +730,21 @@ impl<'p> Elab<'p> {
         }
     }
 
+    /// The elements `..x` splices: a list's items, or the layers of an
+    /// unlabelled sequence (`..repeat n { ... }`), which keeps indices flat.
+    fn spread(&mut self, env: &Env, e: &Expr) -> R<Rc<Vec<Value>>> {
+        match self.eval(env, e)? {
+            Value::List(items) => Ok(items),
+            Value::Layer(l) if l.label.is_none() && matches!(l.kind, LayerKind::Seq(_)) => {
+                let LayerKind::Seq(children) = &l.kind else { unreachable!() };
+                Ok(Rc::new(children.iter().map(|c| Value::Layer(c.clone())).collect()))
+            }
+            v => Err(self
+                .error("netc::type", format!("`..` needs a list, found {} `{v}`", v.kind()), e.span, "not a list")
+                .help("spread a list or an unlabelled `repeat`; a labelled sequence stays one element")),
+        }
+    }
+
     pub(super) fn eval_int(&mut self, env: &Env, e: &Expr, what: &str) -> R<i64> {
         let v = self.eval(env, e)?;
         match coerce(&Type::Int, &v) {
@@ -911,7 +926,7 @@ impl<'p> Elab<'p> {
                             v => out.push(v),
                         },
                         ListElem::Spread(x) => {
-                            let items = self.eval_list(env, x, "`..`")?;
+                            let items = self.spread(env, x)?;
                             out.extend(items.iter().cloned());
                         }
                     }
@@ -1067,7 +1082,7 @@ impl<'p> Elab<'p> {
                                 .extend(self.as_layers(std::slice::from_ref(&v), l.expr.span)?),
                         },
                         ListElem::Spread(x) => {
-                            let items = self.eval_list(env, x, "`..`")?;
+                            let items = self.spread(env, x)?;
                             layers.extend(self.as_layers(&items, x.span)?);
                         }
                     }
@@ -1257,6 +1272,22 @@ fn values_equal(a: &Value, b: &Value) -> Option<bool> {
         (Value::Str(x), Value::Str(y)) => x == y,
         (Value::Symbol(e1, v1), Value::Symbol(e2, v2)) => e1 == e2 && v1 == v2,
         (Value::None, Value::None) => true,
+        // Different scalar kinds are simply unequal (as in Python), so mixed
+        // lists such as VGG's [64, "M", ...] can be tested element by element.
+        (
+            Value::Int(_)
+            | Value::Float(_)
+            | Value::Bool(_)
+            | Value::Str(_)
+            | Value::Symbol(..)
+            | Value::None,
+            Value::Int(_)
+            | Value::Float(_)
+            | Value::Bool(_)
+            | Value::Str(_)
+            | Value::Symbol(..)
+            | Value::None,
+        ) => false,
         (Value::List(x), Value::List(y)) => {
             x.len() == y.len()
                 && x.iter()

@@ -1,0 +1,129 @@
+//! The command line end to end: exit codes, the build report, and `init-weights`
+//! + `run` on a safetensors input and on a PNG image.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn netc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netc"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("run netc")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn build_reports_the_torchvision_figures() {
+    let out = netc(&["build", "models/resnext50_32x4d.net"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("parameters  25,028,904"), "{text}");
+    assert!(text.contains("MACs        4,230,479,872"), "{text}");
+}
+
+#[test]
+fn errors_exit_non_zero_without_panicking() {
+    for args in [
+        vec!["check", "models/does_not_exist.net"],
+        vec!["build", "models/resnet50.net", "--set", "resolution=0"],
+        vec!["build", "models/resnet50.net", "--set", "nope=1"],
+        vec!["build", "models/resnet50.net", "--passes", "fold-bn"],
+        vec!["ir", "models/resnet50.net", "--print-after", "nope"],
+        vec![
+            "run",
+            "models/resnet18.net",
+            "--weights",
+            "Cargo.toml",
+            "--input",
+            "Cargo.toml",
+        ],
+    ] {
+        let out = netc(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn init_weights_then_run_on_a_tensor_and_on_an_image() {
+    let w = tmp("r18.safetensors");
+    let w = w.to_str().unwrap();
+    let out = netc(&[
+        "init-weights",
+        "models/resnet18.net",
+        "--set",
+        "resolution=64",
+        "-o",
+        w,
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An image input, resized and center-cropped to 64x64, with the top classes named.
+    let png = tmp("cat.png");
+    let img = image::RgbImage::from_fn(80, 60, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 4) as u8, 128])
+    });
+    img.save(&png).unwrap();
+    let out = netc(&[
+        "run",
+        "models/resnet18.net",
+        "--set",
+        "resolution=64",
+        "--weights",
+        w,
+        "--input",
+        png.to_str().unwrap(),
+        "--top",
+        "3",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("output logits: [1, 1000]"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains('%')).count(),
+        3,
+        "{text}"
+    );
+
+    // The outputs written by name can be read back as an input-style tensor file.
+    let y = tmp("y.safetensors");
+    let out = netc(&[
+        "run",
+        "models/resnet18.net",
+        "--set",
+        "resolution=64",
+        "--weights",
+        w,
+        "--input",
+        png.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+        "-O0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&y).unwrap();
+    let t = netc_runtime::weights::read_tensor(&bytes, Some("logits")).unwrap();
+    assert_eq!(t.shape, [1, 1000]);
+}
