@@ -402,36 +402,14 @@ impl<'p> Elab<'p> {
                 "any" => Type::Any,
                 other => match self.prog.defs.get(other) {
                     Some(Def::Enum(e)) => Type::Enum(e.name.node.as_str().into()),
+                    // The resolver reports unknown types (with suggestions) before
+                    // evaluation starts; this is only reached if that check is skipped.
                     _ => {
-                        let mut names = vec![
-                            "int",
-                            "float",
-                            "bool",
-                            "str",
-                            "tensor",
-                            "layer",
-                            "activation",
-                            "any",
-                        ];
-                        names.extend(
-                            self.prog
-                                .defs
-                                .iter()
-                                .filter(|(_, d)| matches!(d, Def::Enum(_)))
-                                .map(|(k, _)| &**k),
-                        );
-                        let d = Diagnostic::new(
+                        return Err(Diagnostic::new(
                             "netc::unknown_type",
                             format!("unknown type `{other}`"),
                         )
-                        .label(n.span, "not a type");
-                        return Err(match did_you_mean(other, names.iter().copied()) {
-                            Some(s) => d.help(format!("did you mean `{s}`?")),
-                            None => d.help(format!(
-                                "types are {}, lists [T], tuples (T, U) and enums",
-                                names[..8].join(", ")
-                            )),
-                        });
+                        .label(n.span, "not a type"))
                     }
                 },
             },
