@@ -353,7 +353,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 );
                 for r in &runs {
                     println!(
-                        "{:<20} {:>10.3} {:>8} {:>14}",
+                        "{:<26} {:>10.3} {:>8} {:>14}",
                         r.name,
                         r.time.as_secs_f64() * 1e3,
                         if r.changed { "yes" } else { "no" },

@@ -162,3 +162,42 @@ network N() {
 "#;
     insta::assert_snapshot!(check("dead-code", src));
 }
+
+/// ResNeXt's three equivalent forms: (A) N paths summed, (B) N paths concatenated
+/// then projected, and the split form; all must end as grouped convolutions.
+#[test]
+fn canonicalize_cardinality() {
+    let form_a = r#"
+network N() {
+    input x: [8, 6, 6]
+    return x -> fork 4 { [conv(2, k=1), relu, conv(2, k=3, pad=1), relu, conv(8, k=1)] } -> sum
+}
+"#;
+    let form_b = r#"
+network N() {
+    input x: [8, 6, 6]
+    return x -> fork 4 { [conv(2, k=1), relu, conv(2, k=3, pad=1), relu] } -> concat -> conv(8, k=1)
+}
+"#;
+    let split = r#"
+network N() {
+    input x: [8, 6, 6]
+    return x -> split(4) -> each { conv(3, k=3, pad=1) } -> concat
+}
+"#;
+    let mut all = String::new();
+    for (name, src) in [("form A", form_a), ("form B", form_b), ("split", split)] {
+        let text = check("canonicalize-cardinality", src);
+        let after = text.split("---\n").nth(1).unwrap();
+        assert!(
+            after.contains("g=4"),
+            "{name}: no grouped convolution:\n{after}"
+        );
+        assert!(
+            !after.contains("concat"),
+            "{name}: a concat survived:\n{after}"
+        );
+        all.push_str(&format!("# {name}\n{text}\n"));
+    }
+    insta::assert_snapshot!(all);
+}

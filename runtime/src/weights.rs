@@ -344,6 +344,36 @@ impl Weights {
                     },
                 );
             }
+            WeightTransform::ConcatInputs { parts, out } => {
+                let ts: Vec<HostTensor> = parts
+                    .iter()
+                    .map(|p| self.take(p))
+                    .collect::<Result<_, _>>()?;
+                let first = ts.first().ok_or("no parts")?;
+                let (o, k) = (first.shape[0], first.shape[2..].iter().product::<usize>());
+                let cin: usize = ts.iter().map(|t| t.shape[1]).sum();
+                let mut data = Vec::with_capacity(o * cin * k);
+                for oc in 0..o {
+                    for t in &ts {
+                        let per = t.shape[1] * k;
+                        data.extend_from_slice(&t.data[oc * per..(oc + 1) * per]);
+                    }
+                }
+                let mut shape = first.shape.clone();
+                shape[1] = cin;
+                self.insert(out.clone(), HostTensor { shape, data });
+            }
+            WeightTransform::SumTensors { parts, out } => {
+                let mut acc: Option<HostTensor> = None;
+                for p in parts {
+                    let t = self.take(p)?;
+                    match &mut acc {
+                        None => acc = Some(t),
+                        Some(a) => a.data.iter_mut().zip(&t.data).for_each(|(x, y)| *x += y),
+                    }
+                }
+                self.insert(out.clone(), acc.ok_or("no parts")?);
+            }
             WeightTransform::ConcatOutputs { parts, out } => {
                 let mut shape: Option<Vec<usize>> = None;
                 let mut data = Vec::new();

@@ -61,6 +61,21 @@ pub enum WeightTransform {
         /// The stacked key.
         out: String,
     },
+    /// Concatenates convolution weights along the input-channel axis (1): a sum of
+    /// N convolutions over consecutive channel slices becomes one convolution.
+    ConcatInputs {
+        /// The paths' weight keys, in channel order.
+        parts: Vec<String>,
+        /// The merged key.
+        out: String,
+    },
+    /// Element-wise sum of same-shaped tensors (the biases of summed paths).
+    SumTensors {
+        /// The keys summed.
+        parts: Vec<String>,
+        /// The result's key.
+        out: String,
+    },
 }
 
 impl fmt::Display for WeightTransform {
@@ -90,6 +105,16 @@ impl fmt::Display for WeightTransform {
             }
             WeightTransform::ConcatOutputs { parts, out } => {
                 write!(f, "stack {} tensors into {out}", parts.len())
+            }
+            WeightTransform::ConcatInputs { parts, out } => {
+                write!(
+                    f,
+                    "join {} kernels along input channels into {out}",
+                    parts.len()
+                )
+            }
+            WeightTransform::SumTensors { parts, out } => {
+                write!(f, "sum {} tensors into {out}", parts.len())
             }
         }
     }

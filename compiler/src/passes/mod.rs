@@ -6,6 +6,7 @@
 //! name. The verifier runs after every pass when [`PassOptions::verify`] is set
 //! (always in debug builds and tests) and names the pass that broke the IR.
 
+mod canonicalize_cardinality;
 mod dead_code;
 mod fold_batch_norm;
 mod fold_padding;
@@ -54,6 +55,12 @@ pub const PASSES: &[Pass] = &[
         level: 1,
         doc: "folds inference BatchNorm into the adjacent conv/linear",
         run: fold_batch_norm::run,
+    },
+    Pass {
+        name: "canonicalize-cardinality",
+        level: 2,
+        doc: "turns N identical parallel paths over channel splits (ResNeXt forms A/B) into grouped convolutions",
+        run: canonicalize_cardinality::run,
     },
     Pass {
         name: "reparameterize",
