@@ -348,7 +348,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             );
             if time_passes {
                 println!(
-                    "\n{:<20} {:>10} {:>8} {:>14}",
+                    "\n{:<26} {:>10} {:>8} {:>14}",
                     "pass", "time (ms)", "changed", "nodes"
                 );
                 for r in &runs {
