@@ -325,10 +325,11 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             println!("buffers     {}", grouped(totals.buffers));
             println!("MACs        {}", grouped(totals.macs));
             println!(
-                "arena       {} bytes per image (lower bound {}, without reuse {})",
+                "arena       {} bytes per image (lower bound {}, without reuse {}; {} concats written in place)",
                 grouped(mem.arena),
                 grouped(mem.lower_bound),
-                grouped(mem.naive)
+                grouped(mem.naive),
+                mem.concats_eliminated
             );
             if let Some(out) = output {
                 let t = Instant::now();
