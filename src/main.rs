@@ -109,6 +109,28 @@ enum Command {
         #[command(flatten)]
         opt: Optimize,
     },
+    /// Measure inference latency: warm-up, then the median and spread over iterations.
+    Bench {
+        #[command(flatten)]
+        input: Input,
+        #[command(flatten)]
+        opt: Optimize,
+        /// Backends to measure, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "candle")]
+        backend: Vec<Backend>,
+        /// Worker threads for the backend's thread pool.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Timed iterations (after warm-up).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        iters: u64,
+        /// Batch size.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        batch: u64,
+        /// Print one JSON object per backend.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write deterministic random weights (PyTorch's default initialisers).
     InitWeights {
         #[command(flatten)]
@@ -442,6 +464,83 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 println!("outputs written to {}", path.display());
             }
         }
+        Command::Bench {
+            input,
+            opt,
+            backend,
+            threads,
+            iters,
+            batch,
+            json,
+        } => {
+            let g = compile(&input, &mut sources, &mut timings)?;
+            let mut model = netc_runtime::Model::from_graph(g, sources.clone());
+            model.optimize(&opt.options(2)).map_err(|e| {
+                report(&e.diagnostics, &sources);
+                ExitCode::FAILURE
+            })?;
+            let weights = netc_runtime::Weights::pytorch_default(model.elaborated(), 0);
+            let inputs: Vec<netc_runtime::HostTensor> = model
+                .graph()
+                .inputs
+                .iter()
+                .map(|i| {
+                    let mut shape = vec![batch as usize];
+                    shape.extend(model.graph().node(i.node).shape.per_sample());
+                    netc_runtime::HostTensor::zeros(&shape)
+                })
+                .collect();
+            for b in backend {
+                let Backend::Candle = b;
+                let session = model.session(&weights).map_err(|e| {
+                    report(&e.diagnostics, &sources);
+                    ExitCode::FAILURE
+                })?;
+                let run_once = || -> Result<f64, ExitCode> {
+                    let t = Instant::now();
+                    session.run(&inputs).map_err(|e| {
+                        report(&e.diagnostics, &sources);
+                        ExitCode::FAILURE
+                    })?;
+                    Ok(t.elapsed().as_secs_f64() * 1e3)
+                };
+                let warmup = (iters / 5).clamp(1, 5);
+                for _ in 0..warmup {
+                    run_once()?;
+                }
+                let mut times = Vec::with_capacity(iters as usize);
+                for i in 0..iters {
+                    times.push(run_once()?);
+                    if !json && std::io::stderr().is_terminal() {
+                        eprint!(
+                            "\r{} {}/{iters}",
+                            "#".repeat(((i + 1) * 30 / iters) as usize),
+                            i + 1
+                        );
+                    }
+                }
+                if !json && std::io::stderr().is_terminal() {
+                    eprintln!();
+                }
+                times.sort_by(f64::total_cmp);
+                let median = times[times.len() / 2];
+                let (min, max) = (times[0], times[times.len() - 1]);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "network": model.graph().name, "backend": "candle", "threads": threads,
+                            "batch": batch, "iters": iters, "median_ms": median, "min_ms": min, "max_ms": max,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{} candle batch {batch} threads {threads}: median {median:.2} ms (min {min:.2}, max {max:.2}) over {iters} runs",
+                        model.graph().name
+                    );
+                }
+            }
+        }
         Command::InitWeights {
             input,
             output,
@@ -501,6 +600,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // candle's CPU kernels use the global rayon pool; size it before first use.
+    if let Command::Bench { threads, .. } = &cli.command {
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
