@@ -339,11 +339,15 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 println!("output      {}: {}", o.name, g.node(o.node).shape);
             }
             println!("nodes       {} after passes", g.len());
-            println!(
-                "parameters  {} ({} after folding)",
-                grouped(totals.params),
-                grouped(optimized.params + optimized.buffers)
-            );
+            if g.weight_transforms.is_empty() {
+                println!("parameters  {}", grouped(totals.params));
+            } else {
+                println!(
+                    "parameters  {} ({} stored after folding)",
+                    grouped(totals.params),
+                    grouped(optimized.params + optimized.buffers)
+                );
+            }
             println!("buffers     {}", grouped(totals.buffers));
             println!("MACs        {}", grouped(totals.macs));
             println!(

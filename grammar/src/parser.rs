@@ -67,10 +67,22 @@ fn check_nesting(file: FileId, text: &str) -> Result<(), Diagnostic> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut in_comment = false;
+    // Where the open block comment started (its `*/` must come after the `/*`).
+    let mut block_comment_from: Option<usize> = None;
     let bytes = text.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if in_comment {
             in_comment = b != b'\n';
+            continue;
+        }
+        if let Some(from) = block_comment_from {
+            if b == b'/' && i >= from + 3 && bytes[i - 1] == b'*' {
+                block_comment_from = None;
+            }
+            continue;
+        }
+        if !in_string && b == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            block_comment_from = Some(i);
             continue;
         }
         match b {

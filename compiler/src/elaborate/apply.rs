@@ -185,7 +185,7 @@ impl Elab<'_> {
     }
 
     /// The span without leading and trailing whitespace.
-    fn trimmed(&self, s: Span) -> Span {
+    pub(super) fn trimmed(&self, s: Span) -> Span {
         let text = self.sources.snippet(s);
         let lead = text.len() - text.trim_start().len();
         let trail = text.len() - text.trim_end().len();

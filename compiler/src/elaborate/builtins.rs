@@ -834,7 +834,10 @@ pub static FUNCTIONS: &[(&str, &str)] = &[
     ("float", "convert to float"),
     ("sqrt", "square root"),
     ("len", "length of a list"),
-    ("range", "range(n) or range(a, b): the ints a..b"),
+    (
+        "range",
+        "range(n), range(a, b) or range(a, b, step): the ints from a up to (not including) b",
+    ),
     ("enumerate", "list of (index, element) pairs"),
     ("zip", "list of tuples of corresponding elements"),
     (

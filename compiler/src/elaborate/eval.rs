@@ -125,14 +125,34 @@ impl<'p> Elab<'p> {
     // ------------------------------------------------------------ constants
 
     /// Evaluates the file-level constants in load order.
+    ///
+    /// Constants may refer to each other across files in any order: one that
+    /// reads a constant not evaluated yet is retried after the others, so only a
+    /// cycle is an error.
     pub fn eval_consts(&mut self) -> R<()> {
-        let consts = self.prog.consts.clone();
-        for c in consts {
-            let env = Env::new();
-            let v = self.eval(&env, &c.value)?;
-            self.consts.insert(c.name.node.as_str().into(), v);
+        let mut pending = self.prog.consts.clone();
+        loop {
+            let mut deferred = Vec::new();
+            let mut waiting = None;
+            let before = pending.len();
+            for c in pending {
+                match self.eval(&Env::new(), &c.value) {
+                    Ok(v) => {
+                        self.consts.insert(c.name.node.as_str().into(), v);
+                    }
+                    Err(d) if d.code == "netc::const_order" => {
+                        waiting = Some(d);
+                        deferred.push(c);
+                    }
+                    Err(d) => return Err(d),
+                }
+            }
+            match waiting {
+                None => return Ok(()),
+                Some(d) if deferred.len() == before => return Err(d),
+                Some(_) => pending = deferred,
+            }
         }
-        Ok(())
     }
 
     // ------------------------------------------------------------ networks
@@ -635,11 +655,11 @@ impl<'p> Elab<'p> {
                 return Err(self
                     .error(
                         "netc::const_order",
-                        format!("constant `{name}` is used before it is defined"),
+                        format!("constant `{name}` depends on itself"),
                         span,
                         "used here",
                     )
-                    .help("file-level constants are evaluated in order; move this one later"))
+                    .help("file-level constants may refer to each other, but not in a cycle"))
             }
             Some(d) => {
                 return Err(self.error(
@@ -1122,6 +1142,16 @@ impl<'p> Elab<'p> {
             V::Float(f) => Some(*f),
             _ => None,
         };
+        // Point at the operator so miette can draw both operand labels beside it.
+        let op_span = if a.span.end <= b.span.start {
+            self.trimmed(Span {
+                file: span.file,
+                start: a.span.end,
+                end: b.span.start,
+            })
+        } else {
+            span
+        };
         let type_err = |me: &Self| {
             me.error(
                 "netc::type",
@@ -1131,8 +1161,8 @@ impl<'p> Elab<'p> {
                     l.kind(),
                     r.kind()
                 ),
-                span,
-                "here",
+                op_span,
+                "this operator",
             )
             .label(a.span, format!("{} `{l}`", l.kind()))
             .label(b.span, format!("{} `{r}`", r.kind()))
@@ -1204,7 +1234,7 @@ impl<'p> Elab<'p> {
                 V::Bool(eq == (op == BinOp::Eq))
             }
             (V::Tensor(_), _) | (_, V::Tensor(_)) => {
-                return Err(type_err(self).help("element-wise ops combine two tensors; scale by a constant with a layer, e.g. `layer_scale`"))
+                return Err(type_err(self).help("element-wise ops combine two tensors; arithmetic between a tensor and a number is not supported"))
             }
             _ => return Err(type_err(self)),
         })

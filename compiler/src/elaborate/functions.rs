@@ -24,6 +24,19 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
+/// An int argument; integral floats are accepted as everywhere else.
+fn int_arg(me: &Elab<'_>, a: &ArgValue) -> R<i64> {
+    match super::value::coerce(&super::value::Type::Int, &a.value) {
+        Ok(Value::Int(i)) => Ok(i),
+        _ => Err(me.error(
+            "netc::type",
+            format!("expected an int, found {} `{}`", a.value.kind(), a.value),
+            a.span,
+            "this argument",
+        )),
+    }
+}
+
 /// Calls a built-in function.
 pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span) -> R<Value> {
     let arity = |me: &Elab<'_>, lo: usize, hi: usize| -> R<()> {
@@ -161,10 +174,7 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
             arity(me, 1, 3)?;
             let mut ints = Vec::new();
             for a in args {
-                match &a.value {
-                    Value::Int(i) => ints.push(*i),
-                    _ => return Err(type_err(me, a, "an int")),
-                }
+                ints.push(int_arg(me, a)?);
             }
             let (start, end, step) = match ints.as_slice() {
                 [n] => (0, *n, 1),
@@ -239,15 +249,12 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
         "make_divisible" => {
             arity(me, 2, 3)?;
             let v = number(me, &args[0])?;
-            let divisor = match &args[1].value {
-                Value::Int(d) if *d > 0 => *d,
-                _ => return Err(type_err(me, &args[1], "a positive int divisor")),
-            };
+            let divisor = int_arg(me, &args[1])?;
+            if divisor <= 0 {
+                return Err(type_err(me, &args[1], "a positive int divisor"));
+            }
             let min_value = match args.get(2) {
-                Some(a) => match &a.value {
-                    Value::Int(m) => *m,
-                    _ => return Err(type_err(me, a, "an int")),
-                },
+                Some(a) => int_arg(me, a)?,
                 None => divisor,
             };
             if !v.is_finite() || v.abs() > 9.0e15 {
@@ -280,10 +287,7 @@ pub(super) fn call(me: &mut Elab<'_>, name: &str, args: &[ArgValue], span: Span)
         "dim" => {
             arity(me, 2, 2)?;
             let s = tensor_shape(me, &args[0])?;
-            let axis = match &args[1].value {
-                Value::Int(a) => *a,
-                _ => return Err(type_err(me, &args[1], "an int axis")),
-            };
+            let axis = int_arg(me, &args[1])?;
             match s.axis(axis).and_then(|a| s.known(a)) {
                 Some(d) => Value::Int(d as i64),
                 None => {
