@@ -201,3 +201,17 @@ network N() {
     }
     insta::assert_snapshot!(all);
 }
+
+#[test]
+fn fold_constants() {
+    let src = r#"
+network N() {
+    input x: [4, 3, 3]
+    param a: [4, 1, 1]
+    param t: [1, 4]
+    let scale = sigmoid(a) * a + reshape(permute(t, perm=[1, 0]), shape=[4, 1, 1])
+    return x * scale
+}
+"#;
+    insta::assert_snapshot!(check("fold-constants", src));
+}

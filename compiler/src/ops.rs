@@ -283,7 +283,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
                 ))
                 .operand(0, format!("shape {x}")));
             }
-            Shape::batched(dims)
+            if x.has_batch() {
+                Shape::batched(dims)
+            } else {
+                Shape::fixed(dims)
+            }
         }
         Op::Permute { perm } => {
             let x = x.unwrap();

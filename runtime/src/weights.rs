@@ -363,6 +363,31 @@ impl Weights {
                 shape[1] = cin;
                 self.insert(out.clone(), HostTensor { shape, data });
             }
+            WeightTransform::Evaluate {
+                op,
+                inputs,
+                out,
+                shape,
+            } => {
+                let ts: Vec<HostTensor> = inputs
+                    .iter()
+                    .map(|(k, _)| {
+                        self.tensors
+                            .get(k)
+                            .cloned()
+                            .ok_or_else(|| format!("missing `{k}`"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let data = crate::backend::candle::evaluate_constant(op, &ts, shape)
+                    .map_err(|e| e.to_string())?;
+                self.insert(
+                    out.clone(),
+                    HostTensor {
+                        shape: shape.clone(),
+                        data,
+                    },
+                );
+            }
             WeightTransform::SumTensors { parts, out } => {
                 let mut acc: Option<HostTensor> = None;
                 for p in parts {

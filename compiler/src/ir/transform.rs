@@ -69,6 +69,18 @@ pub enum WeightTransform {
         /// The merged key.
         out: String,
     },
+    /// Computes an element-wise or layout op over learned tensors once (constant
+    /// folding); the inputs are kept (other nodes may read them).
+    Evaluate {
+        /// The op (activation, binary op, reshape, permute, identity).
+        op: crate::ir::Op,
+        /// Input keys and shapes, in operand order.
+        inputs: Vec<(String, Vec<usize>)>,
+        /// The result's key.
+        out: String,
+        /// The result's shape.
+        shape: Vec<usize>,
+    },
     /// Element-wise sum of same-shaped tensors (the biases of summed paths).
     SumTensors {
         /// The keys summed.
@@ -112,6 +124,9 @@ impl fmt::Display for WeightTransform {
                     "join {} kernels along input channels into {out}",
                     parts.len()
                 )
+            }
+            WeightTransform::Evaluate { op, out, .. } => {
+                write!(f, "evaluate {} into {out}", op.mnemonic())
             }
             WeightTransform::SumTensors { parts, out } => {
                 write!(f, "sum {} tensors into {out}", parts.len())

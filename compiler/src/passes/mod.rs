@@ -9,6 +9,7 @@
 mod canonicalize_cardinality;
 mod dead_code;
 mod fold_batch_norm;
+mod fold_constants;
 mod fold_padding;
 mod fuse_epilogue;
 mod remove_identity;
@@ -32,6 +33,12 @@ pub struct Pass {
 
 /// Every pass, in pipeline order.
 pub const PASSES: &[Pass] = &[
+    Pass {
+        name: "fold-constants",
+        level: 1,
+        doc: "computes parameter-only subgraphs once, at load time",
+        run: fold_constants::run,
+    },
     Pass {
         name: "remove-identity",
         level: 1,

@@ -23,9 +23,17 @@ pub struct CandleProgram {
     params: HashMap<NodeIndex, Vec<Tensor>>,
 }
 
+/// candle's message without the backtrace it appends when RUST_BACKTRACE is set.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 fn internal(e: candle_core::Error) -> Diagnostic {
-    Diagnostic::new("netc::backend", format!("candle failed: {e}"))
-        .help("this is a bug in netc's candle lowering; please report it with the model")
+    Diagnostic::new(
+        "netc::backend",
+        format!("candle failed: {}", first_line(&e)),
+    )
+    .help("this is a bug in netc's candle lowering; please report it with the model")
 }
 
 impl CandleProgram {
@@ -152,7 +160,7 @@ impl CandleProgram {
                     t
                 }
                 op => self.eval(op, &args, &self.params[&id], &node.shape, n).map_err(|e| {
-                    Diagnostic::new("netc::backend", format!("candle failed in `{}` ({}): {e}", node.name, op.mnemonic()))
+                    Diagnostic::new("netc::backend", format!("candle failed in `{}` ({}): {}", node.name, op.mnemonic(), first_line(&e)))
                         .label(node.span, "this layer")
                         .help("this is a bug in netc's candle lowering; please report it with the model")
                 })?,
@@ -335,6 +343,37 @@ impl CandleProgram {
             }
         })
     }
+}
+
+/// Computes a parameter-only op on the CPU (constant folding at load time).
+pub fn evaluate_constant(
+    op: &Op,
+    inputs: &[HostTensor],
+    shape: &[usize],
+) -> candle_core::Result<Vec<f32>> {
+    let dev = Device::Cpu;
+    let xs: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| Tensor::from_slice(&t.data, t.shape.as_slice(), &dev))
+        .collect::<candle_core::Result<_>>()?;
+    let y = match op {
+        Op::Act(a) => activation(*a, &xs[0])?,
+        Op::Binary(b) => match b {
+            BinaryOp::Add => xs[0].broadcast_add(&xs[1])?,
+            BinaryOp::Sub => xs[0].broadcast_sub(&xs[1])?,
+            BinaryOp::Mul => xs[0].broadcast_mul(&xs[1])?,
+            BinaryOp::Div => xs[0].broadcast_div(&xs[1])?,
+        },
+        Op::Reshape { .. } | Op::Identity | Op::Dropout { .. } => xs[0].reshape(shape)?,
+        Op::Permute { perm } => xs[0].permute(perm.clone())?.contiguous()?,
+        other => {
+            return Err(candle_core::Error::Msg(format!(
+                "cannot fold `{}`",
+                other.mnemonic()
+            )))
+        }
+    };
+    y.reshape(shape)?.flatten_all()?.to_vec1::<f32>()
 }
 
 fn activation(a: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
