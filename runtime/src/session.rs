@@ -166,6 +166,11 @@ impl Session {
     pub fn graph(&self) -> &Graph {
         self.program.graph()
     }
+
+    /// The candle program (for tools that drive execution node by node).
+    pub fn program(&self) -> &CandleProgram {
+        &self.program
+    }
 }
 
 impl HostTensor {

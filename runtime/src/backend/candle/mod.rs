@@ -180,6 +180,35 @@ impl CandleProgram {
             .collect())
     }
 
+    /// Runs one node on host operands (batch 1 or more), for tools that drive
+    /// execution themselves, such as the test that executes a memory plan.
+    pub fn run_node(
+        &self,
+        id: NodeIndex,
+        operands: &[HostTensor],
+    ) -> Result<HostTensor, Diagnostic> {
+        let node = self.graph.node(id);
+        let xs: Vec<Tensor> = operands
+            .iter()
+            .map(|t| Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device))
+            .collect::<candle_core::Result<_>>()
+            .map_err(internal)?;
+        let refs: Vec<&Tensor> = xs.iter().collect();
+        let batch = operands
+            .first()
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(1);
+        let y = self
+            .eval(&node.op, &refs, &self.params[&id], &node.shape, batch)
+            .map_err(internal)?;
+        let shape = y.dims().to_vec();
+        let data = y
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(internal)?;
+        Ok(HostTensor { shape, data })
+    }
+
     fn eval(
         &self,
         op: &Op,
