@@ -2,7 +2,7 @@
 //! slots, and multiply-accumulate count. Elaboration, the verifier and passes all
 //! use these, so an op's rules live in exactly one place.
 
-use crate::ir::{broadcast, Dim, Epilogue, FusedBase, NormAxis, Op, ParamRole, ParamSlot, Shape};
+use crate::ir::{broadcast, Dim, Epilogue, NormAxis, Op, ParamRole, ParamSlot, Shape};
 
 /// Why an op cannot be applied to its operands.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,22 +203,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Res<Shape> {
             }
         }
         Op::Fused { base, epilogue } => {
-            let plain = match base {
-                FusedBase::Conv2d {
-                    out_channels,
-                    window,
-                    groups,
-                } => Op::Conv2d {
-                    out_channels: *out_channels,
-                    window: *window,
-                    groups: *groups,
-                    bias: false,
-                },
-                FusedBase::Linear { out_features } => Op::Linear {
-                    out_features: *out_features,
-                    bias: false,
-                },
-            };
+            let plain = base.unfused(false);
             let out = infer(&plain, &inputs[..1])?;
             for e in epilogue {
                 if let Epilogue::Add(i) = e {
@@ -513,31 +498,11 @@ pub fn params(op: &Op, name: &str, inputs: &[&Shape]) -> Vec<ParamSlot> {
             }
             v
         }
-        Op::Fused { base, epilogue } => {
-            let (w, out) = match base {
-                FusedBase::Conv2d {
-                    out_channels,
-                    window,
-                    groups,
-                } => (
-                    vec![
-                        *out_channels,
-                        c(1) / groups,
-                        window.kernel[0],
-                        window.kernel[1],
-                    ],
-                    *out_channels,
-                ),
-                FusedBase::Linear { out_features } => {
-                    (vec![*out_features, last().unwrap_or(0)], *out_features)
-                }
-            };
-            let mut v = vec![slot("weight", w, ParamRole::Weight)];
-            if epilogue.contains(&Epilogue::Bias) {
-                v.push(slot("bias", vec![out], ParamRole::Bias));
-            }
-            v
-        }
+        Op::Fused { base, epilogue } => params(
+            &base.unfused(epilogue.contains(&Epilogue::Bias)),
+            name,
+            &inputs[..1],
+        ),
         Op::LayerScale { axis } => {
             let ch = c(*axis);
             let trailing = inputs[0].rank() - axis - 1;
@@ -559,18 +524,8 @@ pub fn macs(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
             let cin = inputs[0].known(1).unwrap_or(0) as u64;
             per(output) * (cin / *groups as u64) * (window.kernel[0] * window.kernel[1]) as u64
         }
-        Op::Fused {
-            base: FusedBase::Conv2d { window, groups, .. },
-            ..
-        } => {
-            let cin = inputs[0].known(1).unwrap_or(0) as u64;
-            per(output) * (cin / *groups as u64) * (window.kernel[0] * window.kernel[1]) as u64
-        }
-        Op::Linear { .. }
-        | Op::Fused {
-            base: FusedBase::Linear { .. },
-            ..
-        } => {
+        Op::Fused { base, .. } => macs(&base.unfused(false), &inputs[..1], output),
+        Op::Linear { .. } => {
             let k = inputs[0].0.last().map_or(0, |d| match d {
                 Dim::Known(n) => *n as u64,
                 Dim::Batch => 0,

@@ -339,6 +339,29 @@ pub enum FusedBase {
     },
 }
 
+impl FusedBase {
+    /// The plain op this base computes (with or without a bias), so shape,
+    /// parameter and MAC rules are shared with the unfused op.
+    pub fn unfused(&self, bias: bool) -> Op {
+        match self {
+            FusedBase::Conv2d {
+                out_channels,
+                window,
+                groups,
+            } => Op::Conv2d {
+                out_channels: *out_channels,
+                window: *window,
+                groups: *groups,
+                bias,
+            },
+            FusedBase::Linear { out_features } => Op::Linear {
+                out_features: *out_features,
+                bias,
+            },
+        }
+    }
+}
+
 /// One step of a fused epilogue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Epilogue {
