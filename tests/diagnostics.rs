@@ -19,7 +19,7 @@ fn diagnose(text: &str, set: &[&str]) -> (Vec<&'static str>, String) {
     let src = Source::Text {
         name: "test.net",
         text,
-        base: &base,
+        base,
     };
     match elaborate(src, &opts, &mut sources) {
         Ok(_) => panic!("expected diagnostics for:\n{text}"),
