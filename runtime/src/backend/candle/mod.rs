@@ -314,21 +314,8 @@ impl CandleProgram {
                 }
             }
             Op::Fused { base, epilogue } => {
-                let mut y = match base {
-                    FusedBase::Conv2d { window, groups, .. } => {
-                        let o = out_dims();
-                        kernels::conv2d(
-                            x[0],
-                            &p[0],
-                            window.stride,
-                            window.pad,
-                            window.dilation,
-                            *groups,
-                            [o[2], o[3]],
-                        )?
-                    }
-                    FusedBase::Linear { .. } => kernels::linear(x[0], &p[0], None)?,
-                };
+                // The base is the plain conv/linear without its bias; the bias is a step.
+                let mut y = self.eval(&base.unfused(false), &x[..1], &p[..1], shape, batch)?;
                 for e in epilogue {
                     y = match e {
                         Epilogue::Bias => {
