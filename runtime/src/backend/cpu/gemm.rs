@@ -1,0 +1,297 @@
+//! Single-precision GEMM: `C = A·B (+ C)`, row-major, the core the JIT-generated
+//! convolution drivers will call (issue 6). A packed, register-blocked 6x16
+//! micro-kernel in AVX2+FMA (twelve ymm accumulators), chosen at run time, with a
+//! portable fallback; B is packed into 16-column panels and A into 6-row panels
+//! per K block so the kernel streams contiguous memory.
+
+/// Rows of the micro-kernel tile.
+pub const MR: usize = 6;
+/// Columns of the micro-kernel tile (two 8-float ymm registers).
+pub const NR: usize = 16;
+/// Depth of one K block (A and B panels of this depth stay in L1/L2).
+const KC: usize = 256;
+
+/// A row-major matrix view.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    /// Elements.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Distance between rows, in elements.
+    pub stride: usize,
+}
+
+impl MatRef<'_> {
+    #[inline]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.stride + c]
+    }
+}
+
+/// `c[m×n] (+)= a[m×k] · b[k×n]`; `c` is row-major with row stride `ldc`.
+/// With `accumulate` false, `c` is overwritten.
+///
+/// # Panics
+/// If the shapes disagree or a slice is too short for its view.
+pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert!(
+        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
+        "A is too short"
+    );
+    assert!(
+        k == 0 || b.data.len() >= (k - 1) * b.stride + n,
+        "B is too short"
+    );
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too short");
+    if !accumulate {
+        for r in 0..m {
+            c[r * ldc..r * ldc + n].fill(0.0);
+        }
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let kernel = Kernel::detect();
+    let mut bpack = vec![0f32; KC.min(k) * n.div_ceil(NR) * NR];
+    let mut apack = vec![0f32; KC.min(k) * MR];
+    let mut tile = [0f32; MR * NR];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        pack_b(b, k0, kc, &mut bpack);
+        for i0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - i0);
+            pack_a(a, i0, mr, k0, kc, &mut apack);
+            for (p, j0) in (0..n).step_by(NR).enumerate() {
+                let nr = NR.min(n - j0);
+                let panel = &bpack[p * kc * NR..(p + 1) * kc * NR];
+                kernel.run(kc, &apack[..kc * MR], panel, &mut tile);
+                for r in 0..mr {
+                    let row = &mut c[(i0 + r) * ldc + j0..(i0 + r) * ldc + j0 + nr];
+                    for (dst, v) in row.iter_mut().zip(&tile[r * NR..r * NR + nr]) {
+                        *dst += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B[k0..k0+kc, :] into panels of NR columns, each kc×NR row-major, zero-padded.
+fn pack_b(b: MatRef<'_>, k0: usize, kc: usize, out: &mut [f32]) {
+    for (p, j0) in (0..b.cols).step_by(NR).enumerate() {
+        let nr = NR.min(b.cols - j0);
+        let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
+        for kk in 0..kc {
+            let src = &b.data[(k0 + kk) * b.stride + j0..(k0 + kk) * b.stride + j0 + nr];
+            let dst = &mut panel[kk * NR..kk * NR + NR];
+            dst[..nr].copy_from_slice(src);
+            dst[nr..].fill(0.0);
+        }
+    }
+}
+
+/// A[i0..i0+mr, k0..k0+kc] into a kc×MR column panel, zero-padded.
+fn pack_a(a: MatRef<'_>, i0: usize, mr: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    for kk in 0..kc {
+        for r in 0..MR {
+            out[kk * MR + r] = if r < mr { a.at(i0 + r, k0 + kk) } else { 0.0 };
+        }
+    }
+}
+
+/// The micro-kernel chosen for this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX2 + FMA, 6x16.
+    Avx2Fma,
+    /// Portable Rust, 6x16.
+    Portable,
+}
+
+impl Kernel {
+    /// The best kernel this CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernel::Avx2Fma;
+        }
+        Kernel::Portable
+    }
+
+    /// tile[MR×NR] = apanel[kc×MR]ᵀ · bpanel[kc×NR].
+    fn run(self, kc: usize, apanel: &[f32], bpanel: &[f32], tile: &mut [f32; MR * NR]) {
+        assert!(apanel.len() >= kc * MR && bpanel.len() >= kc * NR);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU reports AVX2 and FMA; the slices
+            // were checked to hold kc panels above.
+            Kernel::Avx2Fma => unsafe { avx2::kernel(kc, apanel.as_ptr(), bpanel.as_ptr(), tile) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2Fma => portable(kc, apanel, bpanel, tile),
+            Kernel::Portable => portable(kc, apanel, bpanel, tile),
+        }
+    }
+}
+
+fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+    tile.fill(0.0);
+    for kk in 0..kc {
+        let bro = &b[kk * NR..kk * NR + NR];
+        for r in 0..MR {
+            let av = a[kk * MR + r];
+            for (t, bv) in tile[r * NR..r * NR + NR].iter_mut().zip(bro) {
+                *t = av.mul_add(*bv, *t);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` must hold `kc*MR` and `b` `kc*NR` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        for kk in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(kk * MR + r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_a_naive_product_on_awkward_shapes() {
+        let mut seed = 1u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (5, 3, 7),
+            (6, 16, 16),
+            (13, 300, 33),
+            (64, 27, 50),
+            (7, 513, 17),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let want = naive(&a, &b, m, k, n);
+            let mut c = vec![1f32; m * n];
+            let av = MatRef {
+                data: &a,
+                rows: m,
+                cols: k,
+                stride: k,
+            };
+            let bv = MatRef {
+                data: &b,
+                rows: k,
+                cols: n,
+                stride: n,
+            };
+            sgemm(av, bv, &mut c, n, false);
+            for (x, y) in c.iter().zip(&want) {
+                assert!(
+                    (*x as f64 - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{m}x{k}x{n}: {x} vs {y}"
+                );
+            }
+            // Accumulating adds to what is there.
+            sgemm(av, bv, &mut c, n, true);
+            for (x, y) in c.iter().zip(&want) {
+                assert!(
+                    (*x as f64 - 2.0 * y).abs() <= 2e-4 * (1.0 + y.abs()),
+                    "{m}x{k}x{n} accumulate"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn both_kernels_agree() {
+        let a: Vec<f32> = (0..40 * MR).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..40 * NR).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut t1 = [0f32; MR * NR];
+        let mut t2 = [0f32; MR * NR];
+        Kernel::Portable.run(40, &a, &b, &mut t1);
+        Kernel::detect().run(40, &a, &b, &mut t2);
+        assert_eq!(t1, t2);
+    }
+}
+
+/// `cargo test --release -p netc-runtime gemm_throughput -- --ignored --nocapture`:
+/// single-thread GFLOP/s of [`sgemm`] on square matrices.
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn gemm_throughput() {
+        for size in [256usize, 512, 1024] {
+            let a = vec![0.5f32; size * size];
+            let b = vec![0.25f32; size * size];
+            let mut c = vec![0f32; size * size];
+            let av = MatRef {
+                data: &a,
+                rows: size,
+                cols: size,
+                stride: size,
+            };
+            let bv = MatRef {
+                data: &b,
+                rows: size,
+                cols: size,
+                stride: size,
+            };
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                sgemm(av, bv, &mut c, size, false);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gflops = 2.0 * (size as f64).powi(3) / best / 1e9;
+            println!(
+                "sgemm {size}^3 ({:?}): best {:.2} ms, {gflops:.1} GFLOP/s",
+                Kernel::detect(),
+                best * 1e3
+            );
+        }
+    }
+}
