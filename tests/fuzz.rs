@@ -13,7 +13,9 @@ fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-fn seeds() -> Vec<String> {
+/// Every zoo model as one self-contained source: a thin file's imports are
+/// inlined, so mutations reach elaboration instead of failing on a missing import.
+fn seeds() -> Vec<(String, Option<String>)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(models())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -22,7 +24,26 @@ fn seeds() -> Vec<String> {
     names.sort();
     names
         .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            let network = text.contains(&format!("network {stem}")).then_some(stem);
+            let mut out = String::new();
+            for line in text.lines() {
+                match line
+                    .trim()
+                    .strip_prefix("import \"")
+                    .and_then(|r| r.strip_suffix('"'))
+                {
+                    Some(file) => {
+                        out.push_str(&std::fs::read_to_string(models().join(file)).unwrap())
+                    }
+                    None => out.push_str(line),
+                }
+                out.push('\n');
+            }
+            (out, network)
+        })
         .collect()
 }
 
@@ -86,7 +107,7 @@ const TOKENS: &[&str] = &[
     "/*",
 ];
 
-fn check(text: &str) {
+fn check(text: &str, network: Option<&str>) {
     let mut sources = SourceMap::new();
     let base = models();
     let src = Source::Text {
@@ -94,8 +115,15 @@ fn check(text: &str) {
         text,
         base: &base,
     };
-    match elaborate(src, &Options::default(), &mut sources) {
+    let opts = Options {
+        network: network.map(str::to_string),
+        set: Vec::new(),
+    };
+    match elaborate(src, &opts, &mut sources) {
         Ok(g) => {
+            if std::env::var_os("NETC_FUZZ_STATS").is_some() {
+                eprintln!("fuzz-outcome ok");
+            }
             let problems = netc_compiler::verify::verify(&g);
             assert!(
                 problems.is_empty(),
@@ -106,6 +134,9 @@ fn check(text: &str) {
         }
         Err(diags) => {
             assert!(!diags.is_empty());
+            if std::env::var_os("NETC_FUZZ_STATS").is_some() {
+                eprintln!("fuzz-outcome {}", diags[0].code);
+            }
             let _ = render_plain(&diags, &sources);
         }
     }
@@ -167,25 +198,35 @@ proptest! {
     #[test]
     fn mutated_zoo_sources_never_panic(which in any::<usize>(), muts in prop::collection::vec(mutation(), 1..6)) {
         let seeds = seeds();
-        let seed = &seeds[which % seeds.len()];
-        check(&mutate(seed, &muts));
+        let (seed, network) = &seeds[which % seeds.len()];
+        check(&mutate(seed, &muts), network.as_deref());
+    }
+
+    /// Changing only digits keeps the syntax valid, so these inputs exercise
+    /// elaboration: shape errors, limits, huge and zero sizes.
+    #[test]
+    fn mutated_numbers_never_panic(which in any::<usize>(), muts in prop::collection::vec((any::<usize>(), any::<u8>()), 1..5)) {
+        let seeds = seeds();
+        let (seed, network) = &seeds[which % seeds.len()];
+        let muts: Vec<Mutation> = muts.into_iter().map(|(a, d)| Mutation::Digit(a, d)).collect();
+        check(&mutate(seed, &muts), network.as_deref());
     }
 
     #[test]
     fn token_soup_never_panics(toks in prop::collection::vec(0..TOKENS.len(), 0..80)) {
         let text: String = toks.iter().map(|&t| TOKENS[t]).collect::<Vec<_>>().join(" ");
-        check(&text);
+        check(&text, None);
     }
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
-        check(&text);
+        check(&text, None);
     }
 }
 
 #[test]
 fn every_zoo_model_elaborates_and_verifies() {
-    for seed in seeds() {
-        check(&seed);
+    for (seed, network) in seeds() {
+        check(&seed, network.as_deref());
     }
 }
