@@ -54,6 +54,24 @@ fn ensure_bias(g: &mut Graph, layer: NodeIndex) -> (Option<String>, String) {
     (existing, out)
 }
 
+/// Records the fold built by `transform(weight, old bias, new bias, bn keys)`,
+/// gives `layer` its bias slot, and removes the BatchNorm (its readers read `bn`'s input).
+fn fold_into(
+    g: &mut Graph,
+    bn: NodeIndex,
+    layer: NodeIndex,
+    transform: impl FnOnce(String, Option<String>, String, [String; 4]) -> WeightTransform,
+) {
+    let keys = bn_keys(g, bn);
+    let weight = g.node(layer).params[0].key.clone();
+    let (bias, out_bias) = ensure_bias(g, layer);
+    g.weight_transforms
+        .push(transform(weight, bias, out_bias, keys));
+    let src = g.operands(bn)[0];
+    g.replace_uses(bn, src);
+    g.remove_node(bn);
+}
+
 fn is_foldable_layer(op: &Op) -> bool {
     matches!(op, Op::Conv2d { .. } | Op::Linear { .. })
 }
@@ -76,19 +94,15 @@ pub fn run(g: &mut Graph) -> bool {
             && g.sole_user(src) == Some(bn)
             && (matches!(g.node(src).op, Op::Conv2d { .. }) || linear_ok(g, src));
         if after {
-            let keys = bn_keys(g, bn);
-            let weight = g.node(src).params[0].key.clone();
-            let (bias, out_bias) = ensure_bias(g, src);
-            g.weight_transforms
-                .push(WeightTransform::FoldBatchNormAfter {
+            fold_into(g, bn, src, |weight, bias, out_bias, bn| {
+                WeightTransform::FoldBatchNormAfter {
                     weight,
                     bias,
                     out_bias,
-                    bn: keys,
+                    bn,
                     eps,
-                });
-            g.replace_uses(bn, src);
-            g.remove_node(bn);
+                }
+            });
             changed = true;
             continue;
         }
@@ -108,20 +122,16 @@ pub fn run(g: &mut Graph) -> bool {
             Op::Conv2d { groups, .. } => groups,
             _ => 1,
         };
-        let keys = bn_keys(g, bn);
-        let weight = g.node(user).params[0].key.clone();
-        let (bias, out_bias) = ensure_bias(g, user);
-        g.weight_transforms
-            .push(WeightTransform::FoldBatchNormBefore {
+        fold_into(g, bn, user, |weight, bias, out_bias, bn| {
+            WeightTransform::FoldBatchNormBefore {
                 weight,
                 bias,
                 out_bias,
-                bn: keys,
+                bn,
                 eps,
                 groups,
-            });
-        g.replace_uses(bn, src);
-        g.remove_node(bn);
+            }
+        });
         changed = true;
     }
     changed
