@@ -133,10 +133,13 @@ fn run_through_plan(model: &str, set: &[&str]) -> f64 {
                 data: arena[at(o)..at(o) + len].to_vec(),
             }
         };
+        let netc_runtime::Program::Candle(program) = session.program() else {
+            unreachable!("a CPU session by default")
+        };
         let out = match &node.op {
             Op::Input { .. } => input.clone(),
             Op::Parameter { .. } => {
-                let t = session.program().run_node(n, &[]).unwrap();
+                let t = program.run_node(n, &[]).unwrap();
                 params.insert(n, t);
                 continue;
             }
@@ -145,7 +148,7 @@ fn run_through_plan(model: &str, set: &[&str]) -> f64 {
             _ => {
                 let ops: Vec<HostTensor> =
                     g.operands(n).into_iter().map(|o| read(o, &arena)).collect();
-                session.program().run_node(n, &ops).unwrap()
+                program.run_node(n, &ops).unwrap()
             }
         };
         let start = at(n);

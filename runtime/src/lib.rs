@@ -1,5 +1,6 @@
-//! netc's runtime: executes compiled networks. Holds the reference backend
-//! (candle), weight loading and validation, and the embedding API.
+//! netc's runtime: executes compiled networks. Holds the backends (candle, the
+//! reference; the native CPU backend), weight loading and validation, and the
+//! embedding API.
 //!
 //! ```
 //! use netc_runtime::{HostTensor, Model};
@@ -17,5 +18,6 @@ pub mod rng;
 mod session;
 pub mod weights;
 
-pub use session::{Model, Session};
+pub use backend::cpu::CpuOptions;
+pub use session::{Backend, Model, Program, Session};
 pub use weights::{HostTensor, Weights};

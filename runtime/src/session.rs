@@ -2,6 +2,7 @@
 //! number of threads).
 
 use crate::backend::candle::CandleProgram;
+use crate::backend::cpu::{CpuOptions, CpuProgram};
 use crate::weights::{HostTensor, Weights};
 use candle_core::Device;
 use netc_compiler::elaborate::{elaborate, Options, Source};
@@ -118,10 +119,14 @@ impl Model {
     }
 
     /// A session on a candle device (CPU, or CUDA with the `cuda` feature).
-    /// `weights` are keyed as the elaborated graph's parameters (the
-    /// checkpoint's names); the optimized graph's weight transformations are
-    /// applied here, once.
     pub fn session_on(&self, weights: &Weights, device: &Device) -> Result<Session, Error> {
+        self.session_with(weights, &Backend::Candle(device.clone()))
+    }
+
+    /// A session on any backend. `weights` are keyed as the elaborated graph's
+    /// parameters (the checkpoint's names); the optimized graph's weight
+    /// transformations are applied here, once.
+    pub fn session_with(&self, weights: &Weights, backend: &Backend) -> Result<Session, Error> {
         let transformed;
         let weights = if self.graph.weight_transforms.is_empty() {
             weights
@@ -134,8 +139,16 @@ impl Model {
             transformed = w;
             &transformed
         };
-        let program = CandleProgram::new(&self.graph, weights, device)
-            .map_err(|d| Self::error(vec![d], &self.sources))?;
+        let program = match backend {
+            Backend::Candle(device) => Program::Candle(
+                CandleProgram::new(&self.graph, weights, device)
+                    .map_err(|d| Self::error(vec![d], &self.sources))?,
+            ),
+            Backend::Cpu(options) => Program::Cpu(
+                CpuProgram::new(&self.graph, weights, *options)
+                    .map_err(|d| Self::error(vec![d], &self.sources))?,
+            ),
+        };
         Ok(Session {
             program,
             sources: self.sources.clone(),
@@ -148,27 +161,49 @@ impl Model {
     }
 }
 
+/// Which backend a session runs on.
+#[derive(Clone)]
+pub enum Backend {
+    /// candle-core tensor ops (the reference; CUDA with the `cuda` feature).
+    Candle(Device),
+    /// The native CPU backend: generated code, AVX2 GEMM, a thread pool.
+    Cpu(CpuOptions),
+}
+
+/// A program on one backend.
+pub enum Program {
+    /// The candle reference.
+    Candle(CandleProgram),
+    /// The native CPU backend.
+    Cpu(CpuProgram),
+}
+
 /// A network ready to run. `run` takes `&self`: share it across threads.
 pub struct Session {
-    program: CandleProgram,
+    program: Program,
     sources: SourceMap,
 }
 
 impl Session {
     /// Runs on host tensors, one per network input; returns one per output.
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, Error> {
-        self.program
-            .run(inputs)
-            .map_err(|d| Model::error(vec![d], &self.sources))
+        match &self.program {
+            Program::Candle(p) => p.run(inputs),
+            Program::Cpu(p) => p.run(inputs),
+        }
+        .map_err(|d| Model::error(vec![d], &self.sources))
     }
 
     /// The graph being run.
     pub fn graph(&self) -> &Graph {
-        self.program.graph()
+        match &self.program {
+            Program::Candle(p) => p.graph(),
+            Program::Cpu(p) => p.graph(),
+        }
     }
 
-    /// The candle program (for tools that drive execution node by node).
-    pub fn program(&self) -> &CandleProgram {
+    /// The program (for tools that drive execution node by node or profile it).
+    pub fn program(&self) -> &Program {
         &self.program
     }
 }

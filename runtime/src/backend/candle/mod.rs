@@ -102,47 +102,13 @@ impl CandleProgram {
     }
 
     fn check_inputs(&self, inputs: &[HostTensor]) -> Result<Vec<Tensor>, Diagnostic> {
-        if inputs.len() != self.graph.inputs.len() {
-            return Err(Diagnostic::new(
-                "netc::input",
-                format!(
-                    "the network takes {} input(s), {} given",
-                    self.graph.inputs.len(),
-                    inputs.len()
-                ),
-            ));
-        }
-        let mut batch = None;
-        let mut out = Vec::new();
-        for (inp, t) in self.graph.inputs.iter().zip(inputs) {
-            let want = self.graph.node(inp.node).shape.per_sample();
-            let ok = t.shape.len() == want.len() + 1 && t.shape[1..] == want[..] && t.shape[0] >= 1;
-            if !ok || t.data.len() != t.shape.iter().product::<usize>() {
-                return Err(Diagnostic::new(
-                    "netc::input",
-                    format!(
-                        "input `{}` has shape {:?}; the network expects [N, {}]",
-                        inp.name,
-                        t.shape,
-                        want.iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-                .label(self.graph.node(inp.node).span, "declared here"));
-            }
-            if *batch.get_or_insert(t.shape[0]) != t.shape[0] {
-                return Err(Diagnostic::new(
-                    "netc::input",
-                    "inputs disagree on the batch size",
-                ));
-            }
-            out.push(
-                Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device).map_err(internal)?,
-            );
-        }
-        Ok(out)
+        super::check_inputs(&self.graph, inputs)?;
+        inputs
+            .iter()
+            .map(|t| {
+                Tensor::from_slice(&t.data, t.shape.as_slice(), &self.device).map_err(internal)
+            })
+            .collect()
     }
 
     /// Runs the network on device tensors.

@@ -2,7 +2,9 @@
 //! convolution drivers will call (issue 6). A packed, register-blocked 6x16
 //! micro-kernel in AVX2+FMA (twelve ymm accumulators), chosen at run time, with a
 //! portable fallback; B is packed into 16-column panels and A into 6-row panels
-//! per K block so the kernel streams contiguous memory.
+//! per K block so the kernel streams contiguous memory. [`pack_weights`] and
+//! [`Kernel::run_into`] are the pieces the convolution driver (`conv.rs`) uses
+//! with weights packed once, at load.
 
 /// Rows of the micro-kernel tile.
 pub const MR: usize = 6;
@@ -104,6 +106,33 @@ fn pack_a(a: MatRef<'_>, i0: usize, mr: usize, k0: usize, kc: usize, out: &mut [
     }
 }
 
+/// Pre-packs a row-major `m×k` matrix (the weights) into the layout
+/// [`Kernel::run_into`] reads: for each K block of [`KC`] (the last may be
+/// shorter), `m` rounded up to [`MR`] rows as consecutive `kc×MR` column panels.
+/// Block `kb` starts at `k0 * m.div_ceil(MR) * MR`.
+pub fn pack_weights(w: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert!(w.len() >= m * k, "weights too short");
+    let mpad = m.div_ceil(MR) * MR;
+    let mut out = vec![0f32; mpad * k];
+    let view = MatRef {
+        data: w,
+        rows: m,
+        cols: k,
+        stride: k,
+    };
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for (p, i0) in (0..m).step_by(MR).enumerate() {
+            let at = k0 * mpad + p * kc * MR;
+            pack_a(view, i0, MR.min(m - i0), k0, kc, &mut out[at..at + kc * MR]);
+        }
+    }
+    out
+}
+
+/// Depth of the K blocks of [`pack_weights`].
+pub const K_BLOCK: usize = KC;
+
 /// The micro-kernel chosen for this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -135,6 +164,54 @@ impl Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2Fma => portable(kc, apanel, bpanel, tile),
             Kernel::Portable => portable(kc, apanel, bpanel, tile),
+        }
+    }
+}
+
+impl Kernel {
+    /// `c[MR×NR] (+)= apanel[kc×MR]ᵀ · bpanel[kc×NR]` with `c` rows `ldc` apart.
+    ///
+    /// # Safety
+    /// `a` must hold `kc*MR` floats, `b` `kc*NR`, and `c` `MR` rows of `NR`
+    /// floats at stride `ldc`.
+    #[inline]
+    pub unsafe fn run_into(
+        self,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
+            Kernel::Avx2Fma => unsafe { avx2::kernel_into(kc, a, b, c, ldc, accumulate) },
+            _ => {
+                let mut tile = [0f32; MR * NR];
+                // SAFETY: the caller guarantees the extents.
+                let (ap, bp) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a, kc * MR),
+                        std::slice::from_raw_parts(b, kc * NR),
+                    )
+                };
+                portable(kc, ap, bp, &mut tile);
+                for r in 0..MR {
+                    for j in 0..NR {
+                        // SAFETY: as above.
+                        unsafe {
+                            let d = c.add(r * ldc + j);
+                            *d = if accumulate {
+                                *d + tile[r * NR + j]
+                            } else {
+                                tile[r * NR + j]
+                            };
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -174,6 +251,44 @@ mod avx2 {
         for (r, row) in acc.iter().enumerate() {
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
+        }
+    }
+
+    /// As [`kernel`], storing (or adding) into `c` with row stride `ldc`.
+    ///
+    /// # Safety
+    /// As [`kernel`]; `c` must hold `MR` rows of `NR` floats at stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_into(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let d = c.add(r * ldc);
+            if accumulate {
+                _mm256_storeu_ps(d, _mm256_add_ps(row[0], _mm256_loadu_ps(d)));
+                _mm256_storeu_ps(d.add(8), _mm256_add_ps(row[1], _mm256_loadu_ps(d.add(8))));
+            } else {
+                _mm256_storeu_ps(d, row[0]);
+                _mm256_storeu_ps(d.add(8), row[1]);
+            }
         }
     }
 }

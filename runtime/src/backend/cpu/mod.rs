@@ -1,5 +1,494 @@
-//! The native CPU backend (issue 6, in progress). Today it holds the GEMM core
-//! the JIT-generated convolution drivers will call; the backend itself (Cranelift
-//! code generation over the memory plan) is not built yet, so nothing selects it.
+//! The native CPU backend.
+//!
+//! A graph is compiled once per batch size into a network function generated
+//! by Cranelift (`jit.rs`) that calls each layer's kernel directly, with every
+//! shape, stride and arena address fixed (`lower.rs`), over one arena laid out
+//! by the memory plan. Convolutions and linear layers are GEMMs with weights
+//! packed once, at load, for the AVX2 micro-kernel (`gemm.rs`, `conv.rs`);
+//! their epilogues run on each block of output while it is in cache.
+//! Activations are generated F32X4 code. Work is split across a persistent
+//! pool of threads (`pool.rs`) that meet at a barrier between layers.
+//!
+//! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv.rs`
+//! (GEMM driver: implicit im2col, epilogues), `kernels.rs` (every other
+//! layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
+//! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
+//! optional guard pages).
 
+pub mod conv;
 pub mod gemm;
+pub mod jit;
+pub mod kernels;
+pub mod lower;
+pub mod memory;
+pub mod pool;
+
+use crate::weights::{HostTensor, Weights};
+use memory::Region;
+use netc_compiler::ir::{Activation, FusedBase, Graph, NodeIndex, Op};
+use netc_compiler::memory_plan::{self, MemoryPlan};
+use netc_grammar::Diagnostic;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// An element-wise activation as the kernels apply it.
+#[derive(Clone, Copy)]
+pub enum Act {
+    /// max(x, 0), inlined.
+    Relu,
+    /// min(max(x, 0), 6), inlined.
+    Relu6,
+    /// A generated kernel.
+    Generated(jit::ActFn),
+}
+
+impl std::fmt::Debug for Act {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Act::Relu => f.write_str("relu"),
+            Act::Relu6 => f.write_str("relu6"),
+            Act::Generated(_) => f.write_str("generated"),
+        }
+    }
+}
+
+impl Act {
+    /// Applies the activation in place.
+    #[inline]
+    pub fn apply(self, x: &mut [f32]) {
+        match self {
+            Act::Relu => x
+                .iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
+            Act::Relu6 => x
+                .iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { v.min(6.0) } else { 0.0 }),
+            // SAFETY: the kernel reads and writes `len` floats.
+            Act::Generated(f) => unsafe { f(x.as_ptr(), x.as_mut_ptr(), x.len()) },
+        }
+    }
+}
+
+/// Weights in the form the kernels read, in one store: raw tensors, GEMM
+/// weights packed per group, and batch norms folded to scale and shift.
+pub struct Prepared {
+    store: Region,
+    raw: HashMap<(NodeIndex, usize), usize>,
+    packed: HashMap<(NodeIndex, usize), usize>,
+    affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
+}
+
+// SAFETY: the store is written once, at preparation, and only read afterwards.
+unsafe impl Send for Prepared {}
+unsafe impl Sync for Prepared {}
+
+impl Prepared {
+    fn new(g: &Graph, w: &Weights, guard: bool) -> Result<Prepared, Diagnostic> {
+        let mut tensors: Vec<Vec<f32>> = Vec::new();
+        let mut raw = HashMap::new();
+        let mut packed = HashMap::new();
+        let mut affine = HashMap::new();
+        for id in g.topo_order() {
+            let node = g.node(id);
+            let get = |i: usize| -> Result<&HostTensor, Diagnostic> {
+                let key = &node.params[i].key;
+                w.get(key).ok_or_else(|| {
+                    Diagnostic::new("netc::weights", format!("no weights for `{key}`"))
+                        .label(node.span, "this layer")
+                })
+            };
+            for i in 0..node.params.len() {
+                raw.insert((id, i), tensors.len());
+                tensors.push(get(i)?.data.clone());
+            }
+            match &node.op {
+                Op::Conv2d { groups, .. }
+                | Op::Fused {
+                    base: FusedBase::Conv2d { groups, .. },
+                    ..
+                } => {
+                    let wt = get(0)?;
+                    let (cout, k) = (wt.shape[0], wt.shape[1..].iter().product::<usize>());
+                    let cg = cout / groups;
+                    if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
+                        for grp in 0..*groups {
+                            packed.insert((id, grp), tensors.len());
+                            tensors.push(gemm::pack_weights(&wt.data[grp * cg * k..], cg, k));
+                        }
+                    }
+                }
+                Op::Linear { .. }
+                | Op::Fused {
+                    base: FusedBase::Linear { .. },
+                    ..
+                } => {
+                    let wt = get(0)?;
+                    packed.insert((id, 0), tensors.len());
+                    tensors.push(gemm::pack_weights(&wt.data, wt.shape[0], wt.shape[1]));
+                }
+                Op::SelfAttention { bias, .. } => {
+                    for slot in [0, if *bias { 2 } else { 1 }] {
+                        let wt = get(slot)?;
+                        packed.insert((id, slot), tensors.len());
+                        tensors.push(gemm::pack_weights(&wt.data, wt.shape[0], wt.shape[1]));
+                    }
+                }
+                Op::BatchNorm { eps } => {
+                    let (gm, bt, mean, var) = (get(0)?, get(1)?, get(2)?, get(3)?);
+                    let scale: Vec<f32> = gm
+                        .data
+                        .iter()
+                        .zip(&var.data)
+                        .map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32)
+                        .collect();
+                    let shift = bt
+                        .data
+                        .iter()
+                        .zip(&mean.data)
+                        .zip(&scale)
+                        .map(|((b, m), s)| b - m * s)
+                        .collect();
+                    affine.insert(id, (scale, Some(shift)));
+                }
+                Op::LayerScale { .. } => {
+                    affine.insert(id, (get(0)?.data.clone(), None));
+                }
+                _ => {}
+            }
+        }
+        // One allocation, so guard pages can surround all of it.
+        let total: usize = tensors.iter().map(|t| t.len()).sum();
+        let mut store =
+            Region::new(total, guard).map_err(|e| Diagnostic::new("netc::backend", e))?;
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut at = 0;
+        for t in &tensors {
+            store.as_mut_slice()[at..at + t.len()].copy_from_slice(t);
+            offsets.push(at);
+            at += t.len();
+        }
+        let fix = |m: HashMap<(NodeIndex, usize), usize>| {
+            m.into_iter().map(|(k, i)| (k, offsets[i])).collect()
+        };
+        Ok(Prepared {
+            raw: fix(raw),
+            packed: fix(packed),
+            affine,
+            store,
+        })
+    }
+
+    fn at(&self, offset: usize) -> *const f32 {
+        // SAFETY: offsets were computed inside the store.
+        unsafe { self.store.ptr().add(offset) }
+    }
+
+    /// Parameter slot `slot` of `node`, as stored.
+    pub fn raw(&self, node: NodeIndex, slot: usize) -> *const f32 {
+        self.at(self.raw[&(node, slot)])
+    }
+
+    /// Packed GEMM weights of `node` (group or slot `i`).
+    pub fn packed(&self, node: NodeIndex, i: usize) -> *const f32 {
+        self.at(self.packed[&(node, i)])
+    }
+
+    /// Per-channel scale and shift of a batch norm or layer scale.
+    pub fn affine(&self, node: NodeIndex) -> (&[f32], Option<&[f32]>) {
+        let (s, t) = &self.affine[&node];
+        (s, t.as_deref())
+    }
+}
+
+/// One batch size's compiled form.
+struct Compiled {
+    arena: Region,
+    lowered: lower::Lowered,
+    generated: jit::Generated,
+}
+
+// SAFETY: used only under the program's mutex.
+unsafe impl Send for Compiled {}
+
+/// Options for [`CpuProgram::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuOptions {
+    /// Threads per run (the caller included).
+    pub threads: usize,
+    /// Surround the arena and the weights with inaccessible pages (a test mode:
+    /// any out-of-bounds access faults).
+    pub guard_pages: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            threads: 2,
+            guard_pages: false,
+        }
+    }
+}
+
+/// Time spent preparing a program.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompileTimes {
+    /// Packing weights.
+    pub pack_ms: f64,
+    /// Generating the activation kernels.
+    pub activations_ms: f64,
+}
+
+/// A graph compiled for the CPU. `run` may be called from several threads;
+/// runs are serialized (each already uses the whole pool).
+pub struct CpuProgram {
+    graph: Graph,
+    plan: MemoryPlan,
+    prepared: Prepared,
+    acts: HashMap<Activation, Act>,
+    exp: Act,
+    _act_code: jit::Jit,
+    barrier: Box<pool::Barrier>,
+    pool: pool::Pool,
+    options: CpuOptions,
+    compiled: Mutex<HashMap<usize, Compiled>>,
+    times: CompileTimes,
+}
+
+unsafe extern "C" fn barrier_wait(b: *const u8) {
+    // SAFETY: the network function passes the program's barrier.
+    unsafe { (*(b as *const pool::Barrier)).wait() }
+}
+
+fn backend_error(e: String) -> Diagnostic {
+    Diagnostic::new(
+        "netc::backend",
+        format!("the CPU backend cannot compile this graph: {e}"),
+    )
+    .help("run it with `--backend candle`; please report the model")
+}
+
+/// A layer's share of a profiled run.
+#[derive(Debug, Clone)]
+pub struct ProfileEntry {
+    /// The node.
+    pub node: String,
+    /// Its op.
+    pub op: String,
+    /// Kernel kind.
+    pub kernel: &'static str,
+    /// Wall time, milliseconds.
+    pub ms: f64,
+}
+
+impl CpuProgram {
+    /// Prepares `graph` with `weights` (validated against it, transforms applied).
+    pub fn new(graph: &Graph, weights: &Weights, options: CpuOptions) -> Result<Self, Diagnostic> {
+        let t = Instant::now();
+        let prepared = Prepared::new(graph, weights, options.guard_pages)?;
+        let pack_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let (code, fns) = jit::compile_activations().map_err(backend_error)?;
+        let activations_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut acts = HashMap::new();
+        let mut exp = None;
+        for (a, f) in fns {
+            match a {
+                Some(a) => {
+                    acts.insert(a, Act::Generated(f));
+                }
+                None => exp = Some(Act::Generated(f)),
+            }
+        }
+        let threads = options.threads.max(1);
+        Ok(CpuProgram {
+            graph: graph.clone(),
+            plan: memory_plan::plan(graph),
+            prepared,
+            acts,
+            exp: exp.ok_or_else(|| backend_error("no exp kernel".into()))?,
+            _act_code: code,
+            barrier: Box::new(pool::Barrier::new(threads)),
+            pool: pool::Pool::new(threads),
+            options,
+            compiled: Mutex::new(HashMap::new()),
+            times: CompileTimes {
+                pack_ms,
+                activations_ms,
+            },
+        })
+    }
+
+    /// The graph this program runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Time spent in [`CpuProgram::new`].
+    pub fn compile_times(&self) -> CompileTimes {
+        self.times
+    }
+
+    fn compile(&self, batch: usize) -> Result<Compiled, Diagnostic> {
+        let floats = (self.plan.arena as usize / 4)
+            .checked_mul(batch)
+            .and_then(|f| f.checked_add(lower::scratch_floats(&self.graph, batch)))
+            .filter(|f| *f <= (1usize << 40) / 4)
+            .ok_or_else(|| backend_error(format!("the arena for batch {batch} is too large")))?;
+        let mut arena = Region::new(floats, self.options.guard_pages).map_err(backend_error)?;
+        let ctx = lower::Ctx {
+            graph: &self.graph,
+            plan: &self.plan,
+            prepared: &self.prepared,
+            arena: arena.as_mut_slice().as_mut_ptr(),
+            arena_len: floats,
+            batch,
+            acts: &self.acts,
+            exp: self.exp,
+            barrier: &*self.barrier,
+        };
+        let lowered = lower::lower(&ctx).map_err(backend_error)?;
+        let calls: Vec<jit::Call> = lowered
+            .kernels
+            .iter()
+            .map(|k| {
+                let (func, desc) = k.entry();
+                jit::Call {
+                    func,
+                    desc,
+                    barrier: true,
+                }
+            })
+            .collect();
+        let generated = jit::compile_network(
+            &calls,
+            barrier_wait,
+            &*self.barrier as *const pool::Barrier as *const u8,
+        )
+        .map_err(backend_error)?;
+        Ok(Compiled {
+            arena,
+            lowered,
+            generated,
+        })
+    }
+
+    /// Compiles for `batch` now (otherwise the first run of a batch size does),
+    /// returning the milliseconds it took.
+    pub fn prepare(&self, batch: usize) -> Result<f64, Diagnostic> {
+        let t = Instant::now();
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = compiled.entry(batch) {
+            e.insert(self.compile(batch)?);
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+
+    fn check_inputs(&self, inputs: &[HostTensor]) -> Result<usize, Diagnostic> {
+        crate::backend::check_inputs(&self.graph, inputs)
+    }
+
+    /// Runs the network on host tensors (one per graph input, in order; any batch size).
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, Diagnostic> {
+        self.run_inner(inputs, None)
+    }
+
+    /// Runs once, layer by layer, timing each (all threads take part in every layer).
+    pub fn profile(&self, inputs: &[HostTensor]) -> Result<Vec<ProfileEntry>, Diagnostic> {
+        let mut entries = Vec::new();
+        self.run_inner(inputs, Some(&mut entries))?;
+        Ok(entries)
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &[HostTensor],
+        mut profile: Option<&mut Vec<ProfileEntry>>,
+    ) -> Result<Vec<HostTensor>, Diagnostic> {
+        let batch = self.check_inputs(inputs)?;
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = compiled.entry(batch) {
+            e.insert(self.compile(batch)?);
+        }
+        let c = &compiled[&batch];
+        for (inp, t) in self.graph.inputs.iter().zip(inputs) {
+            let v = c.lowered.vals[&inp.node];
+            let per = t.data.len() / batch;
+            for n in 0..batch {
+                // SAFETY: the input's value holds `batch` samples of `per` floats.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        t.data[n * per..].as_ptr(),
+                        v.ptr.add(n * v.stride),
+                        per,
+                    )
+                };
+            }
+        }
+        match profile.as_deref_mut() {
+            None => {
+                let network = c.generated.network;
+                let threads = self.pool.threads();
+                // SAFETY: the network function and everything it points to live
+                // in `c`, which is borrowed (under the lock) for the whole run.
+                self.pool
+                    .run(Arc::new(move |tid| unsafe { network(tid, threads) }));
+            }
+            Some(entries) => {
+                for (k, &node) in c.lowered.kernels.iter().zip(&c.lowered.origins) {
+                    let (f, d) = k.entry();
+                    let (f, d) = (f as usize, d as usize);
+                    let threads = self.pool.threads();
+                    let t = Instant::now();
+                    self.pool.run(Arc::new(move |tid| {
+                        // SAFETY: as above; `d` is the kernel's descriptor.
+                        let f: jit::LayerFn = unsafe { std::mem::transmute(f) };
+                        unsafe { f(d as *const u8, tid, threads) }
+                    }));
+                    let n = self.graph.node(node);
+                    entries.push(ProfileEntry {
+                        node: n.name.clone(),
+                        op: n.op.mnemonic().to_string(),
+                        kernel: k.name(),
+                        ms: t.elapsed().as_secs_f64() * 1e3,
+                    });
+                }
+            }
+        }
+        let _ = &c.arena;
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|o| {
+                let v = c.lowered.vals[&o.node];
+                let node = self.graph.node(o.node);
+                let per = node.shape.numel_per_sample() as usize;
+                let mut shape = node.shape.per_sample();
+                let samples = if node.shape.has_batch() {
+                    shape.insert(0, batch);
+                    batch
+                } else {
+                    shape = node
+                        .shape
+                        .0
+                        .iter()
+                        .map(|d| match d {
+                            netc_compiler::ir::Dim::Known(k) => *k,
+                            netc_compiler::ir::Dim::Batch => batch,
+                        })
+                        .collect();
+                    1
+                };
+                let mut data = Vec::with_capacity(per * samples);
+                for n in 0..samples {
+                    // SAFETY: the output's value holds its samples.
+                    data.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(v.ptr.add(n * v.stride), per)
+                    });
+                }
+                HostTensor { shape, data }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,821 @@
+//! The CPU backend's layer kernels. Each is a descriptor with every shape,
+//! stride and address fixed at compile time (for one batch size) and a `run`
+//! that does this thread's share. The network function calls them in order.
+
+use super::conv::{self, split, Layout, Scratch};
+use super::gemm::{sgemm, MatRef};
+use super::pool::Barrier;
+use super::Act;
+use netc_compiler::ir::{BinaryOp, PoolKind};
+use std::cell::RefCell;
+
+/// A strided view: `dims` with element `strides` from `ptr` (rank ≤ 6 after lowering).
+#[derive(Debug, Clone)]
+pub struct View {
+    /// First element.
+    pub ptr: *mut f32,
+    /// Extents (the batch first, when there is one).
+    pub dims: Vec<usize>,
+    /// Element strides (0 where broadcast).
+    pub strides: Vec<usize>,
+}
+
+/// A batch of `[channels, h, w]` (or any per-sample block) images.
+#[derive(Debug, Clone, Copy)]
+pub struct Images {
+    /// Sample 0.
+    pub ptr: *mut f32,
+    /// Distance between samples.
+    pub sample_stride: usize,
+}
+
+impl Images {
+    #[inline]
+    fn at(&self, n: usize) -> *mut f32 {
+        // SAFETY: the lowering checked every sample against its buffer.
+        unsafe { self.ptr.add(n * self.sample_stride) }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A convolution or linear layer: one GEMM per group.
+#[derive(Debug)]
+pub struct Gemm {
+    /// One problem per group.
+    pub problems: Vec<conv::Problem>,
+}
+
+impl Gemm {
+    fn run(&self, tid: usize, threads: usize) {
+        SCRATCH.with(|s| {
+            let s = &mut s.borrow_mut();
+            if self.problems.len() >= threads * 2 {
+                // Many groups (ResNeXt): whole groups per thread.
+                let (g0, g1) = split(self.problems.len(), tid, threads);
+                for p in &self.problems[g0..g1] {
+                    // SAFETY: lowering checked the extents; groups write disjoint channels.
+                    unsafe { p.run(0, 1, s) };
+                }
+            } else {
+                for p in &self.problems {
+                    // SAFETY: as above; threads split each problem disjointly.
+                    unsafe { p.run(tid, threads, s) };
+                }
+            }
+        })
+    }
+}
+
+/// A convolution with one input channel per group (depthwise), computed directly.
+#[derive(Debug)]
+pub struct Depthwise {
+    /// Input images `[C, H, W]`.
+    pub x: Images,
+    /// Output images `[Cout, OH, OW]`.
+    pub out: Images,
+    /// Input (h, w).
+    pub in_hw: [usize; 2],
+    /// Output channels, height, width.
+    pub out_chw: [usize; 3],
+    /// Output channels per input channel.
+    pub multiplier: usize,
+    /// Kernel, stride, (top, left) padding, dilation.
+    pub window: netc_compiler::ir::Window,
+    /// `[Cout, 1, kh, kw]`.
+    pub weights: *const f32,
+    /// Epilogue; layouts are relative to `arena`.
+    pub epilogue: Vec<conv::Step>,
+    /// Base of the epilogue's layouts.
+    pub arena: *mut f32,
+    /// Batch.
+    pub batch: usize,
+}
+
+impl Depthwise {
+    fn run(&self, tid: usize, threads: usize) {
+        let [c_out, oh, ow] = self.out_chw;
+        let [h, w] = self.in_hw;
+        let win = &self.window;
+        let [kh, kw] = win.kernel;
+        let (lo, hi) = split(self.batch * c_out, tid, threads);
+        let mut row = vec![0f32; ow];
+        for unit in lo..hi {
+            let (n, oc) = (unit / c_out, unit % c_out);
+            let ic = oc / self.multiplier;
+            // SAFETY: extents checked at lowering.
+            let xin = unsafe { self.x.at(n).add(ic * h * w) };
+            let wk = unsafe { self.weights.add(oc * kh * kw) };
+            for oy in 0..oh {
+                row.fill(0.0);
+                for ky in 0..kh {
+                    let iy = (oy * win.stride[0] + ky * win.dilation[0]).wrapping_sub(win.pad[0]);
+                    if iy >= h {
+                        continue;
+                    }
+                    // SAFETY: iy < h.
+                    let src = unsafe { std::slice::from_raw_parts(xin.add(iy * w), w) };
+                    for kx in 0..kw {
+                        let wv = unsafe { *wk.add(ky * kw + kx) };
+                        let off = kx * win.dilation[1];
+                        // Valid ox: 0 <= ox*s + off - pl < w.
+                        let (s, pl) = (win.stride[1], win.pad[1]);
+                        let first = if off >= pl { 0 } else { (pl - off).div_ceil(s) };
+                        let last = if w + pl > off {
+                            (w + pl - off - 1) / s + 1
+                        } else {
+                            0
+                        };
+                        let last = last.min(ow);
+                        if first >= last {
+                            continue;
+                        }
+                        if s == 1 {
+                            let base = first + off - pl;
+                            for (r, v) in row[first..last].iter_mut().zip(&src[base..]) {
+                                *r += wv * v;
+                            }
+                        } else {
+                            for (ox, r) in row.iter_mut().enumerate().take(last).skip(first) {
+                                *r += wv * src[ox * s + off - pl];
+                            }
+                        }
+                    }
+                }
+                self.finish(n, oc, oy, &mut row);
+            }
+        }
+    }
+
+    fn finish(&self, n: usize, oc: usize, oy: usize, row: &mut [f32]) {
+        let [_, oh, ow] = self.out_chw;
+        let ps = oh * ow;
+        let j = n * ps + oy * ow;
+        for step in &self.epilogue {
+            match *step {
+                conv::Step::Bias(b) => {
+                    // SAFETY: bias holds Cout floats.
+                    let b = unsafe { *b.add(oc) };
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+                conv::Step::Act(a) => a.apply(row),
+                conv::Step::Add(l) => {
+                    let at = l.base + n * l.sample_stride + oc * l.row_stride + (j - n * ps);
+                    for (t, v) in row.iter_mut().enumerate() {
+                        // SAFETY: the residual has the output's extent.
+                        *v += unsafe { *self.arena.add(at + t) };
+                    }
+                }
+            }
+        }
+        // SAFETY: extents checked at lowering.
+        let dst = unsafe { self.out.at(n).add(oc * ps + oy * ow) };
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, ow) };
+    }
+}
+
+/// `y = x·scale[c] + shift[c]` over `[outer, channels, inner]` per sample
+/// (inference batch norm, layer scale).
+#[derive(Debug)]
+pub struct ChannelAffine {
+    /// Input.
+    pub x: Images,
+    /// Output (may be the input).
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// `[outer, channels, inner]`.
+    pub dims: [usize; 3],
+    /// Per-channel scale.
+    pub scale: Vec<f32>,
+    /// Per-channel shift (absent: 0).
+    pub shift: Option<Vec<f32>>,
+}
+
+impl ChannelAffine {
+    fn run(&self, tid: usize, threads: usize) {
+        let [outer, c, inner] = self.dims;
+        let (lo, hi) = split(self.batch * outer * c, tid, threads);
+        for u in lo..hi {
+            let n = u / (outer * c);
+            let ch = u % c;
+            let o = (u / c) % outer;
+            let off = (o * c + ch) * inner;
+            let (s, t) = (self.scale[ch], self.shift.as_ref().map_or(0.0, |v| v[ch]));
+            // SAFETY: extents checked at lowering; in-place is element-wise.
+            unsafe {
+                let src = self.x.at(n).add(off);
+                let dst = self.out.at(n).add(off);
+                for i in 0..inner {
+                    *dst.add(i) = *src.add(i) * s + t;
+                }
+            }
+        }
+    }
+}
+
+/// An activation over `len` contiguous floats per sample.
+#[derive(Debug)]
+pub struct Activation {
+    /// Input.
+    pub x: Images,
+    /// Output (may be the input).
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// Floats per sample.
+    pub len: usize,
+    /// The function.
+    pub act: Act,
+}
+
+impl Activation {
+    fn run(&self, tid: usize, threads: usize) {
+        // Chunks of whole vectors so threads never share a cache line's worth of work.
+        let chunks = self.len.div_ceil(1024);
+        let (lo, hi) = split(self.batch * chunks, tid, threads);
+        for u in lo..hi {
+            let (n, c) = (u / chunks, u % chunks);
+            let start = c * 1024;
+            let len = 1024.min(self.len - start);
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let src = self.x.at(n).add(start);
+                let dst = self.out.at(n).add(start);
+                if src != dst {
+                    std::ptr::copy_nonoverlapping(src, dst, len);
+                }
+                self.act.apply(std::slice::from_raw_parts_mut(dst, len));
+            }
+        }
+    }
+}
+
+/// Iterates the rows (all dims but the last) of `dims`, for this thread's share.
+fn for_rows(dims: &[usize], tid: usize, threads: usize, mut f: impl FnMut(&[usize])) {
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let (lo, hi) = split(rows, tid, threads);
+    let mut idx = vec![0usize; dims.len() - 1];
+    for r in lo..hi {
+        let mut rem = r;
+        for (i, d) in idx.iter_mut().zip(&dims[..dims.len() - 1]).rev() {
+            *i = rem % d;
+            rem /= d;
+        }
+        f(&idx);
+    }
+}
+
+fn offset(idx: &[usize], strides: &[usize]) -> usize {
+    idx.iter().zip(strides).map(|(i, s)| i * s).sum()
+}
+
+/// A strided copy (permute, slice, select, concatenation, batch broadcast).
+#[derive(Debug)]
+pub struct Copy {
+    /// Source (dims are the copy's).
+    pub src: View,
+    /// Destination.
+    pub dst: View,
+}
+
+impl Copy {
+    fn run(&self, tid: usize, threads: usize) {
+        let d = &self.dst.dims;
+        let last = d.len() - 1;
+        let (ss, ds) = (self.src.strides[last], self.dst.strides[last]);
+        for_rows(d, tid, threads, |idx| {
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let s = self.src.ptr.add(offset(idx, &self.src.strides));
+                let t = self.dst.ptr.add(offset(idx, &self.dst.strides));
+                if ss == 1 && ds == 1 {
+                    std::ptr::copy(s, t, d[last]);
+                } else {
+                    for i in 0..d[last] {
+                        *t.add(i * ds) = *s.add(i * ss);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// An element-wise binary op with broadcasting (strides 0 where broadcast).
+#[derive(Debug)]
+pub struct Binary {
+    /// The op.
+    pub op: BinaryOp,
+    /// Left operand (dims are the output's).
+    pub a: View,
+    /// Right operand.
+    pub b: View,
+    /// Output.
+    pub out: View,
+}
+
+impl Binary {
+    fn run(&self, tid: usize, threads: usize) {
+        let d = &self.out.dims;
+        let last = d.len() - 1;
+        let (sa, sb) = (self.a.strides[last], self.b.strides[last]);
+        for_rows(d, tid, threads, |idx| {
+            // SAFETY: extents checked at lowering; in-place is element-wise.
+            unsafe {
+                let a = self.a.ptr.add(offset(idx, &self.a.strides));
+                let b = self.b.ptr.add(offset(idx, &self.b.strides));
+                let o = self.out.ptr.add(offset(idx, &self.out.strides));
+                let f = |x: f32, y: f32| match self.op {
+                    BinaryOp::Add => x + y,
+                    BinaryOp::Sub => x - y,
+                    BinaryOp::Mul => x * y,
+                    BinaryOp::Div => x / y,
+                };
+                for i in 0..d[last] {
+                    *o.add(i) = f(*a.add(i * sa), *b.add(i * sb));
+                }
+            }
+        });
+    }
+}
+
+/// Max or average pooling over `[C, H, W]` images.
+#[derive(Debug)]
+pub struct Pool {
+    /// Max or mean.
+    pub kind: PoolKind,
+    /// Input.
+    pub x: Images,
+    /// Output.
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Input (h, w).
+    pub in_hw: [usize; 2],
+    /// Output (h, w).
+    pub out_hw: [usize; 2],
+    /// Window.
+    pub window: netc_compiler::ir::Window,
+    /// Whether padding counts in the divisor (average).
+    pub count_include_pad: bool,
+}
+
+impl Pool {
+    fn run(&self, tid: usize, threads: usize) {
+        let [h, w] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let win = &self.window;
+        let (lo, hi) = split(self.batch * self.channels, tid, threads);
+        for u in lo..hi {
+            let (n, c) = (u / self.channels, u % self.channels);
+            // SAFETY: extents checked at lowering.
+            let src = unsafe { std::slice::from_raw_parts(self.x.at(n).add(c * h * w), h * w) };
+            let dst = unsafe { self.out.at(n).add(c * oh * ow) };
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let v = match self.kind {
+                        PoolKind::Max => {
+                            let mut m = f32::NEG_INFINITY;
+                            for ky in 0..win.kernel[0] {
+                                let iy = (oy * win.stride[0] + ky * win.dilation[0])
+                                    .wrapping_sub(win.pad[0]);
+                                if iy >= h {
+                                    continue;
+                                }
+                                for kx in 0..win.kernel[1] {
+                                    let ix = (ox * win.stride[1] + kx * win.dilation[1])
+                                        .wrapping_sub(win.pad[1]);
+                                    if ix < w {
+                                        let v = src[iy * w + ix];
+                                        // NaN propagates, as in PyTorch.
+                                        if v > m || v.is_nan() {
+                                            m = v;
+                                        }
+                                    }
+                                }
+                            }
+                            m
+                        }
+                        PoolKind::Avg => {
+                            let ys = (oy * win.stride[0]) as isize - win.pad[0] as isize;
+                            let xs = (ox * win.stride[1]) as isize - win.pad[1] as isize;
+                            let ye = (ys + win.kernel[0] as isize).min((h + win.pad[2]) as isize);
+                            let xe = (xs + win.kernel[1] as isize).min((w + win.pad[3]) as isize);
+                            let pool_size = (ye - ys) * (xe - xs);
+                            let (ys, xs) = (ys.max(0) as usize, xs.max(0) as usize);
+                            let (ye, xe) =
+                                (ye.min(h as isize) as usize, xe.min(w as isize) as usize);
+                            let mut s = 0f32;
+                            for iy in ys..ye {
+                                for ix in xs..xe {
+                                    s += src[iy * w + ix];
+                                }
+                            }
+                            let div = if self.count_include_pad {
+                                pool_size as f32
+                            } else {
+                                ((ye - ys) * (xe - xs)) as f32
+                            };
+                            s / div
+                        }
+                    };
+                    // SAFETY: inside the output image.
+                    unsafe { *dst.add(oy * ow + ox) = v };
+                }
+            }
+        }
+    }
+}
+
+/// Adaptive average pooling (PyTorch's bins: floor(i·H/O) to ceil((i+1)·H/O)).
+#[derive(Debug)]
+pub struct AdaptivePool {
+    /// Input.
+    pub x: Images,
+    /// Output.
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Input (h, w).
+    pub in_hw: [usize; 2],
+    /// Output (h, w).
+    pub out_hw: [usize; 2],
+}
+
+impl AdaptivePool {
+    fn run(&self, tid: usize, threads: usize) {
+        let [h, w] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let (lo, hi) = split(self.batch * self.channels, tid, threads);
+        for u in lo..hi {
+            let (n, c) = (u / self.channels, u % self.channels);
+            // SAFETY: extents checked at lowering.
+            let src = unsafe { std::slice::from_raw_parts(self.x.at(n).add(c * h * w), h * w) };
+            let dst = unsafe { self.out.at(n).add(c * oh * ow) };
+            for oy in 0..oh {
+                let (y0, y1) = (oy * h / oh, ((oy + 1) * h).div_ceil(oh));
+                for ox in 0..ow {
+                    let (x0, x1) = (ox * w / ow, ((ox + 1) * w).div_ceil(ow));
+                    let mut s = 0f32;
+                    for row in src[y0 * w..y1 * w].chunks_exact(w) {
+                        s += row[x0..x1].iter().sum::<f32>();
+                    }
+                    // SAFETY: inside the output image.
+                    unsafe { *dst.add(oy * ow + ox) = s / ((y1 - y0) * (x1 - x0)) as f32 };
+                }
+            }
+        }
+    }
+}
+
+/// Constant padding of `[C, H, W]` images.
+#[derive(Debug)]
+pub struct Pad {
+    /// Input.
+    pub x: Images,
+    /// Output.
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Input (h, w).
+    pub in_hw: [usize; 2],
+    /// (top, left, bottom, right).
+    pub pad: [usize; 4],
+    /// Fill.
+    pub value: f32,
+}
+
+impl Pad {
+    fn run(&self, tid: usize, threads: usize) {
+        let [h, w] = self.in_hw;
+        let (oh, ow) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
+        let (lo, hi) = split(self.batch * self.channels, tid, threads);
+        for u in lo..hi {
+            let (n, c) = (u / self.channels, u % self.channels);
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let src = self.x.at(n).add(c * h * w);
+                let dst = std::slice::from_raw_parts_mut(self.out.at(n).add(c * oh * ow), oh * ow);
+                dst.fill(self.value);
+                for y in 0..h {
+                    let d = &mut dst[(y + self.pad[0]) * ow + self.pad[1]..][..w];
+                    d.copy_from_slice(std::slice::from_raw_parts(src.add(y * w), w));
+                }
+            }
+        }
+    }
+}
+
+/// Softmax or layer norm over one axis of `[outer, axis, inner]` per sample.
+#[derive(Debug)]
+pub struct Reduce {
+    /// Which.
+    pub kind: ReduceKind,
+    /// Input.
+    pub x: Images,
+    /// Output.
+    pub out: Images,
+    /// Batch.
+    pub batch: usize,
+    /// `[outer, axis, inner]`.
+    pub dims: [usize; 3],
+    /// The generated `exp` kernel (softmax).
+    pub exp: Act,
+}
+
+/// A reduction along an axis.
+#[derive(Debug)]
+pub enum ReduceKind {
+    /// Softmax.
+    Softmax,
+    /// Layer norm with affine parameters.
+    LayerNorm {
+        /// Epsilon.
+        eps: f32,
+        /// Scale (length of the axis).
+        gamma: *const f32,
+        /// Shift.
+        beta: *const f32,
+    },
+}
+
+impl Reduce {
+    fn run(&self, tid: usize, threads: usize) {
+        let [outer, len, inner] = self.dims;
+        let (lo, hi) = split(self.batch * outer * inner, tid, threads);
+        let mut v = vec![0f32; len];
+        for u in lo..hi {
+            let n = u / (outer * inner);
+            let (o, i) = ((u / inner) % outer, u % inner);
+            let off = o * len * inner + i;
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let src = self.x.at(n).add(off);
+                for (k, x) in v.iter_mut().enumerate() {
+                    *x = *src.add(k * inner);
+                }
+            }
+            match self.kind {
+                ReduceKind::Softmax => {
+                    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    v.iter_mut().for_each(|x| *x -= m);
+                    self.exp.apply(&mut v);
+                    let s: f32 = v.iter().sum();
+                    let r = 1.0 / s;
+                    v.iter_mut().for_each(|x| *x *= r);
+                }
+                ReduceKind::LayerNorm { eps, gamma, beta } => {
+                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / len as f64;
+                    let var =
+                        v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+                    let r = 1.0 / (var + eps as f64).sqrt();
+                    for (k, x) in v.iter_mut().enumerate() {
+                        // SAFETY: gamma and beta hold `len` floats.
+                        let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
+                        *x = ((*x as f64 - mean) * r) as f32 * g + b;
+                    }
+                }
+            }
+            // SAFETY: as above.
+            unsafe {
+                let dst = self.out.at(n).add(off);
+                for (k, x) in v.iter().enumerate() {
+                    *dst.add(k * inner) = *x;
+                }
+            }
+        }
+    }
+}
+
+/// A batched matrix product `[.., m, k] × [.., k, n]` (broadcast batch dims).
+#[derive(Debug)]
+pub struct MatMul {
+    /// Left operand, as `[batch.., m, k]`.
+    pub a: View,
+    /// Right operand, as `[batch.., k, n]`.
+    pub b: View,
+    /// Output, `[batch.., m, n]` contiguous.
+    pub out: View,
+}
+
+impl MatMul {
+    fn run(&self, tid: usize, threads: usize) {
+        let r = self.out.dims.len();
+        let (m, n) = (self.out.dims[r - 2], self.out.dims[r - 1]);
+        let k = self.a.dims[r - 1];
+        let batch_dims = &self.out.dims[..r - 2];
+        let count: usize = batch_dims.iter().product();
+        let (lo, hi) = split(count, tid, threads);
+        let mut abuf = vec![0f32; m * k];
+        let mut bbuf = vec![0f32; k * n];
+        for u in lo..hi {
+            let mut idx = vec![0; r - 2];
+            let mut rem = u;
+            for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
+                *i = rem % d;
+                rem /= d;
+            }
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                gather(&self.a, &idx, m, k, &mut abuf);
+                gather(&self.b, &idx, k, n, &mut bbuf);
+                let o = self.out.ptr.add(offset(&idx, &self.out.strides));
+                let c = std::slice::from_raw_parts_mut(o, m * n);
+                sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
+            }
+        }
+    }
+}
+
+/// Copies the trailing 2-D block of `v` at batch index `idx` into `buf`.
+unsafe fn gather(v: &View, idx: &[usize], rows: usize, cols: usize, buf: &mut [f32]) {
+    let r = v.dims.len();
+    let base = unsafe { v.ptr.add(offset(idx, &v.strides)) };
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: the caller guarantees the view's extent.
+            buf[i * cols + j] = unsafe { *base.add(i * v.strides[r - 2] + j * v.strides[r - 1]) };
+        }
+    }
+}
+
+fn mat(data: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        stride: cols,
+    }
+}
+
+/// Multi-head self-attention: packed q/k/v projection (a GEMM), per-head
+/// scaled dot-product attention, output projection (a GEMM).
+#[derive(Debug)]
+pub struct Attention {
+    /// x → qkv `[N·S, 3E]` in arena scratch.
+    pub qkv: conv::Problem,
+    /// ctx `[N·S, E]` → output.
+    pub proj: conv::Problem,
+    /// Arena pointers of qkv and ctx.
+    pub qkv_ptr: *mut f32,
+    /// Context buffer.
+    pub ctx_ptr: *mut f32,
+    /// Batch, sequence, embedding, heads.
+    pub nseh: [usize; 4],
+    /// The generated `exp` kernel.
+    pub exp: Act,
+    /// The pool's barrier (phases depend on each other).
+    pub barrier: *const Barrier,
+}
+
+impl Attention {
+    fn run(&self, tid: usize, threads: usize) {
+        let [n, s, e, heads] = self.nseh;
+        let d = e / heads;
+        // SAFETY: the barrier outlives the program; extents checked at lowering.
+        let barrier = unsafe { &*self.barrier };
+        SCRATCH.with(|sc| unsafe { self.qkv.run(tid, threads, &mut sc.borrow_mut()) });
+        barrier.wait();
+        let (lo, hi) = split(n * heads, tid, threads);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut q = vec![0f32; s * d];
+        let mut kt = vec![0f32; d * s];
+        let mut p = vec![0f32; s * s];
+        for u in lo..hi {
+            let (b, h) = (u / heads, u % heads);
+            // SAFETY: qkv holds N·S rows of 3E.
+            let qkv =
+                unsafe { std::slice::from_raw_parts(self.qkv_ptr.add(b * s * 3 * e), s * 3 * e) };
+            for t in 0..s {
+                for c in 0..d {
+                    q[t * d + c] = qkv[t * 3 * e + h * d + c] * scale;
+                    kt[c * s + t] = qkv[t * 3 * e + e + h * d + c];
+                }
+            }
+            sgemm(mat(&q, s, d), mat(&kt, d, s), &mut p, s, false);
+            for row in p.chunks_exact_mut(s) {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                row.iter_mut().for_each(|x| *x -= m);
+                self.exp.apply(row);
+                let r = 1.0 / row.iter().sum::<f32>();
+                row.iter_mut().for_each(|x| *x *= r);
+            }
+            let v = MatRef {
+                data: &qkv[2 * e + h * d..],
+                rows: s,
+                cols: d,
+                stride: 3 * e,
+            };
+            // SAFETY: ctx holds N·S rows of E; this head's columns are its own.
+            let ctx = unsafe {
+                std::slice::from_raw_parts_mut(self.ctx_ptr.add(b * s * e + h * d), (s - 1) * e + d)
+            };
+            sgemm(mat(&p, s, s), v, ctx, e, false);
+        }
+        barrier.wait();
+        SCRATCH.with(|sc| unsafe { self.proj.run(tid, threads, &mut sc.borrow_mut()) });
+    }
+}
+
+/// Every kernel.
+#[derive(Debug)]
+pub enum Kernel {
+    /// Convolution / linear.
+    Gemm(Gemm),
+    /// Depthwise convolution.
+    Depthwise(Depthwise),
+    /// Per-channel affine.
+    ChannelAffine(ChannelAffine),
+    /// Activation.
+    Activation(Activation),
+    /// Strided copy.
+    Copy(Copy),
+    /// Binary op.
+    Binary(Binary),
+    /// Pooling.
+    Pool(Pool),
+    /// Adaptive average pooling.
+    AdaptivePool(AdaptivePool),
+    /// Padding.
+    Pad(Pad),
+    /// Softmax / layer norm.
+    Reduce(Reduce),
+    /// Batched matrix product.
+    MatMul(MatMul),
+    /// Self-attention.
+    Attention(Attention),
+}
+
+macro_rules! entry {
+    ($t:ty) => {{
+        unsafe extern "C" fn run(desc: *const u8, tid: usize, threads: usize) {
+            // SAFETY: the network function passes the descriptor it was built with.
+            unsafe { (*(desc as *const $t)).run(tid, threads) }
+        }
+        run as super::jit::LayerFn
+    }};
+}
+
+impl Kernel {
+    /// The kernel's entry point and descriptor, for the network function: a
+    /// direct call per layer, no dispatch at run time.
+    pub fn entry(&self) -> (super::jit::LayerFn, *const u8) {
+        match self {
+            Kernel::Gemm(k) => (entry!(Gemm), k as *const _ as *const u8),
+            Kernel::Depthwise(k) => (entry!(Depthwise), k as *const _ as *const u8),
+            Kernel::ChannelAffine(k) => (entry!(ChannelAffine), k as *const _ as *const u8),
+            Kernel::Activation(k) => (entry!(Activation), k as *const _ as *const u8),
+            Kernel::Copy(k) => (entry!(Copy), k as *const _ as *const u8),
+            Kernel::Binary(k) => (entry!(Binary), k as *const _ as *const u8),
+            Kernel::Pool(k) => (entry!(Pool), k as *const _ as *const u8),
+            Kernel::AdaptivePool(k) => (entry!(AdaptivePool), k as *const _ as *const u8),
+            Kernel::Pad(k) => (entry!(Pad), k as *const _ as *const u8),
+            Kernel::Reduce(k) => (entry!(Reduce), k as *const _ as *const u8),
+            Kernel::MatMul(k) => (entry!(MatMul), k as *const _ as *const u8),
+            Kernel::Attention(k) => (entry!(Attention), k as *const _ as *const u8),
+        }
+    }
+
+    /// Short name for profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Gemm(_) => "gemm",
+            Kernel::Depthwise(_) => "depthwise",
+            Kernel::ChannelAffine(_) => "channel_affine",
+            Kernel::Activation(_) => "activation",
+            Kernel::Copy(_) => "copy",
+            Kernel::Binary(_) => "binary",
+            Kernel::Pool(_) => "pool",
+            Kernel::AdaptivePool(_) => "adaptive_pool",
+            Kernel::Pad(_) => "pad",
+            Kernel::Reduce(_) => "reduce",
+            Kernel::MatMul(_) => "matmul",
+            Kernel::Attention(_) => "attention",
+        }
+    }
+
+    /// Runs this thread's share (for the profiler, which calls kernels itself).
+    pub fn run(&self, tid: usize, threads: usize) {
+        let (f, d) = self.entry();
+        // SAFETY: as in the network function.
+        unsafe { f(d, tid, threads) }
+    }
+}
+
+/// Marks a layout's use in kernels (the lowering builds them).
+pub fn layout(base: usize, sample_stride: usize, row_stride: usize, col_stride: usize) -> Layout {
+    Layout {
+        base,
+        sample_stride,
+        row_stride,
+        col_stride,
+    }
+}

@@ -1,0 +1,728 @@
+//! Lowering an optimized graph to CPU kernels for one batch size: every value
+//! gets its address in the arena from the memory plan (batch-major: a buffer of
+//! `b` bytes per sample at plan offset `o` holds sample `n` at `o·N + n·b`),
+//! and every node becomes a kernel descriptor with its shapes, strides,
+//! addresses and epilogue fixed.
+
+use super::conv::{Gather, Layout, Problem, Step, Window as ConvWindow};
+use super::kernels::{self as k, Images, Kernel, View};
+use super::pool::Barrier;
+use super::{Act, Prepared};
+use netc_compiler::ir::{Dim, Epilogue, FusedBase, Graph, NodeIndex, NormAxis, Op, PoolKind};
+use netc_compiler::memory_plan::MemoryPlan;
+use std::collections::HashMap;
+
+/// Where a value lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Val {
+    /// Sample 0.
+    pub ptr: *mut f32,
+    /// Distance between samples (0 for values without a batch axis).
+    pub stride: usize,
+    /// Samples (1 for values without a batch axis).
+    pub batch: usize,
+}
+
+/// The lowered program for one batch size.
+pub struct Lowered {
+    /// Kernels in execution order.
+    pub kernels: Vec<Kernel>,
+    /// The node each kernel came from.
+    pub origins: Vec<NodeIndex>,
+    /// Every value's location.
+    pub vals: HashMap<NodeIndex, Val>,
+}
+
+/// What lowering needs besides the graph.
+pub struct Ctx<'a> {
+    /// The graph.
+    pub graph: &'a Graph,
+    /// Its memory plan.
+    pub plan: &'a MemoryPlan,
+    /// Packed and prepared weights.
+    pub prepared: &'a Prepared,
+    /// The arena (plan.arena·batch bytes, then attention scratch).
+    pub arena: *mut f32,
+    /// Its length in floats.
+    pub arena_len: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Generated activation kernels.
+    pub acts: &'a HashMap<netc_compiler::ir::Activation, Act>,
+    /// The generated exp kernel.
+    pub exp: Act,
+    /// The pool's barrier.
+    pub barrier: *const Barrier,
+}
+
+/// Floats of arena scratch the lowering needs beyond the plan (attention's q/k/v and context).
+pub fn scratch_floats(g: &Graph, batch: usize) -> usize {
+    g.topo_order()
+        .into_iter()
+        .filter_map(|n| match g.node(n).op {
+            Op::SelfAttention { .. } => {
+                Some(g.node(n).shape.numel_per_sample() as usize * batch * 4)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn contiguous(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+impl Ctx<'_> {
+    fn dims(&self, n: NodeIndex) -> Vec<usize> {
+        self.graph
+            .node(n)
+            .shape
+            .0
+            .iter()
+            .map(|d| match d {
+                Dim::Batch => self.batch,
+                Dim::Known(k) => *k,
+            })
+            .collect()
+    }
+
+    fn per_sample(&self, n: NodeIndex) -> Vec<usize> {
+        self.graph.node(n).shape.per_sample()
+    }
+
+    fn images(v: Val) -> Images {
+        Images {
+            ptr: v.ptr,
+            sample_stride: v.stride,
+        }
+    }
+
+    /// The full view of a value (batch axis first when it has one).
+    fn view(&self, n: NodeIndex, v: Val) -> View {
+        let dims = self.dims(n);
+        let shape = &self.graph.node(n).shape;
+        let mut strides = contiguous(&dims);
+        if shape.has_batch() {
+            let ps = contiguous(&shape.per_sample());
+            strides = std::iter::once(v.stride).chain(ps).collect();
+        }
+        View {
+            ptr: v.ptr,
+            dims,
+            strides,
+        }
+    }
+
+    /// `v` broadcast (right-aligned) to `dims`.
+    fn broadcast(v: &View, dims: &[usize]) -> View {
+        let off = dims.len() - v.dims.len();
+        let strides = (0..dims.len())
+            .map(|i| {
+                if i < off || v.dims[i - off] == 1 && dims[i] != 1 {
+                    0
+                } else {
+                    v.strides[i - off]
+                }
+            })
+            .collect();
+        View {
+            ptr: v.ptr,
+            dims: dims.to_vec(),
+            strides,
+        }
+    }
+
+    fn offset(&self, p: *mut f32) -> Result<usize, String> {
+        let a = self.arena as usize;
+        let q = p as usize;
+        if q < a || q >= a + self.arena_len * 4 {
+            return Err("a GEMM operand is not in the arena (a convolution or linear layer over a learned tensor)".into());
+        }
+        Ok((q - a) / 4)
+    }
+
+    fn act(&self, a: netc_compiler::ir::Activation) -> Act {
+        use netc_compiler::ir::Activation as A;
+        match a {
+            A::Relu => Act::Relu,
+            A::Relu6 => Act::Relu6,
+            other => self.acts[&other],
+        }
+    }
+}
+
+/// Lowers `ctx.graph`; `inputs` are bound by the caller to the returned values.
+pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
+    let g = ctx.graph;
+    let plan = ctx.plan;
+    let b = ctx.batch;
+    let mut vals: HashMap<NodeIndex, Val> = HashMap::new();
+    let mut kernels = Vec::new();
+    let mut origins = Vec::new();
+    for id in g.topo_order() {
+        let node = g.node(id);
+        let operands = g.operands(id);
+        let batched = node.shape.has_batch();
+        let planned = |id: NodeIndex| -> Option<Val> {
+            let buf = plan.buffer_of.get(&id)?;
+            let buffer = &plan.buffers[*buf];
+            let base = buffer.offset as usize / 4 * b
+                + plan.offset_in_buffer.get(&id).copied().unwrap_or(0) as usize / 4;
+            Some(Val {
+                // SAFETY: within the arena (checked below).
+                ptr: unsafe { ctx.arena.add(base) },
+                stride: if batched {
+                    buffer.bytes as usize / 4
+                } else {
+                    0
+                },
+                batch: if batched { b } else { 1 },
+            })
+        };
+        let val = match &node.op {
+            Op::Parameter { .. } => {
+                let p = ctx.prepared.raw(id, 0);
+                Val {
+                    ptr: p as *mut f32,
+                    stride: 0,
+                    batch: 1,
+                }
+            }
+            Op::Reshape { .. } | Op::Flatten { .. }
+                if plan.buffer_of.get(&id).is_some()
+                    && plan.buffer_of.get(&id) == plan.buffer_of.get(&operands[0]) =>
+            {
+                // A view: same memory as the operand.
+                let v = vals[&operands[0]];
+                Val {
+                    batch: if batched { b } else { 1 },
+                    ..v
+                }
+            }
+            _ => planned(id)
+                .ok_or_else(|| format!("`{}` has no buffer in the memory plan", node.name))?,
+        };
+        // Every value must lie inside its memory.
+        if !matches!(node.op, Op::Parameter { .. }) {
+            let numel = node.shape.numel_per_sample() as usize;
+            let end =
+                (val.ptr as usize - ctx.arena as usize) / 4 + (val.batch - 1) * val.stride + numel;
+            if end > ctx.arena_len {
+                return Err(format!("`{}` would lie outside the arena", node.name));
+            }
+        }
+        vals.insert(id, val);
+        let x = |i: usize| vals[&operands[i]];
+        let kernel = match &node.op {
+            Op::Input { .. } | Op::Parameter { .. } => None,
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Dropout { .. } | Op::Identity => {
+                let src = x(0);
+                if src.ptr == val.ptr && (src.stride == val.stride || val.batch == 1) {
+                    None
+                } else {
+                    // Not a view (e.g. across a concat's slice): copy contiguously.
+                    let dims = ctx.dims(id);
+                    let sv = ctx.view(operands[0], src);
+                    let flat_src = View {
+                        ptr: sv.ptr,
+                        dims: dims.clone(),
+                        strides: ctx
+                            .view(
+                                id,
+                                Val {
+                                    ptr: src.ptr,
+                                    ..val
+                                },
+                            )
+                            .strides,
+                    };
+                    let flat_src = if batched {
+                        View {
+                            strides: std::iter::once(src.stride)
+                                .chain(contiguous(&dims[1..]))
+                                .collect(),
+                            ..flat_src
+                        }
+                    } else {
+                        flat_src
+                    };
+                    Some(Kernel::Copy(k::Copy {
+                        src: flat_src,
+                        dst: ctx.view(id, val),
+                    }))
+                }
+            }
+            Op::Conv2d { window, groups, .. } => {
+                let mut epi = Vec::new();
+                if node.params.len() > 1 {
+                    epi.push(Epilogue::Bias);
+                }
+                Some(conv(ctx, id, &operands, &vals, val, window, *groups, &epi)?)
+            }
+            Op::Fused {
+                base: FusedBase::Conv2d { window, groups, .. },
+                epilogue,
+            } => Some(conv(
+                ctx, id, &operands, &vals, val, window, *groups, epilogue,
+            )?),
+            Op::Linear { .. } => {
+                let mut epi = Vec::new();
+                if node.params.len() > 1 {
+                    epi.push(Epilogue::Bias);
+                }
+                Some(linear(ctx, id, &operands, &vals, val, &epi)?)
+            }
+            Op::Fused {
+                base: FusedBase::Linear { .. },
+                epilogue,
+            } => Some(linear(ctx, id, &operands, &vals, val, epilogue)?),
+            Op::BatchNorm { .. } | Op::LayerScale { .. } => {
+                let dims = ctx.per_sample(id);
+                let axis = match node.op {
+                    Op::LayerScale { axis } => axis - 1,
+                    _ => 0,
+                };
+                let outer: usize = dims[..axis].iter().product();
+                let inner: usize = dims[axis + 1..].iter().product();
+                let (scale, shift) = ctx.prepared.affine(id);
+                Some(Kernel::ChannelAffine(k::ChannelAffine {
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: val.batch,
+                    dims: [outer, dims[axis], inner],
+                    scale: scale.to_vec(),
+                    shift: shift.map(|s| s.to_vec()),
+                }))
+            }
+            Op::Act(a) => {
+                // Input and output may have different sample strides (a
+                // concat's slice); each sample is contiguous in both.
+                Some(Kernel::Activation(k::Activation {
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: val.batch,
+                    len: node.shape.numel_per_sample() as usize,
+                    act: ctx.act(*a),
+                }))
+            }
+            Op::Binary(op) => {
+                let out = ctx.view(id, val);
+                let a = Ctx::broadcast(&ctx.view(operands[0], x(0)), &out.dims);
+                let bb = Ctx::broadcast(&ctx.view(operands[1], x(1)), &out.dims);
+                Some(Kernel::Binary(k::Binary {
+                    op: *op,
+                    a,
+                    b: bb,
+                    out,
+                }))
+            }
+            Op::Pool {
+                kind,
+                window,
+                count_include_pad,
+                ..
+            } => {
+                let i = ctx.per_sample(operands[0]);
+                let o = ctx.per_sample(id);
+                if *kind == PoolKind::Avg && window.dilation != [1, 1] {
+                    return Err("dilated average pooling".into());
+                }
+                Some(Kernel::Pool(k::Pool {
+                    kind: *kind,
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: b,
+                    channels: i[0],
+                    in_hw: [i[1], i[2]],
+                    out_hw: [o[1], o[2]],
+                    window: *window,
+                    count_include_pad: *count_include_pad,
+                }))
+            }
+            Op::AdaptiveAvgPool { size, .. } => {
+                let i = ctx.per_sample(operands[0]);
+                Some(Kernel::AdaptivePool(k::AdaptivePool {
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: b,
+                    channels: i[0],
+                    in_hw: [i[1], i[2]],
+                    out_hw: *size,
+                }))
+            }
+            Op::Pad { pad, value } => {
+                let i = ctx.per_sample(operands[0]);
+                Some(Kernel::Pad(k::Pad {
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: b,
+                    channels: i[0],
+                    in_hw: [i[1], i[2]],
+                    pad: *pad,
+                    value: *value as f32,
+                }))
+            }
+            Op::Permute { perm } => {
+                let src = ctx.view(operands[0], x(0));
+                let permuted = View {
+                    ptr: src.ptr,
+                    dims: perm.iter().map(|&p| src.dims[p]).collect(),
+                    strides: perm.iter().map(|&p| src.strides[p]).collect(),
+                };
+                Some(Kernel::Copy(k::Copy {
+                    src: permuted,
+                    dst: ctx.view(id, val),
+                }))
+            }
+            Op::Slice { axis, start, .. } | Op::Select { axis, index: start } => {
+                let src = ctx.view(operands[0], x(0));
+                let mut dims = src.dims.clone();
+                let mut strides = src.strides.clone();
+                // SAFETY: start is inside the axis (checked by shape inference).
+                let ptr = unsafe { src.ptr.add(start * src.strides[*axis]) };
+                match node.op {
+                    Op::Select { .. } => {
+                        dims.remove(*axis);
+                        strides.remove(*axis);
+                    }
+                    _ => dims[*axis] = ctx.dims(id)[*axis],
+                }
+                Some(Kernel::Copy(k::Copy {
+                    src: View { ptr, dims, strides },
+                    dst: ctx.view(id, val),
+                }))
+            }
+            Op::Concat { axis } => {
+                let out = ctx.view(id, val);
+                let mut at = 0;
+                let mut parts = Vec::new();
+                for &o in &operands {
+                    let ov = ctx.view(o, vals[&o]);
+                    let width = ov.dims[*axis];
+                    let mut dst = out.clone();
+                    // SAFETY: inside the output (the operands' widths sum to its axis).
+                    dst.ptr = unsafe { out.ptr.add(at * out.strides[*axis]) };
+                    dst.dims[*axis] = width;
+                    at += width;
+                    // Written in place by the memory plan: nothing to copy.
+                    let src = Ctx::broadcast(&ov, &dst.dims);
+                    if src.ptr == dst.ptr && src.strides == dst.strides {
+                        continue;
+                    }
+                    parts.push(Kernel::Copy(k::Copy { src, dst }));
+                }
+                for p in parts {
+                    kernels.push(p);
+                    origins.push(id);
+                }
+                None
+            }
+            Op::ExpandBatch => {
+                let dst = ctx.view(id, val);
+                let src = Ctx::broadcast(&ctx.view(operands[0], x(0)), &dst.dims);
+                Some(Kernel::Copy(k::Copy { src, dst }))
+            }
+            Op::Softmax { .. } | Op::LayerNorm { .. } => {
+                let dims = ctx.dims(id);
+                let axis = match node.op {
+                    Op::Softmax { axis } => axis,
+                    Op::LayerNorm {
+                        axis: NormAxis::Last,
+                        ..
+                    } => dims.len() - 1,
+                    _ => 1,
+                };
+                if !batched || axis == 0 {
+                    return Err(format!("`{}`: reduction over the batch", node.name));
+                }
+                let outer: usize = dims[1..axis].iter().product();
+                let inner: usize = dims[axis + 1..].iter().product();
+                let kind = match node.op {
+                    Op::LayerNorm { eps, .. } => k::ReduceKind::LayerNorm {
+                        eps: eps as f32,
+                        gamma: ctx.prepared.raw(id, 0),
+                        beta: ctx.prepared.raw(id, 1),
+                    },
+                    _ => k::ReduceKind::Softmax,
+                };
+                Some(Kernel::Reduce(k::Reduce {
+                    kind,
+                    x: Ctx::images(x(0)),
+                    out: Ctx::images(val),
+                    batch: b,
+                    dims: [outer, dims[axis], inner],
+                    exp: ctx.exp,
+                }))
+            }
+            Op::MatMul => {
+                let out = ctx.view(id, val);
+                let r = out.dims.len();
+                let av = ctx.view(operands[0], x(0));
+                let bv = ctx.view(operands[1], x(1));
+                let mut adims = out.dims.clone();
+                adims[r - 1] = av.dims[av.dims.len() - 1];
+                let mut bdims = out.dims.clone();
+                bdims[r - 2] = adims[r - 1];
+                let a = Ctx::broadcast(&av, &adims);
+                let bb = Ctx::broadcast(&bv, &bdims);
+                Some(Kernel::MatMul(k::MatMul { a, b: bb, out }))
+            }
+            Op::SelfAttention { heads, bias } => {
+                Some(attention(ctx, id, &operands, &vals, val, *heads, *bias)?)
+            }
+        };
+        if let Some(kern) = kernel {
+            kernels.push(kern);
+            origins.push(id);
+        }
+    }
+    Ok(Lowered {
+        kernels,
+        origins,
+        vals,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    ctx: &Ctx<'_>,
+    id: NodeIndex,
+    operands: &[NodeIndex],
+    vals: &HashMap<NodeIndex, Val>,
+    out: Val,
+    window: &netc_compiler::ir::Window,
+    groups: usize,
+    epilogue: &[Epilogue],
+) -> Result<Kernel, String> {
+    let i = ctx.per_sample(operands[0]);
+    let o = ctx.per_sample(id);
+    let (cin, h, w) = (i[0], i[1], i[2]);
+    let (cout, oh, ow) = (o[0], o[1], o[2]);
+    let (cin_g, cout_g) = (cin / groups, cout / groups);
+    let [kh, kw] = window.kernel;
+    let x = vals[&operands[0]];
+    let steps = |group_row0: usize, out_rows: usize| -> Result<Vec<Step>, String> {
+        epilogue
+            .iter()
+            .map(|e| {
+                Ok(match e {
+                    Epilogue::Bias => {
+                        Step::Bias(unsafe { ctx.prepared.raw(id, 1).add(group_row0) })
+                    }
+                    Epilogue::Act(a) => Step::Act(ctx.act(*a)),
+                    Epilogue::Add(i) => {
+                        let r = vals[&operands[*i]];
+                        Step::Add(Layout {
+                            base: ctx.offset(r.ptr)? + group_row0 * out_rows,
+                            sample_stride: r.stride,
+                            row_stride: out_rows,
+                            col_stride: 1,
+                        })
+                    }
+                })
+            })
+            .collect()
+    };
+    if cin_g == 1 && kh * kw > 1 {
+        return Ok(Kernel::Depthwise(k::Depthwise {
+            x: Ctx::images(x),
+            out: Ctx::images(out),
+            in_hw: [h, w],
+            out_chw: [cout, oh, ow],
+            multiplier: cout_g,
+            window: *window,
+            weights: ctx.prepared.raw(id, 0),
+            epilogue: steps(0, oh * ow)?,
+            arena: ctx.arena,
+            batch: ctx.batch,
+        }));
+    }
+    let xo = ctx.offset(x.ptr)?;
+    let oo = ctx.offset(out.ptr)?;
+    let pointwise = kh == 1 && kw == 1 && window.stride == [1, 1] && window.pad == [0; 4];
+    let mut problems = Vec::new();
+    for grp in 0..groups {
+        let xl = Layout {
+            base: xo + grp * cin_g * h * w,
+            sample_stride: x.stride,
+            row_stride: h * w,
+            col_stride: 1,
+        };
+        let b = if pointwise {
+            Gather::Strided(xl)
+        } else {
+            Gather::Window(
+                xl,
+                ConvWindow {
+                    in_hw: [h, w],
+                    out_w: ow,
+                    kernel: window.kernel,
+                    stride: window.stride,
+                    pad: [window.pad[0], window.pad[1]],
+                    dilation: window.dilation,
+                },
+            )
+        };
+        problems.push(Problem {
+            m: cout_g,
+            k: cin_g * kh * kw,
+            n: ctx.batch * oh * ow,
+            per_sample: oh * ow,
+            a: ctx.prepared.packed(id, grp),
+            b,
+            out: Layout {
+                base: oo + grp * cout_g * oh * ow,
+                sample_stride: out.stride,
+                row_stride: oh * ow,
+                col_stride: 1,
+            },
+            epilogue: steps(grp * cout_g, oh * ow)?,
+            arena: ctx.arena,
+        });
+    }
+    Ok(Kernel::Gemm(k::Gemm { problems }))
+}
+
+fn linear(
+    ctx: &Ctx<'_>,
+    id: NodeIndex,
+    operands: &[NodeIndex],
+    vals: &HashMap<NodeIndex, Val>,
+    out: Val,
+    epilogue: &[Epilogue],
+) -> Result<Kernel, String> {
+    let i = ctx.per_sample(operands[0]);
+    let o = ctx.per_sample(id);
+    let in_f = *i.last().unwrap_or(&1);
+    let out_f = *o.last().unwrap_or(&1);
+    let rows = (ctx.graph.node(id).shape.numel_per_sample() as usize) / out_f;
+    let x = vals[&operands[0]];
+    if x.batch != ctx.batch {
+        return Err("linear layer over a value without a batch axis".into());
+    }
+    let steps = epilogue
+        .iter()
+        .map(|e| {
+            Ok(match e {
+                Epilogue::Bias => Step::Bias(ctx.prepared.raw(id, 1)),
+                Epilogue::Act(a) => Step::Act(ctx.act(*a)),
+                Epilogue::Add(i) => {
+                    let r = vals[&operands[*i]];
+                    Step::Add(Layout {
+                        base: ctx.offset(r.ptr)?,
+                        sample_stride: r.stride,
+                        row_stride: 1,
+                        col_stride: out_f,
+                    })
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Kernel::Gemm(k::Gemm {
+        problems: vec![Problem {
+            m: out_f,
+            k: in_f,
+            n: ctx.batch * rows,
+            per_sample: rows,
+            a: ctx.prepared.packed(id, 0),
+            b: Gather::Strided(Layout {
+                base: ctx.offset(x.ptr)?,
+                sample_stride: x.stride,
+                row_stride: 1,
+                col_stride: in_f,
+            }),
+            out: Layout {
+                base: ctx.offset(out.ptr)?,
+                sample_stride: out.stride,
+                row_stride: 1,
+                col_stride: out_f,
+            },
+            epilogue: steps,
+            arena: ctx.arena,
+        }],
+    }))
+}
+
+fn attention(
+    ctx: &Ctx<'_>,
+    id: NodeIndex,
+    operands: &[NodeIndex],
+    vals: &HashMap<NodeIndex, Val>,
+    out: Val,
+    heads: usize,
+    bias: bool,
+) -> Result<Kernel, String> {
+    let o = ctx.per_sample(id);
+    let (s, e) = (o[0], o[1]);
+    let n = ctx.batch;
+    let x = vals[&operands[0]];
+    // Scratch after the plan's arena: qkv [N·S, 3E], then ctx [N·S, E].
+    let scratch = ctx.arena_len - n * s * e * 4;
+    let ctx_base = scratch + n * s * e * 3;
+    let (in_b, out_w, out_b) = if bias {
+        (
+            Some(ctx.prepared.raw(id, 1)),
+            2,
+            Some(ctx.prepared.raw(id, 3)),
+        )
+    } else {
+        (None, 1, None)
+    };
+    let qkv = Problem {
+        m: 3 * e,
+        k: e,
+        n: n * s,
+        per_sample: s,
+        a: ctx.prepared.packed(id, 0),
+        b: Gather::Strided(Layout {
+            base: ctx.offset(x.ptr)?,
+            sample_stride: x.stride,
+            row_stride: 1,
+            col_stride: e,
+        }),
+        out: Layout {
+            base: scratch,
+            sample_stride: s * 3 * e,
+            row_stride: 1,
+            col_stride: 3 * e,
+        },
+        epilogue: in_b.map(Step::Bias).into_iter().collect(),
+        arena: ctx.arena,
+    };
+    let proj = Problem {
+        m: e,
+        k: e,
+        n: n * s,
+        per_sample: s,
+        a: ctx.prepared.packed(id, out_w),
+        b: Gather::Strided(Layout {
+            base: ctx_base,
+            sample_stride: s * e,
+            row_stride: 1,
+            col_stride: e,
+        }),
+        out: Layout {
+            base: ctx.offset(out.ptr)?,
+            sample_stride: out.stride,
+            row_stride: 1,
+            col_stride: e,
+        },
+        epilogue: out_b.map(Step::Bias).into_iter().collect(),
+        arena: ctx.arena,
+    };
+    Ok(Kernel::Attention(k::Attention {
+        qkv,
+        proj,
+        // SAFETY: inside the scratch part of the arena.
+        qkv_ptr: unsafe { ctx.arena.add(scratch) },
+        ctx_ptr: unsafe { ctx.arena.add(ctx_base) },
+        nseh: [n, s, e, heads],
+        exp: ctx.exp,
+        barrier: ctx.barrier,
+    }))
+}

@@ -1,0 +1,191 @@
+//! A persistent pool of worker threads that run one function together (SPMD):
+//! the caller is thread 0, workers are 1..n. Between layers the network
+//! function meets at a spinning [`Barrier`]; between runs workers sleep on a
+//! condition variable. Each participating thread flushes denormals to zero
+//! (FTZ/DAZ) for the duration of the job.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// A reusable barrier for a fixed number of threads that spins (then yields)
+/// instead of sleeping: layers are microseconds to milliseconds long.
+pub struct Barrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl Barrier {
+    /// A barrier for `threads` participants.
+    pub fn new(threads: usize) -> Self {
+        Barrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Blocks until all participants have called `wait`.
+    pub fn wait(&self) {
+        if self.threads == 1 {
+            return;
+        }
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == gen {
+            if spins < 20_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+type Job = Arc<dyn Fn(usize) + Send + Sync>;
+
+struct State {
+    job: Option<Job>,
+    epoch: u64,
+    done: usize,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    start: Condvar,
+    finished: Condvar,
+}
+
+/// The pool. Dropping it stops and joins the workers.
+pub struct Pool {
+    threads: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// A pool in which `threads` threads (the caller included) run each job.
+    pub fn new(threads: usize) -> Pool {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                job: None,
+                epoch: 0,
+                done: 0,
+                shutdown: false,
+            }),
+            start: Condvar::new(),
+            finished: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|tid| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("netc-cpu-{tid}"))
+                    .spawn(move || worker(tid, &shared))
+                    .expect("spawning a netc worker thread")
+            })
+            .collect();
+        Pool {
+            threads,
+            shared,
+            workers,
+        }
+    }
+
+    /// Threads per job.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(tid)` on every thread of the pool and returns when all are done.
+    /// A panic in a worker is re-raised here.
+    pub fn run(&self, f: Job) {
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.job = Some(f.clone());
+            s.epoch += 1;
+            s.done = 0;
+        }
+        self.shared.start.notify_all();
+        with_flush_to_zero(|| f(0));
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.done + 1 < self.threads {
+            s = self
+                .shared
+                .finished
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        s.job = None;
+    }
+}
+
+fn worker(tid: usize, shared: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        let job = {
+            let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while s.epoch == seen && !s.shutdown {
+                s = shared.start.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.shutdown {
+                return;
+            }
+            seen = s.epoch;
+            s.job.clone()
+        };
+        if let Some(job) = job {
+            with_flush_to_zero(|| job(tid));
+        }
+        let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.done += 1;
+        shared.finished.notify_all();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown = true;
+        self.shared.start.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Runs `f` with denormal inputs and results flushed to zero (x86 MXCSR DAZ
+/// and FTZ), restoring the caller's mode afterwards: denormals are up to 100×
+/// slower and make no difference to a network's output.
+pub fn with_flush_to_zero<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const FTZ_DAZ: u32 = 0x8040;
+        let mut old: u32 = 0;
+        // SAFETY: reading and writing MXCSR only changes floating-point modes
+        // of this thread; the old value is restored below.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack));
+            let new = old | FTZ_DAZ;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &new, options(nostack, readonly));
+        }
+        let r = f();
+        // SAFETY: as above.
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack, readonly)) };
+        r
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f()
+}
