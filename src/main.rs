@@ -104,8 +104,11 @@ enum Command {
         #[arg(long)]
         top: Option<usize>,
         /// Execution backend.
-        #[arg(long, value_enum, default_value_t = Backend::Candle)]
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Threads for the CPU backend.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+        threads: u64,
         #[command(flatten)]
         opt: Optimize,
     },
@@ -116,11 +119,18 @@ enum Command {
         #[command(flatten)]
         opt: Optimize,
         /// Backends to measure, comma-separated.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "candle")]
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
         backend: Vec<Backend>,
         /// Worker threads for the backend's thread pool.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+        threads: u64,
+        /// Weights (.safetensors); random PyTorch-default weights if absent.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// After timing, run once layer by layer and print where the time goes
+        /// (CPU backend).
+        #[arg(long)]
+        profile: bool,
         /// Timed iterations (after warm-up).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         iters: u64,
@@ -162,6 +172,27 @@ enum Command {
 enum Backend {
     /// The candle-core reference backend.
     Candle,
+    /// The native CPU backend (generated code, AVX2 GEMM, thread pool).
+    Cpu,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Candle => "candle",
+            Backend::Cpu => "cpu",
+        }
+    }
+
+    fn runtime(self, threads: usize) -> netc_runtime::Backend {
+        match self {
+            Backend::Candle => netc_runtime::Backend::Candle(netc_runtime::candle_cpu()),
+            Backend::Cpu => netc_runtime::Backend::Cpu(netc_runtime::CpuOptions {
+                threads,
+                guard_pages: false,
+            }),
+        }
+    }
 }
 
 fn report(diags: &[Diagnostic], sources: &SourceMap) {
@@ -424,9 +455,9 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             output,
             top,
             backend,
+            threads,
             opt,
         } => {
-            let Backend::Candle = backend;
             let g = compile(&input, &mut sources, &mut timings)?;
             let w = netc_runtime::Weights::load(&weights, &g).map_err(|d| {
                 report(&d, &sources);
@@ -438,10 +469,12 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 report(&e.diagnostics, &sources);
                 ExitCode::FAILURE
             })?;
-            let session = model.session(&w).map_err(|e| {
-                report(&e.diagnostics, &sources);
-                ExitCode::FAILURE
-            })?;
+            let session = model
+                .session_with(&w, &backend.runtime(threads as usize))
+                .map_err(|e| {
+                    report(&e.diagnostics, &sources);
+                    ExitCode::FAILURE
+                })?;
             let t = Instant::now();
             let outs = session.run(&inputs).map_err(|e| {
                 report(&e.diagnostics, &sources);
@@ -476,14 +509,26 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             iters,
             batch,
             json,
+            weights,
+            profile,
         } => {
             let g = compile(&input, &mut sources, &mut timings)?;
+            let loaded = match &weights {
+                Some(path) => Some(netc_runtime::Weights::load(path, &g).map_err(|d| {
+                    report(&d, &sources);
+                    ExitCode::FAILURE
+                })?),
+                None => None,
+            };
             let mut model = netc_runtime::Model::from_graph(g, sources.clone());
             model.optimize(&opt.options(2)).map_err(|e| {
                 report(&e.diagnostics, &sources);
                 ExitCode::FAILURE
             })?;
-            let weights = netc_runtime::Weights::pytorch_default(model.elaborated(), 0);
+            let weights = match loaded {
+                Some(w) => w,
+                None => netc_runtime::Weights::pytorch_default(model.elaborated(), 0),
+            };
             let inputs: Vec<netc_runtime::HostTensor> = model
                 .graph()
                 .inputs
@@ -495,11 +540,14 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 })
                 .collect();
             for b in backend {
-                let Backend::Candle = b;
-                let session = model.session(&weights).map_err(|e| {
-                    report(&e.diagnostics, &sources);
-                    ExitCode::FAILURE
-                })?;
+                let t = Instant::now();
+                let session = model
+                    .session_with(&weights, &b.runtime(threads as usize))
+                    .map_err(|e| {
+                        report(&e.diagnostics, &sources);
+                        ExitCode::FAILURE
+                    })?;
+                let session_ms = t.elapsed().as_secs_f64() * 1e3;
                 let run_once = || -> Result<f64, ExitCode> {
                     let t = Instant::now();
                     session.run(&inputs).map_err(|e| {
@@ -526,6 +574,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 if !json && std::io::stderr().is_terminal() {
                     eprintln!();
                 }
+                let samples = times.clone();
                 times.sort_by(f64::total_cmp);
                 let median = times[times.len() / 2];
                 let (min, max) = (times[0], times[times.len() - 1]);
@@ -533,15 +582,20 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     println!(
                         "{}",
                         serde_json::json!({
-                            "network": model.graph().name, "backend": "candle", "threads": threads,
+                            "network": model.graph().name, "backend": b.name(), "threads": threads,
                             "batch": batch, "iters": iters, "median_ms": median, "min_ms": min, "max_ms": max,
+                            "samples_ms": samples, "session_ms": session_ms,
                         })
                     );
                 } else {
                     println!(
-                        "{} candle batch {batch} threads {threads}: median {median:.2} ms (min {min:.2}, max {max:.2}) over {iters} runs",
-                        model.graph().name
+                        "{} {} batch {batch} threads {threads}: median {median:.2} ms (min {min:.2}, max {max:.2}) over {iters} runs; session created in {session_ms:.1} ms",
+                        model.graph().name,
+                        b.name()
                     );
+                }
+                if profile {
+                    print_profile(&session, &inputs, &sources)?;
                 }
             }
         }
@@ -602,11 +656,65 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// Runs once layer by layer and prints the time per op kind and the slowest layers.
+fn print_profile(
+    session: &netc_runtime::Session,
+    inputs: &[netc_runtime::HostTensor],
+    sources: &SourceMap,
+) -> Result<(), ExitCode> {
+    let netc_runtime::Program::Cpu(p) = session.program() else {
+        eprintln!("note: --profile is available for the cpu backend only");
+        return Ok(());
+    };
+    // Warm the caches the way a timed run does, then profile.
+    let mut best: Option<Vec<netc_runtime::backend::cpu::ProfileEntry>> = None;
+    for _ in 0..3 {
+        let e = p.profile(inputs).map_err(|d| {
+            report(&[d], sources);
+            ExitCode::FAILURE
+        })?;
+        let total =
+            |v: &[netc_runtime::backend::cpu::ProfileEntry]| v.iter().map(|e| e.ms).sum::<f64>();
+        if best.as_ref().is_none_or(|b| total(&e) < total(b)) {
+            best = Some(e);
+        }
+    }
+    let entries = best.unwrap_or_default();
+    let total: f64 = entries.iter().map(|e| e.ms).sum();
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for e in &entries {
+        let key = format!("{} ({})", e.op, e.kernel);
+        match by_op.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(row) => {
+                row.1 += e.ms;
+                row.2 += 1;
+            }
+            None => by_op.push((key, e.ms, 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("profile: {total:.2} ms layer by layer (best of 3)");
+    println!(
+        "{:<40} {:>6} {:>10} {:>7}",
+        "op (kernel)", "count", "ms", "share"
+    );
+    for (k, ms, n) in &by_op {
+        println!("{k:<40} {n:>6} {ms:>10.3} {:>6.1}%", 100.0 * ms / total);
+    }
+    let mut slow: Vec<_> = entries.iter().collect();
+    slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    println!("slowest layers:");
+    for e in slow.iter().take(10) {
+        println!("  {:<48} {:<14} {:>8.3} ms", e.node, e.op, e.ms);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // candle's CPU kernels use the global rayon pool; size it before first use.
-    if let Command::Bench { threads, .. } = &cli.command {
-        std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
+    if let Command::Bench { threads, .. } | Command::Run { threads, .. } = &cli.command {
+        std::env::set_var("RAYON_NUM_THREADS", (*threads).max(1).to_string());
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

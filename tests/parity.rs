@@ -1,11 +1,12 @@
 //! Numerical parity with PyTorch. Each fixture in tests/fixtures/ (made by
 //! tools/reference/make_fixtures.py) holds an input, torchvision's output and
 //! how to rebuild the model; the weights are regenerated here bit-exactly from
-//! (seed, key, index). Bound: max |netc − torch| / max |torch| ≤ 1e-4.
+//! (seed, key, index). Every optimization level runs on both backends (candle
+//! and the native CPU backend). Bound: max |netc − torch| / max |torch| ≤ 1e-4.
 
 use netc_compiler::passes::PassOptions;
 use netc_runtime::weights::read_tensor;
-use netc_runtime::{Model, Weights};
+use netc_runtime::{Backend, CpuOptions, Model, Weights};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -60,17 +61,25 @@ pub fn check_fixture(path: &Path) -> f64 {
             verify: true,
         };
         model.optimize(&opts).unwrap_or_else(|e| panic!("{e}"));
-        let session = model.session(&weights).unwrap_or_else(|e| panic!("{e}"));
-        let out = session
-            .run(std::slice::from_ref(&input))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(out[0].shape, expected.shape);
-        let err = rel_err(&out[0].data, &expected.data);
-        eprintln!(
-            "  {} -O{level}: {err:.2e}",
-            path.file_stem().unwrap().to_string_lossy()
-        );
-        worst = worst.max(err);
+        let backends = [
+            ("candle", Backend::Candle(netc_runtime::candle_cpu())),
+            ("cpu", Backend::Cpu(CpuOptions::default())),
+        ];
+        for (name, backend) in backends {
+            let session = model
+                .session_with(&weights, &backend)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let out = session
+                .run(std::slice::from_ref(&input))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(out[0].shape, expected.shape);
+            let err = rel_err(&out[0].data, &expected.data);
+            eprintln!(
+                "  {} -O{level} {name}: {err:.2e}",
+                path.file_stem().unwrap().to_string_lossy()
+            );
+            worst = worst.max(err);
+        }
     }
     worst
 }
@@ -86,7 +95,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 #[test]
-fn candle_matches_pytorch_on_every_fixture() {
+fn every_backend_matches_pytorch_on_every_fixture() {
     let mut report = Vec::new();
     let mut failed = false;
     for f in fixtures() {
@@ -108,7 +117,7 @@ fn candle_matches_pytorch_on_every_fixture() {
 /// by `make_fixtures.py --full --out DIR`.
 #[test]
 #[ignore = "needs NETC_PARITY_DIR with full-size fixtures"]
-fn candle_matches_pytorch_at_full_size() {
+fn every_backend_matches_pytorch_at_full_size() {
     let dir = std::env::var("NETC_PARITY_DIR").expect("NETC_PARITY_DIR");
     let mut failed = false;
     let mut entries: Vec<_> = std::fs::read_dir(dir)

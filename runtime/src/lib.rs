@@ -19,5 +19,10 @@ mod session;
 pub mod weights;
 
 pub use backend::cpu::CpuOptions;
+
+/// The candle CPU device (for [`Backend::Candle`] without depending on candle).
+pub fn candle_cpu() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
 pub use session::{Backend, Model, Program, Session};
 pub use weights::{HostTensor, Weights};

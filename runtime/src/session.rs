@@ -140,14 +140,14 @@ impl Model {
             &transformed
         };
         let program = match backend {
-            Backend::Candle(device) => Program::Candle(
+            Backend::Candle(device) => Program::Candle(Box::new(
                 CandleProgram::new(&self.graph, weights, device)
                     .map_err(|d| Self::error(vec![d], &self.sources))?,
-            ),
-            Backend::Cpu(options) => Program::Cpu(
+            )),
+            Backend::Cpu(options) => Program::Cpu(Box::new(
                 CpuProgram::new(&self.graph, weights, *options)
                     .map_err(|d| Self::error(vec![d], &self.sources))?,
-            ),
+            )),
         };
         Ok(Session {
             program,
@@ -173,9 +173,9 @@ pub enum Backend {
 /// A program on one backend.
 pub enum Program {
     /// The candle reference.
-    Candle(CandleProgram),
+    Candle(Box<CandleProgram>),
     /// The native CPU backend.
-    Cpu(CpuProgram),
+    Cpu(Box<CpuProgram>),
 }
 
 /// A network ready to run. `run` takes `&self`: share it across threads.

@@ -126,6 +126,7 @@ impl Problem {
     /// Every layout must address memory valid for the extents of this problem;
     /// the output must not overlap the input, and other threads running the same
     /// problem write disjoint parts of it.
+    #[inline(always)]
     pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
         let panels = self.m.div_ceil(MR);
         if self.n >= threads * 4 * NR || panels < threads {
@@ -138,6 +139,7 @@ impl Problem {
     }
 
     /// Row panels `p0..p1`, columns `c0..c1`.
+    #[inline(always)]
     unsafe fn run_block(&self, p0: usize, p1: usize, c0: usize, c1: usize, s: &mut Scratch) {
         if p0 >= p1 || c0 >= c1 {
             return;
@@ -173,6 +175,7 @@ impl Problem {
     }
 
     /// Gathers B[k0..k0+kc, j0..j0+nc] into NR-column panels (zero-padded).
+    #[inline(always)]
     unsafe fn pack_b(
         &self,
         k0: usize,
@@ -191,6 +194,23 @@ impl Problem {
                 for q in 0..ncp / NR {
                     let panel = &mut out[q * kc * NR..(q + 1) * kc * NR];
                     let lanes = NR.min(nc - q * NR);
+                    if l.row_stride == 1 {
+                        // K is contiguous (a linear layer's rows): read each
+                        // column's run of K once and scatter it into the panel.
+                        if lanes < NR {
+                            panel.fill(0.0);
+                        }
+                        for t in 0..lanes {
+                            // SAFETY: the caller guarantees the layout's extent.
+                            let src = unsafe {
+                                std::slice::from_raw_parts(self.at_ptr(cols[q * NR + t] + k0), kc)
+                            };
+                            for (kk, v) in src.iter().enumerate() {
+                                panel[kk * NR + t] = *v;
+                            }
+                        }
+                        continue;
+                    }
                     let first = cols[q * NR];
                     let contiguous =
                         l.col_stride == 1 && cols[q * NR + lanes - 1] == first + lanes - 1;
@@ -274,6 +294,7 @@ impl Problem {
     }
 
     /// Applies the epilogue to rows `r0..r1` of the accumulated block and stores it.
+    #[inline(always)]
     unsafe fn epilogue(&self, r0: usize, r1: usize, j0: usize, nc: usize, ld: usize, acc: &[f32]) {
         let ps = self.per_sample;
         // Split the block's columns into runs inside one sample, so output

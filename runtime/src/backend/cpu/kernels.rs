@@ -49,6 +49,7 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         SCRATCH.with(|s| {
             let s = &mut s.borrow_mut();
@@ -95,19 +96,28 @@ pub struct Depthwise {
 }
 
 impl Depthwise {
+    /// Per output row: each contributing input row is copied once into a
+    /// zero-padded buffer and split into `stride` phases, so that every kernel
+    /// tap is a contiguous multiply-add over the output row (vectorised).
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [c_out, oh, ow] = self.out_chw;
         let [h, w] = self.in_hw;
         let win = &self.window;
         let [kh, kw] = win.kernel;
+        let (s, d, pl) = (win.stride[1], win.dilation[1], win.pad[1]);
+        let span = (ow - 1) * s + (kw - 1) * d + 1;
+        let plen = span.div_ceil(s);
         let (lo, hi) = split(self.batch * c_out, tid, threads);
         let mut row = vec![0f32; ow];
+        let mut padded = vec![0f32; span];
+        let mut phases = vec![0f32; plen * s];
         for unit in lo..hi {
             let (n, oc) = (unit / c_out, unit % c_out);
             let ic = oc / self.multiplier;
             // SAFETY: extents checked at lowering.
             let xin = unsafe { self.x.at(n).add(ic * h * w) };
-            let wk = unsafe { self.weights.add(oc * kh * kw) };
+            let wk = unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
             for oy in 0..oh {
                 row.fill(0.0);
                 for ky in 0..kh {
@@ -117,29 +127,32 @@ impl Depthwise {
                     }
                     // SAFETY: iy < h.
                     let src = unsafe { std::slice::from_raw_parts(xin.add(iy * w), w) };
-                    for kx in 0..kw {
-                        let wv = unsafe { *wk.add(ky * kw + kx) };
-                        let off = kx * win.dilation[1];
-                        // Valid ox: 0 <= ox*s + off - pl < w.
-                        let (s, pl) = (win.stride[1], win.pad[1]);
-                        let first = if off >= pl { 0 } else { (pl - off).div_ceil(s) };
-                        let last = if w + pl > off {
-                            (w + pl - off - 1) / s + 1
-                        } else {
-                            0
-                        };
-                        let last = last.min(ow);
-                        if first >= last {
-                            continue;
-                        }
-                        if s == 1 {
-                            let base = first + off - pl;
-                            for (r, v) in row[first..last].iter_mut().zip(&src[base..]) {
+                    let copied = w.min(span.saturating_sub(pl));
+                    padded[..pl.min(span)].fill(0.0);
+                    if copied > 0 {
+                        padded[pl..pl + copied].copy_from_slice(&src[..copied]);
+                    }
+                    padded[(pl + copied).min(span)..].fill(0.0);
+                    let taps = &wk[ky * kw..(ky + 1) * kw];
+                    if s == 1 {
+                        for (kx, &wv) in taps.iter().enumerate() {
+                            let seg = &padded[kx * d..kx * d + ow];
+                            for (r, v) in row.iter_mut().zip(seg) {
                                 *r += wv * v;
                             }
-                        } else {
-                            for (ox, r) in row.iter_mut().enumerate().take(last).skip(first) {
-                                *r += wv * src[ox * s + off - pl];
+                        }
+                    } else {
+                        for p in 0..s {
+                            for i in 0..plen {
+                                phases[p * plen + i] =
+                                    padded.get(i * s + p).copied().unwrap_or(0.0);
+                            }
+                        }
+                        for (kx, &wv) in taps.iter().enumerate() {
+                            let o = kx * d;
+                            let seg = &phases[(o % s) * plen + o / s..][..ow];
+                            for (r, v) in row.iter_mut().zip(seg) {
+                                *r += wv * v;
                             }
                         }
                     }
@@ -149,6 +162,7 @@ impl Depthwise {
         }
     }
 
+    #[inline(always)]
     fn finish(&self, n: usize, oc: usize, oy: usize, row: &mut [f32]) {
         let [_, oh, ow] = self.out_chw;
         let ps = oh * ow;
@@ -195,6 +209,7 @@ pub struct ChannelAffine {
 }
 
 impl ChannelAffine {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [outer, c, inner] = self.dims;
         let (lo, hi) = split(self.batch * outer * c, tid, threads);
@@ -232,6 +247,7 @@ pub struct Activation {
 }
 
 impl Activation {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         // Chunks of whole vectors so threads never share a cache line's worth of work.
         let chunks = self.len.div_ceil(1024);
@@ -254,6 +270,7 @@ impl Activation {
 }
 
 /// Iterates the rows (all dims but the last) of `dims`, for this thread's share.
+#[inline(always)]
 fn for_rows(dims: &[usize], tid: usize, threads: usize, mut f: impl FnMut(&[usize])) {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let (lo, hi) = split(rows, tid, threads);
@@ -282,6 +299,7 @@ pub struct Copy {
 }
 
 impl Copy {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let d = &self.dst.dims;
         let last = d.len() - 1;
@@ -317,6 +335,7 @@ pub struct Binary {
 }
 
 impl Binary {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let d = &self.out.dims;
         let last = d.len() - 1;
@@ -365,6 +384,7 @@ pub struct Pool {
 }
 
 impl Pool {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
@@ -449,6 +469,7 @@ pub struct AdaptivePool {
 }
 
 impl AdaptivePool {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
@@ -494,6 +515,7 @@ pub struct Pad {
 }
 
 impl Pad {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [h, w] = self.in_hw;
         let (oh, ow) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
@@ -548,6 +570,7 @@ pub enum ReduceKind {
 }
 
 impl Reduce {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [outer, len, inner] = self.dims;
         let (lo, hi) = split(self.batch * outer * inner, tid, threads);
@@ -607,6 +630,7 @@ pub struct MatMul {
 }
 
 impl MatMul {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let r = self.out.dims.len();
         let (m, n) = (self.out.dims[r - 2], self.out.dims[r - 1]);
@@ -677,6 +701,7 @@ pub struct Attention {
 }
 
 impl Attention {
+    #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [n, s, e, heads] = self.nseh;
         let d = e / heads;
@@ -751,16 +776,34 @@ pub enum Kernel {
     /// Batched matrix product.
     MatMul(MatMul),
     /// Self-attention.
-    Attention(Attention),
+    Attention(Box<Attention>),
 }
 
+/// Each kernel's entry point, twice: compiled for AVX2+FMA (the kernels'
+/// bodies are `inline(always)`, so they are generated with those features) and
+/// for the baseline; the choice is made once, when the program is lowered.
 macro_rules! entry {
     ($t:ty) => {{
         unsafe extern "C" fn run(desc: *const u8, tid: usize, threads: usize) {
             // SAFETY: the network function passes the descriptor it was built with.
             unsafe { (*(desc as *const $t)).run(tid, threads) }
         }
-        run as super::jit::LayerFn
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe extern "C" fn run_avx2(desc: *const u8, tid: usize, threads: usize) {
+            // SAFETY: as above; selected only when the CPU has AVX2 and FMA.
+            unsafe { (*(desc as *const $t)).run(tid, threads) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma {
+            run_avx2 as super::jit::LayerFn
+        } else {
+            run as super::jit::LayerFn
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            run as super::jit::LayerFn
+        }
     }};
 }
 
@@ -780,7 +823,7 @@ impl Kernel {
             Kernel::Pad(k) => (entry!(Pad), k as *const _ as *const u8),
             Kernel::Reduce(k) => (entry!(Reduce), k as *const _ as *const u8),
             Kernel::MatMul(k) => (entry!(MatMul), k as *const _ as *const u8),
-            Kernel::Attention(k) => (entry!(Attention), k as *const _ as *const u8),
+            Kernel::Attention(k) => (entry!(Attention), &**k as *const _ as *const u8),
         }
     }
 

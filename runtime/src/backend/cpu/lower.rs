@@ -194,7 +194,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                 }
             }
             Op::Reshape { .. } | Op::Flatten { .. }
-                if plan.buffer_of.get(&id).is_some()
+                if plan.buffer_of.contains_key(&id)
                     && plan.buffer_of.get(&id) == plan.buffer_of.get(&operands[0]) =>
             {
                 // A view: same memory as the operand.
@@ -715,7 +715,7 @@ fn attention(
         epilogue: out_b.map(Step::Bias).into_iter().collect(),
         arena: ctx.arena,
     };
-    Ok(Kernel::Attention(k::Attention {
+    Ok(Kernel::Attention(Box::new(k::Attention {
         qkv,
         proj,
         // SAFETY: inside the scratch part of the arena.
@@ -724,5 +724,5 @@ fn attention(
         nseh: [n, s, e, heads],
         exp: ctx.exp,
         barrier: ctx.barrier,
-    }))
+    })))
 }

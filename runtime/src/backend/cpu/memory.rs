@@ -29,7 +29,7 @@ impl Region {
         if !guard {
             let mut v = Vec::new();
             v.try_reserve_exact(len)
-                .map_err(|_| format!("cannot allocate {} MiB", len * 4 >> 20))?;
+                .map_err(|_| format!("cannot allocate {} MiB", (len * 4) >> 20))?;
             v.resize(len, 0.0);
             return Ok(Region {
                 mem: Mem::Heap(v),

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Act {
 
 impl Act {
     /// Applies the activation in place.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, x: &mut [f32]) {
         match self {
             Act::Relu => x
@@ -324,6 +324,16 @@ impl CpuProgram {
         &self.graph
     }
 
+    /// Applies the program's kernel for `a` to `x` in place (for accuracy tests).
+    pub fn apply_activation(&self, a: Activation, x: &mut [f32]) {
+        let act = match a {
+            Activation::Relu => Act::Relu,
+            Activation::Relu6 => Act::Relu6,
+            other => self.acts[&other],
+        };
+        act.apply(x)
+    }
+
     /// Time spent in [`CpuProgram::new`].
     pub fn compile_times(&self) -> CompileTimes {
         self.times
@@ -403,7 +413,7 @@ impl CpuProgram {
     fn run_inner(
         &self,
         inputs: &[HostTensor],
-        mut profile: Option<&mut Vec<ProfileEntry>>,
+        profile: Option<&mut Vec<ProfileEntry>>,
     ) -> Result<Vec<HostTensor>, Diagnostic> {
         let batch = self.check_inputs(inputs)?;
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
@@ -425,7 +435,7 @@ impl CpuProgram {
                 };
             }
         }
-        match profile.as_deref_mut() {
+        match profile {
             None => {
                 let network = c.generated.network;
                 let threads = self.pool.threads();
