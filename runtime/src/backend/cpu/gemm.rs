@@ -111,23 +111,35 @@ fn pack_a(a: MatRef<'_>, i0: usize, mr: usize, k0: usize, kc: usize, out: &mut [
 /// shorter), `m` rounded up to [`MR`] rows as consecutive `kc×MR` column panels.
 /// Block `kb` starts at `k0 * m.div_ceil(MR) * MR`.
 pub fn pack_weights(w: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; packed_len(m, k)];
+    pack_weights_into(w, m, k, &mut out);
+    out
+}
+
+/// Floats [`pack_weights`] produces for an `m×k` matrix.
+pub fn packed_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
+/// [`pack_weights`] into `out` (of [`packed_len`] floats, zeroed).
+pub fn pack_weights_into(w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     assert!(w.len() >= m * k, "weights too short");
     let mpad = m.div_ceil(MR) * MR;
-    let mut out = vec![0f32; mpad * k];
-    let view = MatRef {
-        data: w,
-        rows: m,
-        cols: k,
-        stride: k,
-    };
+    assert!(out.len() >= mpad * k, "packed buffer too short");
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         for (p, i0) in (0..m).step_by(MR).enumerate() {
             let at = k0 * mpad + p * kc * MR;
-            pack_a(view, i0, MR.min(m - i0), k0, kc, &mut out[at..at + kc * MR]);
+            let panel = &mut out[at..at + kc * MR];
+            // Row by row: contiguous reads, strided writes within one panel.
+            for r in 0..MR.min(m - i0) {
+                let row = &w[(i0 + r) * k + k0..(i0 + r) * k + k0 + kc];
+                for (kk, v) in row.iter().enumerate() {
+                    panel[kk * MR + r] = *v;
+                }
+            }
         }
     }
-    out
 }
 
 /// Depth of the K blocks of [`pack_weights`].

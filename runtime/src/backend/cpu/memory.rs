@@ -11,6 +11,7 @@ pub struct Region {
 
 enum Mem {
     Heap(Vec<f32>),
+    /// A mapping (guarded or not): unmapped on drop.
     #[cfg(unix)]
     Guarded {
         map: *mut libc::c_void,
@@ -26,6 +27,10 @@ unsafe impl Sync for Region {}
 impl Region {
     /// `len` floats, guarded when `guard` is set (Unix only; elsewhere an error).
     pub fn new(len: usize, guard: bool) -> Result<Region, String> {
+        #[cfg(unix)]
+        if !guard && len * 4 >= 1 << 21 {
+            return Self::mapped(len);
+        }
         if !guard {
             let mut v = Vec::new();
             v.try_reserve_exact(len)
@@ -79,6 +84,41 @@ impl Region {
         }
         #[cfg(not(unix))]
         Err("guard pages need a Unix host".into())
+    }
+
+    /// A large region: an anonymous mapping with transparent huge pages
+    /// requested, so that first touches fault 2 MiB at a time (packing a
+    /// ResNet-50's weights otherwise spends tens of ms in 4 KiB page faults).
+    #[cfg(unix)]
+    fn mapped(len: usize) -> Result<Region, String> {
+        let map_len = len * 4;
+        // SAFETY: an anonymous private mapping; checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(format!("cannot map {} MiB", map_len >> 20));
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on our own mapping; failure only loses the hint.
+        unsafe {
+            libc::madvise(map, map_len, libc::MADV_HUGEPAGE);
+        }
+        Ok(Region {
+            mem: Mem::Guarded {
+                map,
+                map_len,
+                data: map as *mut f32,
+            },
+            len,
+        })
     }
 
     /// The first element.

@@ -85,7 +85,12 @@ unsafe impl Sync for Prepared {}
 
 impl Prepared {
     fn new(g: &Graph, w: &Weights, guard: bool) -> Result<Prepared, Diagnostic> {
-        let mut tensors: Vec<Vec<f32>> = Vec::new();
+        /// What goes into the store.
+        enum Job<'a> {
+            Copy(&'a [f32]),
+            Pack(&'a [f32], usize, usize),
+        }
+        let mut jobs: Vec<Job<'_>> = Vec::new();
         let mut raw = HashMap::new();
         let mut packed = HashMap::new();
         let mut affine = HashMap::new();
@@ -98,10 +103,8 @@ impl Prepared {
                         .label(node.span, "this layer")
                 })
             };
-            for i in 0..node.params.len() {
-                raw.insert((id, i), tensors.len());
-                tensors.push(get(i)?.data.clone());
-            }
+            // Which slots the kernels read packed (and never raw).
+            let mut packed_slots: Vec<usize> = Vec::new();
             match &node.op {
                 Op::Conv2d { groups, .. }
                 | Op::Fused {
@@ -111,11 +114,13 @@ impl Prepared {
                     let wt = get(0)?;
                     let (cout, k) = (wt.shape[0], wt.shape[1..].iter().product::<usize>());
                     let cg = cout / groups;
+                    // Depthwise convolutions read their weights raw.
                     if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
                         for grp in 0..*groups {
-                            packed.insert((id, grp), tensors.len());
-                            tensors.push(gemm::pack_weights(&wt.data[grp * cg * k..], cg, k));
+                            packed.insert((id, grp), jobs.len());
+                            jobs.push(Job::Pack(&wt.data[grp * cg * k..(grp + 1) * cg * k], cg, k));
                         }
+                        packed_slots.push(0);
                     }
                 }
                 Op::Linear { .. }
@@ -124,14 +129,16 @@ impl Prepared {
                     ..
                 } => {
                     let wt = get(0)?;
-                    packed.insert((id, 0), tensors.len());
-                    tensors.push(gemm::pack_weights(&wt.data, wt.shape[0], wt.shape[1]));
+                    packed.insert((id, 0), jobs.len());
+                    jobs.push(Job::Pack(&wt.data, wt.shape[0], wt.shape[1]));
+                    packed_slots.push(0);
                 }
                 Op::SelfAttention { bias, .. } => {
                     for slot in [0, if *bias { 2 } else { 1 }] {
                         let wt = get(slot)?;
-                        packed.insert((id, slot), tensors.len());
-                        tensors.push(gemm::pack_weights(&wt.data, wt.shape[0], wt.shape[1]));
+                        packed.insert((id, slot), jobs.len());
+                        jobs.push(Job::Pack(&wt.data, wt.shape[0], wt.shape[1]));
+                        packed_slots.push(slot);
                     }
                 }
                 Op::BatchNorm { eps } => {
@@ -156,17 +163,33 @@ impl Prepared {
                 }
                 _ => {}
             }
+            for i in 0..node.params.len() {
+                if !packed_slots.contains(&i) {
+                    raw.insert((id, i), jobs.len());
+                    jobs.push(Job::Copy(&get(i)?.data));
+                }
+            }
         }
-        // One allocation, so guard pages can surround all of it.
-        let total: usize = tensors.iter().map(|t| t.len()).sum();
+        // One allocation, so guard pages can surround all of it; packed
+        // straight into place.
+        let len = |j: &Job<'_>| match j {
+            Job::Copy(d) => d.len(),
+            Job::Pack(_, m, k) => gemm::packed_len(*m, *k),
+        };
+        let total: usize = jobs.iter().map(len).sum();
         let mut store =
             Region::new(total, guard).map_err(|e| Diagnostic::new("netc::backend", e))?;
-        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut offsets = Vec::with_capacity(jobs.len());
         let mut at = 0;
-        for t in &tensors {
-            store.as_mut_slice()[at..at + t.len()].copy_from_slice(t);
+        let data = store.as_mut_slice();
+        for j in &jobs {
+            let n = len(j);
+            match j {
+                Job::Copy(d) => data[at..at + n].copy_from_slice(d),
+                Job::Pack(d, m, k) => gemm::pack_weights_into(d, *m, *k, &mut data[at..at + n]),
+            }
             offsets.push(at);
-            at += t.len();
+            at += n;
         }
         let fix = |m: HashMap<(NodeIndex, usize), usize>| {
             m.into_iter().map(|(k, i)| (k, offsets[i])).collect()
