@@ -2,7 +2,7 @@
 //! stride and address fixed at compile time (for one batch size) and a `run`
 //! that does this thread's share. The network function calls them in order.
 
-use super::conv::{self, split, Layout, Scratch};
+use super::conv::{self, split, Scratch};
 use super::gemm::{sgemm, MatRef};
 use super::pool::Barrier;
 use super::Act;
@@ -850,15 +850,5 @@ impl Kernel {
         let (f, d) = self.entry();
         // SAFETY: as in the network function.
         unsafe { f(d, tid, threads) }
-    }
-}
-
-/// Marks a layout's use in kernels (the lowering builds them).
-pub fn layout(base: usize, sample_stride: usize, row_stride: usize, col_stride: usize) -> Layout {
-    Layout {
-        base,
-        sample_stride,
-        row_stride,
-        col_stride,
     }
 }

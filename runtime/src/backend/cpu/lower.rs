@@ -226,30 +226,20 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                     None
                 } else {
                     // Not a view (e.g. across a concat's slice): copy contiguously.
+                    // The operand read in the output's dims: samples at its own
+                    // stride, each sample contiguous.
                     let dims = ctx.dims(id);
-                    let sv = ctx.view(operands[0], src);
-                    let flat_src = View {
-                        ptr: sv.ptr,
-                        dims: dims.clone(),
-                        strides: ctx
-                            .view(
-                                id,
-                                Val {
-                                    ptr: src.ptr,
-                                    ..val
-                                },
-                            )
-                            .strides,
-                    };
-                    let flat_src = if batched {
-                        View {
-                            strides: std::iter::once(src.stride)
-                                .chain(contiguous(&dims[1..]))
-                                .collect(),
-                            ..flat_src
-                        }
+                    let strides = if batched {
+                        std::iter::once(src.stride)
+                            .chain(contiguous(&dims[1..]))
+                            .collect()
                     } else {
-                        flat_src
+                        contiguous(&dims)
+                    };
+                    let flat_src = View {
+                        ptr: src.ptr,
+                        dims,
+                        strides,
                     };
                     Some(Kernel::Copy(k::Copy {
                         src: flat_src,
@@ -506,27 +496,18 @@ fn conv(
     let (cin_g, cout_g) = (cin / groups, cout / groups);
     let [kh, kw] = window.kernel;
     let x = vals[&operands[0]];
-    let steps = |group_row0: usize, out_rows: usize| -> Result<Vec<Step>, String> {
-        epilogue
-            .iter()
-            .map(|e| {
-                Ok(match e {
-                    Epilogue::Bias => {
-                        Step::Bias(unsafe { ctx.prepared.raw(id, 1).add(group_row0) })
-                    }
-                    Epilogue::Act(a) => Step::Act(ctx.act(*a)),
-                    Epilogue::Add(i) => {
-                        let r = vals[&operands[*i]];
-                        Step::Add(Layout {
-                            base: ctx.offset(r.ptr)? + group_row0 * out_rows,
-                            sample_stride: r.stride,
-                            row_stride: out_rows,
-                            col_stride: 1,
-                        })
-                    }
-                })
-            })
-            .collect()
+    let steps = |row0: usize, out_rows: usize| {
+        epilogue_steps(
+            ctx,
+            id,
+            operands,
+            vals,
+            epilogue,
+            row0,
+            row0 * out_rows,
+            out_rows,
+            1,
+        )
     };
     if cin_g == 1 && kh * kw > 1 {
         return Ok(Kernel::Depthwise(k::Depthwise {
@@ -588,6 +569,42 @@ fn conv(
     Ok(Kernel::Gemm(k::Gemm { problems }))
 }
 
+/// An op's epilogue as GEMM steps: the bias starts at row `row0` (a group's
+/// first channel), residuals are addressed like the output (`rows`/`cols`
+/// strides), offset by `res_base` floats.
+#[allow(clippy::too_many_arguments)]
+fn epilogue_steps(
+    ctx: &Ctx<'_>,
+    id: NodeIndex,
+    operands: &[NodeIndex],
+    vals: &HashMap<NodeIndex, Val>,
+    epilogue: &[Epilogue],
+    row0: usize,
+    res_base: usize,
+    row_stride: usize,
+    col_stride: usize,
+) -> Result<Vec<Step>, String> {
+    epilogue
+        .iter()
+        .map(|e| {
+            Ok(match e {
+                // SAFETY: the bias holds one float per output row.
+                Epilogue::Bias => Step::Bias(unsafe { ctx.prepared.raw(id, 1).add(row0) }),
+                Epilogue::Act(a) => Step::Act(ctx.act(*a)),
+                Epilogue::Add(i) => {
+                    let r = vals[&operands[*i]];
+                    Step::Add(Layout {
+                        base: ctx.offset(r.ptr)? + res_base,
+                        sample_stride: r.stride,
+                        row_stride,
+                        col_stride,
+                    })
+                }
+            })
+        })
+        .collect()
+}
+
 fn linear(
     ctx: &Ctx<'_>,
     id: NodeIndex,
@@ -605,24 +622,7 @@ fn linear(
     if x.batch != ctx.batch {
         return Err("linear layer over a value without a batch axis".into());
     }
-    let steps = epilogue
-        .iter()
-        .map(|e| {
-            Ok(match e {
-                Epilogue::Bias => Step::Bias(ctx.prepared.raw(id, 1)),
-                Epilogue::Act(a) => Step::Act(ctx.act(*a)),
-                Epilogue::Add(i) => {
-                    let r = vals[&operands[*i]];
-                    Step::Add(Layout {
-                        base: ctx.offset(r.ptr)?,
-                        sample_stride: r.stride,
-                        row_stride: 1,
-                        col_stride: out_f,
-                    })
-                }
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let steps = epilogue_steps(ctx, id, operands, vals, epilogue, 0, 0, 1, out_f)?;
     Ok(Kernel::Gemm(k::Gemm {
         problems: vec![Problem {
             m: out_f,

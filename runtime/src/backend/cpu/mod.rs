@@ -226,7 +226,8 @@ impl Prepared {
 
 /// One batch size's compiled form.
 struct Compiled {
-    arena: Region,
+    /// Owns the memory every descriptor and the network function point into.
+    _arena: Region,
     lowered: lower::Lowered,
     generated: jit::Generated,
 }
@@ -400,7 +401,7 @@ impl CpuProgram {
         )
         .map_err(backend_error)?;
         Ok(Compiled {
-            arena,
+            _arena: arena,
             lowered,
             generated,
         })
@@ -488,7 +489,6 @@ impl CpuProgram {
                 }
             }
         }
-        let _ = &c.arena;
         Ok(self
             .graph
             .outputs
