@@ -148,29 +148,44 @@ impl Problem {
         let rows = (p1 - p0) * MR;
         let nc_max = column_block(rows);
         let mpad = self.m.div_ceil(MR) * MR;
-        grow(&mut s.acc, rows * nc_max);
+        let blocks = self.k.div_ceil(K_BLOCK);
+        if blocks > 1 {
+            grow(&mut s.acc, rows * nc_max);
+        }
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
+        let mut tile = [0f32; MR * NR];
         for j0 in (c0..c1).step_by(nc_max) {
             let nc = nc_max.min(c1 - j0);
             let ncp = nc.div_ceil(NR) * NR;
-            for k0 in (0..self.k).step_by(K_BLOCK) {
+            for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                 let kc = K_BLOCK.min(self.k - k0);
+                let last = kb + 1 == blocks;
                 unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols) };
                 for q in 0..ncp / NR {
                     let bp = s.bpack[q * kc * NR..].as_ptr();
+                    let (j, nr) = (j0 + q * NR, NR.min(nc - q * NR));
                     for p in p0..p1 {
                         // SAFETY: the packed weights hold mpad·k floats and block
                         // k0 starts at k0·mpad; acc holds rows×nc_max.
                         unsafe {
                             let ap = self.a.add(k0 * mpad + p * kc * MR);
-                            let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
-                            kernel.run_into(kc, ap, bp, c, ncp, k0 > 0);
+                            let r0 = p * MR;
+                            let mr = MR.min(self.m - r0);
+                            if last && kb == 0 {
+                                // One K block: straight from registers to the epilogue.
+                                kernel.run_into(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
+                            } else {
+                                let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
+                                kernel.run_into(kc, ap, bp, c, ncp, kb > 0);
+                                if last {
+                                    self.epilogue_tile(r0, mr, j, nr, c, ncp);
+                                }
+                            }
                         }
                     }
                 }
             }
-            let r1 = (p1 * MR).min(self.m);
-            unsafe { self.epilogue(p0 * MR, r1, j0, nc, ncp, &s.acc) };
         }
     }
 
@@ -235,55 +250,82 @@ impl Problem {
             }
             Gather::Window(l, w) => {
                 let [h, wd] = w.in_hw;
-                // Per column: the sample's base and the window's top-left corner
-                // (as signed coordinates: padding makes them negative).
+                let (sx, kw) = (w.stride[1], w.kernel[1]);
+                // Split each panel's columns into segments of consecutive output
+                // pixels of one output row: along a segment the input column
+                // advances by the stride, so each (segment, kernel tap) is one
+                // bounds computation and a copy instead of a test per element.
+                // `cols` holds, per segment: lane, length, sample base, input
+                // row of the window's top (as wrapping usize), then per kernel
+                // column: the first input column and the in-bounds lane range.
+                let per_seg = 4 + 3 * kw;
                 cols.clear();
-                for j in j0..j0 + nc {
-                    let (n, p) = (j / ps, j % ps);
-                    let (oy, ox) = (p / w.out_w, p % w.out_w);
-                    cols.push(l.base + n * l.sample_stride);
-                    cols.push((oy * w.stride[0]).wrapping_sub(w.pad[0]));
-                    cols.push((ox * w.stride[1]).wrapping_sub(w.pad[1]));
+                let mut panel_segs = [0usize; 512 / NR + 1];
+                for q in 0..ncp / NR {
+                    let lanes = NR.min(nc - q * NR);
+                    let mut t = 0;
+                    while t < lanes {
+                        let j = j0 + q * NR + t;
+                        let (n, pix) = (j / ps, j % ps);
+                        let (oy, ox) = (pix / w.out_w, pix % w.out_w);
+                        let len = (lanes - t).min(w.out_w - ox).min(ps - pix);
+                        cols.extend([t, len, l.base + n * l.sample_stride]);
+                        cols.push((oy * w.stride[0]).wrapping_sub(w.pad[0]));
+                        for kx in 0..kw {
+                            // First input column, signed.
+                            let x0 = (ox * sx + kx * w.dilation[1]) as isize - w.pad[1] as isize;
+                            let lo = if x0 >= 0 {
+                                0
+                            } else {
+                                ((-x0) as usize).div_ceil(sx).min(len)
+                            };
+                            let hi = if x0 >= wd as isize {
+                                0
+                            } else {
+                                ((wd as isize - 1 - x0) as usize / sx + 1).min(len)
+                            };
+                            cols.extend([x0 as usize, lo, hi.max(lo)]);
+                        }
+                        t += len;
+                    }
+                    panel_segs[q + 1] = cols.len() / per_seg;
                 }
-                let khw = w.kernel[0] * w.kernel[1];
+                let khw = w.kernel[0] * kw;
                 for kk in 0..kc {
                     let kidx = k0 + kk;
                     let (c, r) = (kidx / khw, kidx % khw);
-                    let dy = (r / w.kernel[1]) * w.dilation[0];
-                    let dx = (r % w.kernel[1]) * w.dilation[1];
+                    let (ky, kx) = (r / kw, r % kw);
+                    let dy = ky * w.dilation[0];
                     let chan = c * l.row_stride;
                     for q in 0..ncp / NR {
                         let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
                         let lanes = NR.min(nc - q * NR);
-                        // Fast path: all lanes in one sample and one output row,
-                        // unit stride, fully inside the input: one copy.
-                        let c0 = &cols[q * NR * 3..q * NR * 3 + 3];
-                        let cl = &cols[(q * NR + lanes - 1) * 3..(q * NR + lanes - 1) * 3 + 3];
-                        let y = c0[1].wrapping_add(dy);
-                        let x0 = c0[2].wrapping_add(dx);
-                        if w.stride[1] == 1
-                            && c0[0] == cl[0]
-                            && c0[1] == cl[1]
-                            && y < h
-                            && x0 < wd
-                            && cl[2].wrapping_add(dx) < wd
-                            && cl[2].wrapping_add(dx) == x0 + lanes - 1
+                        for seg in cols[panel_segs[q] * per_seg..panel_segs[q + 1] * per_seg]
+                            .chunks_exact(per_seg)
                         {
-                            let at = c0[0] + chan + y * wd + x0;
-                            // SAFETY: inside the input, which the caller guarantees.
-                            let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), lanes) };
-                            dst[..lanes].copy_from_slice(src);
-                        } else {
-                            for (t, d) in dst[..lanes].iter_mut().enumerate() {
-                                let cc = &cols[(q * NR + t) * 3..(q * NR + t) * 3 + 3];
-                                let y = cc[1].wrapping_add(dy);
-                                let x = cc[2].wrapping_add(dx);
-                                *d = if y < h && x < wd {
-                                    // SAFETY: inside the input.
-                                    unsafe { *self.at_ptr(cc[0] + chan + y * wd + x) }
-                                } else {
-                                    0.0
-                                };
+                            let (t0, len, sample, top) = (seg[0], seg[1], seg[2], seg[3]);
+                            let d = &mut dst[t0..t0 + len];
+                            let y = top.wrapping_add(dy);
+                            let [x0, lo, hi] = [seg[4 + 3 * kx], seg[5 + 3 * kx], seg[6 + 3 * kx]];
+                            if y >= h || lo >= hi {
+                                d.fill(0.0);
+                                continue;
+                            }
+                            d[..lo].fill(0.0);
+                            d[hi..].fill(0.0);
+                            let at = (sample + chan + y * wd)
+                                .wrapping_add(x0)
+                                .wrapping_add(lo * sx);
+                            if sx == 1 {
+                                // SAFETY: lanes lo..hi are inside the input row.
+                                let src =
+                                    unsafe { std::slice::from_raw_parts(self.at_ptr(at), hi - lo) };
+                                copy_short(&mut d[lo..hi], src);
+                            } else {
+                                for (i, v) in d[lo..hi].iter_mut().enumerate() {
+                                    // SAFETY: as above, every sx-th element.
+                                    *v = unsafe { *self.at_ptr(at + i * sx) };
+                                }
                             }
                         }
                         dst[lanes..].fill(0.0);
@@ -293,22 +335,37 @@ impl Problem {
         }
     }
 
-    /// Applies the epilogue to rows `r0..r1` of the accumulated block and stores it.
+    /// Applies the epilogue to one micro-tile, rows `r0..r0+mr` and columns
+    /// `j..j+nr` of the output, whose sums are at `src` (rows `ld` apart), and
+    /// stores it. Runs right after the tile's last K block, while it is in L1.
     #[inline(always)]
-    unsafe fn epilogue(&self, r0: usize, r1: usize, j0: usize, nc: usize, ld: usize, acc: &[f32]) {
+    unsafe fn epilogue_tile(
+        &self,
+        r0: usize,
+        mr: usize,
+        j: usize,
+        nr: usize,
+        src: *const f32,
+        ld: usize,
+    ) {
         let ps = self.per_sample;
-        // Split the block's columns into runs inside one sample, so output
-        // addresses are affine in the column within a run.
-        let mut run_start = j0;
-        while run_start < j0 + nc {
-            let n = run_start / ps;
-            let run_end = ((n + 1) * ps).min(j0 + nc);
-            let len = run_end - run_start;
-            for r in r0..r1 {
-                let src = &acc[(r - r0) * ld + (run_start - j0)..][..len];
-                let mut row = [0f32; 512];
-                let row = &mut row[..len];
-                row.copy_from_slice(src);
+        let unit = |l: &Layout| l.col_stride == 1;
+        let fast = nr == NR
+            && j / ps == (j + NR - 1) / ps
+            && unit(&self.out)
+            && self.epilogue.iter().all(|s| match s {
+                Step::Add(l) => unit(l),
+                _ => true,
+            });
+        if fast {
+            // Sixteen columns of one sample, all unit-stride: fixed-size rows
+            // the compiler keeps in vector registers.
+            for r in r0..r0 + mr {
+                let mut row = [0f32; NR];
+                // SAFETY: the tile holds mr rows of NR floats at stride ld.
+                row.copy_from_slice(unsafe {
+                    std::slice::from_raw_parts(src.add((r - r0) * ld), NR)
+                });
                 for step in &self.epilogue {
                     match *step {
                         Step::Bias(b) => {
@@ -316,25 +373,72 @@ impl Problem {
                             let b = unsafe { *b.add(r) };
                             row.iter_mut().for_each(|v| *v += b);
                         }
-                        Step::Act(a) => a.apply(row),
+                        Step::Act(a) => a.apply(&mut row),
                         Step::Add(l) => {
-                            let at = l.at(ps, r, run_start);
-                            for (t, v) in row.iter_mut().enumerate() {
-                                // SAFETY: the residual has the output's extent.
-                                *v += unsafe { *self.at_ptr(at + t * l.col_stride) };
-                            }
+                            // SAFETY: the residual has the output's extent.
+                            let res = unsafe {
+                                std::slice::from_raw_parts(self.at_ptr(l.at(ps, r, j)), NR)
+                            };
+                            row.iter_mut().zip(res).for_each(|(v, x)| *v += x);
                         }
                     }
                 }
-                let at = self.out.at(ps, r, run_start);
-                let cs = self.out.col_stride;
-                for (t, v) in row.iter().enumerate() {
-                    // SAFETY: the caller guarantees the output's extent.
-                    unsafe { *self.at_ptr(at + t * cs) = *v };
-                }
+                // SAFETY: the caller guarantees the output's extent.
+                unsafe {
+                    std::slice::from_raw_parts_mut(self.at_ptr(self.out.at(ps, r, j)), NR)
+                        .copy_from_slice(&row)
+                };
             }
-            run_start = run_end;
+            return;
         }
+        for r in r0..r0 + mr {
+            for t in 0..nr {
+                let jj = j + t;
+                // SAFETY: as above, element by element.
+                let mut v = unsafe { *src.add((r - r0) * ld + t) };
+                for step in &self.epilogue {
+                    match *step {
+                        Step::Bias(b) => v += unsafe { *b.add(r) },
+                        Step::Act(a) => {
+                            let mut one = [v];
+                            a.apply(&mut one);
+                            v = one[0];
+                        }
+                        Step::Add(l) => v += unsafe { *self.at_ptr(l.at(ps, r, jj)) },
+                    }
+                }
+                unsafe { *self.at_ptr(self.out.at(ps, r, jj)) = v };
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of the gathers (at most a
+/// panel's width): fixed-size, possibly overlapping moves instead of a call
+/// to `memmove`.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    if (8..=16).contains(&n) {
+        let (head, tail): ([f32; 8], [f32; 8]) = (
+            src[..8].try_into().unwrap(),
+            src[n - 8..].try_into().unwrap(),
+        );
+        dst[..8].copy_from_slice(&head);
+        dst[n - 8..].copy_from_slice(&tail);
+    } else if (4..8).contains(&n) {
+        let (head, tail): ([f32; 4], [f32; 4]) = (
+            src[..4].try_into().unwrap(),
+            src[n - 4..].try_into().unwrap(),
+        );
+        dst[..4].copy_from_slice(&head);
+        dst[n - 4..].copy_from_slice(&tail);
+    } else if n < 4 {
+        // Element by element: a `copy_from_slice` here becomes a `memmove` call.
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -347,4 +451,104 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 /// `tid`'s share `[lo, hi)` of `n` items split as evenly as possible.
 pub fn split(n: usize, tid: usize, threads: usize) -> (usize, usize) {
     (n * tid / threads, n * (tid + 1) / threads)
+}
+
+/// `cargo test --release -p netc-runtime conv_throughput -- --ignored --nocapture`:
+/// single-thread GFLOP/s of the convolution driver on ResNet-50's layer shapes.
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// (name, cin, cout, hw, kernel, stride, pad)
+    const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+        ("conv1 7x7/2", 3, 64, 224, 7, 2, 3),
+        ("l1 3x3 64", 64, 64, 56, 3, 1, 1),
+        ("l1 1x1 64>256", 64, 256, 56, 1, 1, 0),
+        ("l1 1x1 256>64", 256, 64, 56, 1, 1, 0),
+        ("l2 3x3 128", 128, 128, 28, 3, 1, 1),
+        ("l2 1x1 512>128", 512, 128, 28, 1, 1, 0),
+        ("l3 3x3 256", 256, 256, 14, 3, 1, 1),
+        ("l3 1x1 1024>256", 1024, 256, 14, 1, 1, 0),
+        ("l4 3x3 512", 512, 512, 7, 3, 1, 1),
+        ("l4 1x1 512>2048", 512, 2048, 7, 1, 1, 0),
+        ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
+    ];
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(p: &Problem, s: &mut Scratch) {
+        unsafe { p.run(0, 1, s) }
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn conv_throughput() {
+        let mut total_ms = 0.0;
+        for &(name, cin, cout, hw, kern, stride, pad) in SHAPES {
+            let o = (hw + 2 * pad - kern) / stride + 1;
+            let k = cin * kern * kern;
+            let w: Vec<f32> = (0..cout * k).map(|i| (i % 13) as f32 * 0.01).collect();
+            let packed = super::super::gemm::pack_weights(&w, cout, k);
+            let input = cin * hw * hw;
+            let mut arena = vec![0.5f32; input + cout * o * o];
+            let b = if kern == 1 && stride == 1 {
+                Gather::Strided(Layout {
+                    base: 0,
+                    sample_stride: input,
+                    row_stride: hw * hw,
+                    col_stride: 1,
+                })
+            } else {
+                Gather::Window(
+                    Layout {
+                        base: 0,
+                        sample_stride: input,
+                        row_stride: hw * hw,
+                        col_stride: 1,
+                    },
+                    Window {
+                        in_hw: [hw, hw],
+                        out_w: o,
+                        kernel: [kern, kern],
+                        stride: [stride, stride],
+                        pad: [pad, pad],
+                        dilation: [1, 1],
+                    },
+                )
+            };
+            let p = Problem {
+                m: cout,
+                k,
+                n: o * o,
+                per_sample: o * o,
+                a: packed.as_ptr(),
+                b,
+                out: Layout {
+                    base: input,
+                    sample_stride: cout * o * o,
+                    row_stride: o * o,
+                    col_stride: 1,
+                },
+                epilogue: vec![Step::Act(Act::Relu)],
+                arena: arena.as_mut_ptr(),
+            };
+            let mut s = Scratch::default();
+            let mut best = f64::MAX;
+            for _ in 0..40 {
+                let t = std::time::Instant::now();
+                // SAFETY: the arena holds input and output; AVX2 checked by the kernel choice.
+                unsafe { run_avx2(&p, &mut s) };
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (cout * k * o * o) as f64;
+            total_ms += best * 1e3;
+            println!(
+                "{name:18} M {cout:5} K {k:5} N {:5}: {:7.3} ms {:6.1} GFLOP/s",
+                o * o,
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+        println!("total {total_ms:.2} ms");
+    }
 }

@@ -421,4 +421,31 @@ mod bench {
             );
         }
     }
+
+    /// `cargo test --release -p netc-runtime kernel_peak -- --ignored --nocapture`:
+    /// the micro-kernel alone with both panels in L1, the ceiling for the drivers.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn kernel_peak() {
+        let a = vec![0.5f32; K_BLOCK * MR];
+        let b = vec![0.25f32; K_BLOCK * NR];
+        let mut c = vec![0f32; MR * NR];
+        let kernel = Kernel::detect();
+        let mut best = f64::MAX;
+        for _ in 0..10 {
+            let t = std::time::Instant::now();
+            for _ in 0..10_000 {
+                // SAFETY: the panels hold K_BLOCK steps and c one tile.
+                unsafe {
+                    kernel.run_into(K_BLOCK, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), NR, true)
+                };
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let flops = 2.0 * (K_BLOCK * MR * NR * 10_000) as f64;
+        println!(
+            "micro-kernel ({kernel:?}): {:.1} GFLOP/s",
+            flops / best / 1e9
+        );
+    }
 }

@@ -56,14 +56,15 @@ impl std::fmt::Debug for Act {
 impl Act {
     /// Applies the activation in place.
     #[inline(always)]
+    // `clamp` would return NaN for NaN, where these map it to 0 like before.
+    #[allow(clippy::manual_clamp)]
     pub fn apply(self, x: &mut [f32]) {
         match self {
-            Act::Relu => x
-                .iter_mut()
-                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
-            Act::Relu6 => x
-                .iter_mut()
-                .for_each(|v| *v = if *v > 0.0 { v.min(6.0) } else { 0.0 }),
+            // `max`/`min` against a constant become one `maxps`/`minps` (NaN
+            // maps to 0 either way); a conditional assignment instead compiles
+            // to a masked store that stalls the next load.
+            Act::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Relu6 => x.iter_mut().for_each(|v| *v = v.max(0.0).min(6.0)),
             // SAFETY: the kernel reads and writes `len` floats.
             Act::Generated(f) => unsafe { f(x.as_ptr(), x.as_mut_ptr(), x.len()) },
         }
