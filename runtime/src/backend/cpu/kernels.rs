@@ -383,7 +383,57 @@ pub struct Pool {
     pub count_include_pad: bool,
 }
 
+thread_local! {
+    /// One input row of a max pool, padded with -inf on both sides.
+    static POOL_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// max(m, v) that propagates NaN from `v`, as PyTorch's max pool does.
+#[inline(always)]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
 impl Pool {
+    /// One channel plane of a max pool, separably: for each output row the
+    /// valid input rows of its window are reduced into one padded row (whole
+    /// rows at a time, vectorized), then each output takes the max of its
+    /// window's columns in that row, with padding as -inf instead of tests.
+    #[inline(always)]
+    fn max_plane(&self, src: &[f32], dst: &mut [f32], row: &mut Vec<f32>) {
+        let [h, w] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let win = &self.window;
+        let (pl, sx, dx, kw) = (win.pad[1], win.stride[1], win.dilation[1], win.kernel[1]);
+        let len = (pl + w).max((ow - 1) * sx + (kw - 1) * dx + 1);
+        row.clear();
+        row.resize(len, f32::NEG_INFINITY);
+        for oy in 0..oh {
+            let vals = &mut row[pl..pl + w];
+            vals.fill(f32::NEG_INFINITY);
+            for ky in 0..win.kernel[0] {
+                let iy = (oy * win.stride[0] + ky * win.dilation[0]).wrapping_sub(win.pad[0]);
+                if iy < h {
+                    for (m, v) in vals.iter_mut().zip(&src[iy * w..iy * w + w]) {
+                        *m = nan_max(*m, *v);
+                    }
+                }
+            }
+            for (ox, d) in dst[oy * ow..oy * ow + ow].iter_mut().enumerate() {
+                let taps = &row[ox * sx..];
+                let mut m = f32::NEG_INFINITY;
+                for kx in 0..kw {
+                    m = nan_max(m, taps[kx * dx]);
+                }
+                *d = m;
+            }
+        }
+    }
+
     #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [h, w] = self.in_hw;
@@ -395,31 +445,16 @@ impl Pool {
             // SAFETY: extents checked at lowering.
             let src = unsafe { std::slice::from_raw_parts(self.x.at(n).add(c * h * w), h * w) };
             let dst = unsafe { self.out.at(n).add(c * oh * ow) };
+            if let PoolKind::Max = self.kind {
+                // SAFETY: the output plane is inside the output images.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
+                POOL_ROW.with(|row| self.max_plane(src, dst, &mut row.borrow_mut()));
+                continue;
+            }
             for oy in 0..oh {
                 for ox in 0..ow {
                     let v = match self.kind {
-                        PoolKind::Max => {
-                            let mut m = f32::NEG_INFINITY;
-                            for ky in 0..win.kernel[0] {
-                                let iy = (oy * win.stride[0] + ky * win.dilation[0])
-                                    .wrapping_sub(win.pad[0]);
-                                if iy >= h {
-                                    continue;
-                                }
-                                for kx in 0..win.kernel[1] {
-                                    let ix = (ox * win.stride[1] + kx * win.dilation[1])
-                                        .wrapping_sub(win.pad[1]);
-                                    if ix < w {
-                                        let v = src[iy * w + ix];
-                                        // NaN propagates, as in PyTorch.
-                                        if v > m || v.is_nan() {
-                                            m = v;
-                                        }
-                                    }
-                                }
-                            }
-                            m
-                        }
+                        PoolKind::Max => unreachable!("handled by max_plane"),
                         PoolKind::Avg => {
                             let ys = (oy * win.stride[0]) as isize - win.pad[0] as isize;
                             let xs = (ox * win.stride[1]) as isize - win.pad[1] as isize;
