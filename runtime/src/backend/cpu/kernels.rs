@@ -51,22 +51,25 @@ pub struct Gemm {
 impl Gemm {
     #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
-        SCRATCH.with(|s| {
-            let s = &mut s.borrow_mut();
-            if self.problems.len() >= threads * 2 {
-                // Many groups (ResNeXt): whole groups per thread.
-                let (g0, g1) = split(self.problems.len(), tid, threads);
-                for p in &self.problems[g0..g1] {
-                    // SAFETY: lowering checked the extents; groups write disjoint channels.
-                    unsafe { p.run(0, 1, s) };
-                }
-            } else {
-                for p in &self.problems {
-                    // SAFETY: as above; threads split each problem disjointly.
-                    unsafe { p.run(tid, threads, s) };
-                }
+        // Taken out of the thread-local rather than used inside `with`'s
+        // closure: a closure is compiled without this function's AVX2/FMA
+        // target features, and the packing and epilogue inline into it.
+        let mut scratch = SCRATCH.take();
+        let s = &mut scratch;
+        if self.problems.len() >= threads * 2 {
+            // Many groups (ResNeXt): whole groups per thread.
+            let (g0, g1) = split(self.problems.len(), tid, threads);
+            for p in &self.problems[g0..g1] {
+                // SAFETY: lowering checked the extents; groups write disjoint channels.
+                unsafe { p.run(0, 1, s) };
             }
-        })
+        } else {
+            for p in &self.problems {
+                // SAFETY: as above; threads split each problem disjointly.
+                unsafe { p.run(tid, threads, s) };
+            }
+        }
+        SCRATCH.set(scratch);
     }
 }
 
@@ -95,10 +98,21 @@ pub struct Depthwise {
     pub batch: usize,
 }
 
+thread_local! {
+    /// A depthwise convolution's zero-padded, phase-split input plane, one
+    /// output row, and its geometry (phase ranges, tap offsets).
+    static DEPTHWISE_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Output columns a depthwise row computes at once (two ymm registers).
+const DW_CHUNK: usize = 16;
+
 impl Depthwise {
-    /// Per output row: each contributing input row is copied once into a
-    /// zero-padded buffer and split into `stride` phases, so that every kernel
-    /// tap is a contiguous multiply-add over the output row (vectorised).
+    /// Per channel: the input plane is copied once into a zero-padded buffer
+    /// whose columns are split into `stride` phases, so that every kernel tap
+    /// reads a contiguous run; then each chunk of [`DW_CHUNK`] output columns
+    /// sums all taps in registers and is stored once.
     #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [c_out, oh, ow] = self.out_chw;
@@ -106,60 +120,90 @@ impl Depthwise {
         let win = &self.window;
         let [kh, kw] = win.kernel;
         let (s, d, pl) = (win.stride[1], win.dilation[1], win.pad[1]);
-        let span = (ow - 1) * s + (kw - 1) * d + 1;
-        let plen = span.div_ceil(s);
+        let (sy, dy, pt) = (win.stride[0], win.dilation[0], win.pad[0]);
+        let owc = ow.div_ceil(DW_CHUNK) * DW_CHUNK;
+        // Padded rows and the length of one phase of a padded row.
+        let rows = (oh - 1) * sy + (kh - 1) * dy + 1;
+        let plen = ((owc - 1) * s + (kw - 1) * d + 1).div_ceil(s);
         let (lo, hi) = split(self.batch * c_out, tid, threads);
-        let mut row = vec![0f32; ow];
-        let mut padded = vec![0f32; span];
-        let mut phases = vec![0f32; plen * s];
-        for unit in lo..hi {
-            let (n, oc) = (unit / c_out, unit % c_out);
-            let ic = oc / self.multiplier;
-            // SAFETY: extents checked at lowering.
-            let xin = unsafe { self.x.at(n).add(ic * h * w) };
-            let wk = unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
-            for oy in 0..oh {
-                row.fill(0.0);
-                for ky in 0..kh {
-                    let iy = (oy * win.stride[0] + ky * win.dilation[0]).wrapping_sub(win.pad[0]);
-                    if iy >= h {
-                        continue;
-                    }
-                    // SAFETY: iy < h.
-                    let src = unsafe { std::slice::from_raw_parts(xin.add(iy * w), w) };
-                    let copied = w.min(span.saturating_sub(pl));
-                    padded[..pl.min(span)].fill(0.0);
-                    if copied > 0 {
-                        padded[pl..pl + copied].copy_from_slice(&src[..copied]);
-                    }
-                    padded[(pl + copied).min(span)..].fill(0.0);
-                    let taps = &wk[ky * kw..(ky + 1) * kw];
-                    if s == 1 {
-                        for (kx, &wv) in taps.iter().enumerate() {
-                            let seg = &padded[kx * d..kx * d + ow];
-                            for (r, v) in row.iter_mut().zip(seg) {
-                                *r += wv * v;
-                            }
+        // Out of the thread-local, not inside `with`'s closure (which would
+        // be compiled without the caller's AVX2/FMA features).
+        let mut scratch = DEPTHWISE_SCRATCH.take();
+        {
+            let (plane, row, geometry) = &mut scratch;
+            plane.clear();
+            plane.resize(s * rows * plen, 0.0);
+            row.clear();
+            row.resize(owc, 0.0);
+            // Everything with a division, computed once: per phase p, the
+            // in-bounds range [first, end) of its indices (index i holds input
+            // column i·s + p − pl) and the input column of `first`; then per
+            // tap, its offset in the plane.
+            geometry.clear();
+            for p in 0..s {
+                let first = pl.saturating_sub(p).div_ceil(s).min(plen);
+                let end = ((w + pl).saturating_sub(p)).div_ceil(s).clamp(first, plen);
+                geometry.extend([first, end, (first * s + p).saturating_sub(pl)]);
+            }
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let o = kx * d;
+                    geometry.push(((o % s) * rows + ky * dy) * plen + o / s);
+                }
+            }
+            let (phases, taps) = geometry.split_at(3 * s);
+            for unit in lo..hi {
+                let (n, oc) = (unit / c_out, unit % c_out);
+                let ic = oc / self.multiplier;
+                // SAFETY: extents checked at lowering.
+                let xin =
+                    unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
+                let wk =
+                    unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
+                for r in 0..rows {
+                    let iy = r.wrapping_sub(pt);
+                    for (p, ph) in phases.chunks_exact(3).enumerate() {
+                        let dst = &mut plane[(p * rows + r) * plen..][..plen];
+                        if iy >= h {
+                            dst.fill(0.0);
+                            continue;
                         }
-                    } else {
-                        for p in 0..s {
-                            for i in 0..plen {
-                                phases[p * plen + i] =
-                                    padded.get(i * s + p).copied().unwrap_or(0.0);
-                            }
-                        }
-                        for (kx, &wv) in taps.iter().enumerate() {
-                            let o = kx * d;
-                            let seg = &phases[(o % s) * plen + o / s..][..ow];
-                            for (r, v) in row.iter_mut().zip(seg) {
-                                *r += wv * v;
-                            }
+                        let src = &xin[iy * w..iy * w + w];
+                        let (first, end, x0) = (ph[0], ph[1], ph[2]);
+                        dst[..first].fill(0.0);
+                        dst[end..].fill(0.0);
+                        let dst = &mut dst[first..end];
+                        match s {
+                            1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
+                            2 => dst
+                                .iter_mut()
+                                .zip(src[x0..].iter().step_by(2))
+                                .for_each(|(d, v)| *d = *v),
+                            _ => dst
+                                .iter_mut()
+                                .zip(src[x0..].iter().step_by(s))
+                                .for_each(|(d, v)| *d = *v),
                         }
                     }
                 }
-                self.finish(n, oc, oy, &mut row);
+                for oy in 0..oh {
+                    let base = oy * sy * plen;
+                    for x in (0..owc).step_by(DW_CHUNK) {
+                        let mut acc = [0f32; DW_CHUNK];
+                        for (&tap, &wv) in taps.iter().zip(wk) {
+                            let at = base + tap + x;
+                            let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
+                            for (a, v) in acc.iter_mut().zip(v) {
+                                *a = wv.mul_add(*v, *a);
+                            }
+                        }
+                        row[x..x + DW_CHUNK].copy_from_slice(&acc);
+                    }
+                    self.finish(n, oc, oy, &mut row[..ow]);
+                }
             }
         }
+        DEPTHWISE_SCRATCH.set(scratch);
     }
 
     #[inline(always)]
@@ -448,7 +492,9 @@ impl Pool {
             if let PoolKind::Max = self.kind {
                 // SAFETY: the output plane is inside the output images.
                 let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
-                POOL_ROW.with(|row| self.max_plane(src, dst, &mut row.borrow_mut()));
+                let mut row = POOL_ROW.take();
+                self.max_plane(src, dst, &mut row);
+                POOL_ROW.set(row);
                 continue;
             }
             for oy in 0..oh {
@@ -742,7 +788,10 @@ impl Attention {
         let d = e / heads;
         // SAFETY: the barrier outlives the program; extents checked at lowering.
         let barrier = unsafe { &*self.barrier };
-        SCRATCH.with(|sc| unsafe { self.qkv.run(tid, threads, &mut sc.borrow_mut()) });
+        let mut sc = SCRATCH.take();
+        // SAFETY: as for `Gemm` (outside `with`'s closure for the same reason).
+        unsafe { self.qkv.run(tid, threads, &mut sc) };
+        SCRATCH.set(sc);
         barrier.wait();
         let (lo, hi) = split(n * heads, tid, threads);
         let scale = 1.0 / (d as f32).sqrt();
@@ -781,7 +830,10 @@ impl Attention {
             sgemm(mat(&p, s, s), v, ctx, e, false);
         }
         barrier.wait();
-        SCRATCH.with(|sc| unsafe { self.proj.run(tid, threads, &mut sc.borrow_mut()) });
+        let mut sc = SCRATCH.take();
+        // SAFETY: as for `Gemm` (outside `with`'s closure for the same reason).
+        unsafe { self.proj.run(tid, threads, &mut sc) };
+        SCRATCH.set(sc);
     }
 }
 
