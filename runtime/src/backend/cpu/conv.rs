@@ -105,6 +105,8 @@ pub struct Scratch {
     bpack: Vec<f32>,
     acc: Vec<f32>,
     cols: Vec<usize>,
+    /// One output column of a token-major epilogue.
+    column: Vec<f32>,
 }
 
 /// Columns per block such that the partial sums of `rows` rows stay near 256 KiB.
@@ -149,7 +151,11 @@ impl Problem {
         let nc_max = column_block(rows);
         let mpad = self.m.div_ceil(MR) * MR;
         let blocks = self.k.div_ceil(K_BLOCK);
-        if blocks > 1 {
+        // Token-major outputs (linear layers: features contiguous per token)
+        // keep every K block in `acc` and run the epilogue per output column
+        // once a column panel has all its rows, so stores are contiguous.
+        let by_column = self.out.row_stride == 1 && self.out.col_stride != 1;
+        if blocks > 1 || by_column {
             grow(&mut s.acc, rows * nc_max);
         }
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
@@ -171,18 +177,26 @@ impl Problem {
                             let ap = self.a.add(k0 * mpad + p * kc * MR);
                             let r0 = p * MR;
                             let mr = MR.min(self.m - r0);
-                            if last && kb == 0 {
+                            if last && kb == 0 && !by_column {
                                 // One K block: straight from registers to the epilogue.
                                 kernel.run_into(kc, ap, bp, tile.as_mut_ptr(), NR, false);
                                 self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
                             } else {
                                 let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
                                 kernel.run_into(kc, ap, bp, c, ncp, kb > 0);
-                                if last {
+                                if last && !by_column {
                                     self.epilogue_tile(r0, mr, j, nr, c, ncp);
                                 }
                             }
                         }
+                    }
+                    if last && by_column {
+                        let r1 = (p1 * MR).min(self.m);
+                        // SAFETY: acc holds rows×ncp; column panel q starts at q·NR.
+                        let acc = unsafe { s.acc.as_ptr().add(q * NR) };
+                        unsafe {
+                            self.epilogue_columns(p0 * MR, r1, j, nr, acc, ncp, &mut s.column)
+                        };
                     }
                 }
             }
@@ -214,6 +228,24 @@ impl Problem {
                         // column's run of K once and scatter it into the panel.
                         if lanes < NR {
                             panel.fill(0.0);
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if lanes == NR && kc >= 8 && Kernel::detect() == Kernel::Avx2Fma {
+                            let mut src = [std::ptr::null(); NR];
+                            for (t, p) in src.iter_mut().enumerate() {
+                                *p = self.at_ptr(cols[q * NR + t] + k0) as *const f32;
+                            }
+                            // SAFETY: AVX2 checked; each source holds kc floats
+                            // and the panel kc·NR.
+                            let done =
+                                unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
+                            for (t, p) in src.iter().enumerate() {
+                                for kk in done..kc {
+                                    // SAFETY: as above.
+                                    panel[kk * NR + t] = unsafe { *p.add(kk) };
+                                }
+                            }
+                            continue;
                         }
                         for t in 0..lanes {
                             // SAFETY: the caller guarantees the layout's extent.
@@ -335,6 +367,56 @@ impl Problem {
         }
     }
 
+    /// Applies the epilogue to output columns `j..j+nr`, rows `r0..r1`, whose
+    /// sums are at `acc` (rows `ld` apart), one column at a time: for a
+    /// token-major output a column is a contiguous run of features, so bias,
+    /// activation, residual and store are all vector operations.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue_columns(
+        &self,
+        r0: usize,
+        r1: usize,
+        j: usize,
+        nr: usize,
+        acc: *const f32,
+        ld: usize,
+        column: &mut Vec<f32>,
+    ) {
+        let rows = r1 - r0;
+        column.clear();
+        column.resize(rows, 0.0);
+        let o = &self.out;
+        for (t, (n, p)) in tile_columns(j, nr, self.per_sample).enumerate() {
+            for (i, v) in column.iter_mut().enumerate() {
+                // SAFETY: acc holds `rows` rows at stride ld.
+                *v = unsafe { *acc.add(i * ld + t) };
+            }
+            for step in &self.epilogue {
+                match *step {
+                    Step::Bias(b) => {
+                        // SAFETY: bias holds m floats.
+                        let b = unsafe { std::slice::from_raw_parts(b.add(r0), rows) };
+                        column.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    Step::Act(a) => a.apply(column),
+                    Step::Add(l) => {
+                        let at =
+                            l.base + n * l.sample_stride + p * l.col_stride + r0 * l.row_stride;
+                        for (i, v) in column.iter_mut().enumerate() {
+                            // SAFETY: the residual has the output's extent.
+                            *v += unsafe { *self.at_ptr(at + i * l.row_stride) };
+                        }
+                    }
+                }
+            }
+            let at = o.base + n * o.sample_stride + p * o.col_stride + r0;
+            // SAFETY: the caller guarantees the output's extent; rows are unit-stride.
+            unsafe { std::slice::from_raw_parts_mut(self.at_ptr(at), rows) }
+                .copy_from_slice(column);
+        }
+    }
+
     /// Applies the epilogue to one micro-tile, rows `r0..r0+mr` and columns
     /// `j..j+nr` of the output, whose sums are at `src` (rows `ld` apart), and
     /// stores it. Runs right after the tile's last K block, while it is in L1.
@@ -391,26 +473,111 @@ impl Problem {
             }
             return;
         }
-        for r in r0..r0 + mr {
-            for t in 0..nr {
-                let jj = j + t;
-                // SAFETY: as above, element by element.
-                let mut v = unsafe { *src.add((r - r0) * ld + t) };
-                for step in &self.epilogue {
-                    match *step {
-                        Step::Bias(b) => v += unsafe { *b.add(r) },
-                        Step::Act(a) => {
-                            let mut one = [v];
-                            a.apply(&mut one);
-                            v = one[0];
-                        }
-                        Step::Add(l) => v += unsafe { *self.at_ptr(l.at(ps, r, jj)) },
+        // Any layout: the whole tile through each step (one call of a
+        // generated activation per tile), then stored element by element.
+        let mut buf = [0f32; MR * NR];
+        for r in 0..mr {
+            // SAFETY: the tile holds mr rows of NR floats at stride ld.
+            buf[r * NR..r * NR + nr]
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(src.add(r * ld), nr) });
+        }
+        let buf = &mut buf[..mr * NR];
+        for step in &self.epilogue {
+            match *step {
+                Step::Bias(b) => {
+                    for (r, row) in buf.chunks_exact_mut(NR).enumerate() {
+                        // SAFETY: bias holds m floats.
+                        let b = unsafe { *b.add(r0 + r) };
+                        row.iter_mut().for_each(|v| *v += b);
                     }
                 }
-                unsafe { *self.at_ptr(self.out.at(ps, r, jj)) = v };
+                Step::Act(a) => a.apply(buf),
+                Step::Add(l) => {
+                    for (t, (n, p)) in tile_columns(j, nr, ps).enumerate() {
+                        let at =
+                            l.base + n * l.sample_stride + p * l.col_stride + r0 * l.row_stride;
+                        for r in 0..mr {
+                            // SAFETY: the residual has the output's extent.
+                            buf[r * NR + t] += unsafe { *self.at_ptr(at + r * l.row_stride) };
+                        }
+                    }
+                }
+            }
+        }
+        let o = &self.out;
+        for (t, (n, p)) in tile_columns(j, nr, ps).enumerate() {
+            let at = o.base + n * o.sample_stride + p * o.col_stride + r0 * o.row_stride;
+            for r in 0..mr {
+                // SAFETY: the caller guarantees the output's extent.
+                unsafe { *self.at_ptr(at + r * o.row_stride) = buf[r * NR + t] };
             }
         }
     }
+}
+
+/// Writes `panel[kk·NR + t] = src[t][kk]` for `kk` below `kc` rounded down
+/// to 8, with 8×8 in-register transposes (a linear layer's tokens, whose
+/// features are contiguous, into a GEMM panel); returns how many rows it did.
+///
+/// # Safety
+/// AVX2 must be available; each `src[t]` must hold `kc` floats and `panel`
+/// `kc·NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_into_panel(src: &[*const f32; NR], kc: usize, panel: *mut f32) -> usize {
+    use std::arch::x86_64::*;
+    let full = kc / 8 * 8;
+    for kk in (0..full).step_by(8) {
+        for half in 0..NR / 8 {
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src[half * 8 + i].add(kk)) });
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, c) in cols.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(panel.add((kk + i) * NR + half * 8), *c) };
+            }
+        }
+    }
+    full
+}
+
+/// (sample, position) of columns `j..j+nr`, with one division for the tile
+/// rather than two per element.
+#[inline(always)]
+fn tile_columns(j: usize, nr: usize, per_sample: usize) -> impl Iterator<Item = (usize, usize)> {
+    let (mut n, mut p) = (j / per_sample, j % per_sample);
+    (0..nr).map(move |_| {
+        let at = (n, p);
+        p += 1;
+        if p == per_sample {
+            (n, p) = (n + 1, 0);
+        }
+        at
+    })
 }
 
 /// `dst.copy_from_slice(src)` for the short runs of the gathers (at most a
@@ -472,6 +639,12 @@ mod bench {
         ("l4 3x3 512", 512, 512, 7, 3, 1, 1),
         ("l4 1x1 512>2048", 512, 2048, 7, 1, 1, 0),
         ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
+        // Token-major linear layers (kernel 0; "hw" is the token count):
+        // ConvNeXt-T stage 1, ViT-B/16's MLP.
+        ("lin 96>384 x3136", 96, 384, 3136, 0, 1, 0),
+        ("lin 384>96 x3136", 384, 96, 3136, 0, 1, 0),
+        ("lin 768>3072 x197", 768, 3072, 197, 0, 1, 0),
+        ("lin 3072>768 x197", 3072, 768, 197, 0, 1, 0),
     ];
 
     #[cfg(target_arch = "x86_64")]
@@ -484,28 +657,43 @@ mod bench {
     #[ignore = "a measurement, not a check"]
     fn conv_throughput() {
         let mut total_ms = 0.0;
+        let only = std::env::var("SHAPE").unwrap_or_default();
         for &(name, cin, cout, hw, kern, stride, pad) in SHAPES {
-            let o = (hw + 2 * pad - kern) / stride + 1;
-            let k = cin * kern * kern;
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let linear = kern == 0;
+            let (o, k, input) = if linear {
+                (1, cin, cin * hw)
+            } else {
+                (
+                    (hw + 2 * pad - kern) / stride + 1,
+                    cin * kern * kern,
+                    cin * hw * hw,
+                )
+            };
+            let n = if linear { hw } else { o * o };
             let w: Vec<f32> = (0..cout * k).map(|i| (i % 13) as f32 * 0.01).collect();
             let packed = super::super::gemm::pack_weights(&w, cout, k);
-            let input = cin * hw * hw;
-            let mut arena = vec![0.5f32; input + cout * o * o];
-            let b = if kern == 1 && stride == 1 {
+            let mut arena = vec![0.5f32; input + cout * n];
+            let image = Layout {
+                base: 0,
+                sample_stride: input,
+                row_stride: hw * hw,
+                col_stride: 1,
+            };
+            let b = if linear {
                 Gather::Strided(Layout {
                     base: 0,
                     sample_stride: input,
-                    row_stride: hw * hw,
-                    col_stride: 1,
+                    row_stride: 1,
+                    col_stride: cin,
                 })
+            } else if kern == 1 && stride == 1 {
+                Gather::Strided(image)
             } else {
                 Gather::Window(
-                    Layout {
-                        base: 0,
-                        sample_stride: input,
-                        row_stride: hw * hw,
-                        col_stride: 1,
-                    },
+                    image,
                     Window {
                         in_hw: [hw, hw],
                         out_w: o,
@@ -516,18 +704,19 @@ mod bench {
                     },
                 )
             };
+            let (row_stride, col_stride) = if linear { (1, cout) } else { (n, 1) };
             let p = Problem {
                 m: cout,
                 k,
-                n: o * o,
-                per_sample: o * o,
+                n,
+                per_sample: n,
                 a: packed.as_ptr(),
                 b,
                 out: Layout {
                     base: input,
-                    sample_stride: cout * o * o,
-                    row_stride: o * o,
-                    col_stride: 1,
+                    sample_stride: cout * n,
+                    row_stride,
+                    col_stride,
                 },
                 epilogue: vec![Step::Act(Act::Relu)],
                 arena: arena.as_mut_ptr(),
@@ -547,15 +736,42 @@ mod bench {
                 });
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            let flops = 2.0 * (cout * k * o * o) as f64;
+            let flops = 2.0 * (cout * k * n) as f64;
             total_ms += best * 1e3;
             println!(
-                "{name:18} M {cout:5} K {k:5} N {:5}: {:7.3} ms {:6.1} GFLOP/s",
-                o * o,
+                "{name:18} M {cout:5} K {k:5} N {n:5}: {:7.3} ms {:6.1} GFLOP/s",
                 best * 1e3,
                 flops / best / 1e9
             );
         }
         println!("total {total_ms:.2} ms");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transposed_panels_match_element_by_element() {
+        if Kernel::detect() != Kernel::Avx2Fma {
+            return;
+        }
+        let kc = 27;
+        let rows: Vec<Vec<f32>> = (0..NR)
+            .map(|t| (0..kc).map(|k| (t * 1000 + k) as f32).collect())
+            .collect();
+        let src: [*const f32; NR] = std::array::from_fn(|t| rows[t].as_ptr());
+        let mut panel = vec![-1f32; kc * NR];
+        // SAFETY: AVX2 checked; rows hold kc floats, the panel kc·NR.
+        let done = unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
+        assert_eq!(done, 24);
+        for kk in 0..kc {
+            for t in 0..NR {
+                let want = if kk < done { rows[t][kk] } else { -1.0 };
+                assert_eq!(panel[kk * NR + t], want, "row {kk}, lane {t}");
+            }
+        }
     }
 }
