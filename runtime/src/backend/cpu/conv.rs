@@ -107,11 +107,19 @@ pub struct Scratch {
     cols: Vec<usize>,
     /// One output column of a token-major epilogue.
     column: Vec<f32>,
+    /// A stride-1 convolution's input with its padding written out
+    /// (`[sample][channel][row][column]`), so windows need no bounds tests.
+    padded: Vec<f32>,
+    /// Whether `padded` holds this problem's input for the current run.
+    padded_ready: bool,
 }
+
+/// The most columns [`column_block`] gives.
+const COLUMN_BLOCK_MAX: usize = 512;
 
 /// Columns per block such that the partial sums of `rows` rows stay near 256 KiB.
 fn column_block(rows: usize) -> usize {
-    ((64 * 1024 / rows.max(1)) / NR * NR).clamp(NR, 512)
+    ((64 * 1024 / rows.max(1)) / NR * NR).clamp(NR, COLUMN_BLOCK_MAX)
 }
 
 impl Problem {
@@ -119,6 +127,56 @@ impl Problem {
     fn at_ptr(&self, offset: usize) -> *mut f32 {
         // SAFETY: offsets come from the lowering, checked against the arena's extent.
         unsafe { self.arena.add(offset) }
+    }
+
+    /// (rows, columns) of the padded input a stride-1 window reads, and its
+    /// channels.
+    fn padded_geometry(&self, w: &Window) -> ([usize; 2], usize) {
+        let oh = self.per_sample / w.out_w;
+        let hp = (oh - 1) + (w.kernel[0] - 1) * w.dilation[0] + 1;
+        let wp = (w.out_w - 1) + (w.kernel[1] - 1) * w.dilation[1] + 1;
+        ([hp, wp], self.k / (w.kernel[0] * w.kernel[1]))
+    }
+
+    /// For a stride-1 windowed convolution, writes its input with the padding
+    /// made explicit into `padded` (each thread its own copy: the copy is
+    /// `1/(M·taps)` of the convolution's work) and returns true; the gather
+    /// is then one short copy per kernel tap and row segment. Other problems,
+    /// and inputs above 16 Mi floats, return false.
+    ///
+    /// # Safety
+    /// The input layout must address memory valid for this problem.
+    #[inline(always)]
+    unsafe fn pad_input(&self, padded: &mut Vec<f32>) -> bool {
+        let Gather::Window(l, w) = self.b else {
+            return false;
+        };
+        if w.stride != [1, 1] {
+            return false;
+        }
+        let ([hp, wp], channels) = self.padded_geometry(&w);
+        let samples = self.n / self.per_sample;
+        let len = samples * channels * hp * wp;
+        if len > 1 << 24 {
+            return false;
+        }
+        let [h, wd] = w.in_hw;
+        let pl = w.pad[1].min(wp);
+        let copied = wd.min(wp - pl);
+        padded.clear();
+        padded.resize(len, 0.0);
+        for (i, dst) in padded.chunks_exact_mut(wp).enumerate() {
+            let (nc, r) = (i / hp, i % hp);
+            let (n, c) = (nc / channels, nc % channels);
+            let iy = r.wrapping_sub(w.pad[0]);
+            if iy < h && copied > 0 {
+                let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
+                // SAFETY: row iy of channel c of sample n is inside the input.
+                let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), copied) };
+                dst[pl..pl + copied].copy_from_slice(src);
+            }
+        }
+        true
     }
 
     /// Runs this thread's share of the problem: column ranges when there are
@@ -130,6 +188,8 @@ impl Problem {
     /// problem write disjoint parts of it.
     #[inline(always)]
     pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
+        // SAFETY: as for this function.
+        scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded) };
         let panels = self.m.div_ceil(MR);
         if self.n >= threads * 4 * NR || panels < threads {
             let (j0, j1) = split(self.n.div_ceil(NR), tid, threads);
@@ -166,7 +226,8 @@ impl Problem {
             for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                 let kc = K_BLOCK.min(self.k - k0);
                 let last = kb + 1 == blocks;
-                unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols) };
+                let padded: &[f32] = if s.padded_ready { &s.padded } else { &[] };
+                unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols, padded) };
                 for q in 0..ncp / NR {
                     let bp = s.bpack[q * kc * NR..].as_ptr();
                     let (j, nr) = (j0 + q * NR, NR.min(nc - q * NR));
@@ -205,6 +266,7 @@ impl Problem {
 
     /// Gathers B[k0..k0+kc, j0..j0+nc] into NR-column panels (zero-padded).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pack_b(
         &self,
         k0: usize,
@@ -213,10 +275,46 @@ impl Problem {
         nc: usize,
         out: &mut [f32],
         cols: &mut Vec<usize>,
+        padded: &[f32],
     ) {
         let ncp = nc.div_ceil(NR) * NR;
         let ps = self.per_sample;
         match self.b {
+            Gather::Window(_, w) if !padded.is_empty() => {
+                let ([hp, wp], channels) = self.padded_geometry(&w);
+                let plane = hp * wp;
+                // Per panel, runs of consecutive output pixels of one output
+                // row: (lane, length, index of the window's top-left corner).
+                cols.clear();
+                let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
+                for q in 0..ncp / NR {
+                    let lanes = NR.min(nc - q * NR);
+                    let mut t = 0;
+                    while t < lanes {
+                        let j = j0 + q * NR + t;
+                        let (n, pix) = (j / ps, j % ps);
+                        let (oy, ox) = (pix / w.out_w, pix % w.out_w);
+                        let len = (lanes - t).min(w.out_w - ox).min(ps - pix);
+                        cols.extend([t, len, n * channels * plane + oy * wp + ox]);
+                        t += len;
+                    }
+                    panel_segs[q + 1] = cols.len() / 3;
+                }
+                let (kh, kw) = (w.kernel[0], w.kernel[1]);
+                for kk in 0..kc {
+                    let kidx = k0 + kk;
+                    let (c, r) = (kidx / (kh * kw), kidx % (kh * kw));
+                    let off = c * plane + (r / kw) * w.dilation[0] * wp + (r % kw) * w.dilation[1];
+                    for q in 0..ncp / NR {
+                        let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
+                        for seg in cols[panel_segs[q] * 3..panel_segs[q + 1] * 3].chunks_exact(3) {
+                            let (t0, len, at) = (seg[0], seg[1], seg[2] + off);
+                            copy_short(&mut dst[t0..t0 + len], &padded[at..at + len]);
+                        }
+                        dst[NR.min(nc - q * NR)..].fill(0.0);
+                    }
+                }
+            }
             Gather::Strided(l) => {
                 cols.clear();
                 cols.extend((j0..j0 + nc).map(|j| l.at(ps, 0, j)));
@@ -292,7 +390,7 @@ impl Problem {
                 // column: the first input column and the in-bounds lane range.
                 let per_seg = 4 + 3 * kw;
                 cols.clear();
-                let mut panel_segs = [0usize; 512 / NR + 1];
+                let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
                 for q in 0..ncp / NR {
                     let lanes = NR.min(nc - q * NR);
                     let mut t = 0;
