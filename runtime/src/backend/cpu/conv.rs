@@ -287,19 +287,10 @@ impl Problem {
                 // row: (lane, length, index of the window's top-left corner).
                 cols.clear();
                 let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
-                for q in 0..ncp / NR {
-                    let lanes = NR.min(nc - q * NR);
-                    let mut t = 0;
-                    while t < lanes {
-                        let j = j0 + q * NR + t;
-                        let (n, pix) = (j / ps, j % ps);
-                        let (oy, ox) = (pix / w.out_w, pix % w.out_w);
-                        let len = (lanes - t).min(w.out_w - ox).min(ps - pix);
-                        cols.extend([t, len, n * channels * plane + oy * wp + ox]);
-                        t += len;
-                    }
+                row_segments(j0, nc, ps, w.out_w, |q, t, len, n, oy, ox| {
+                    cols.extend([t, len, n * channels * plane + oy * wp + ox]);
                     panel_segs[q + 1] = cols.len() / 3;
-                }
+                });
                 let (kh, kw) = (w.kernel[0], w.kernel[1]);
                 for kk in 0..kc {
                     let kidx = k0 + kk;
@@ -391,35 +382,26 @@ impl Problem {
                 let per_seg = 4 + 3 * kw;
                 cols.clear();
                 let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
-                for q in 0..ncp / NR {
-                    let lanes = NR.min(nc - q * NR);
-                    let mut t = 0;
-                    while t < lanes {
-                        let j = j0 + q * NR + t;
-                        let (n, pix) = (j / ps, j % ps);
-                        let (oy, ox) = (pix / w.out_w, pix % w.out_w);
-                        let len = (lanes - t).min(w.out_w - ox).min(ps - pix);
-                        cols.extend([t, len, l.base + n * l.sample_stride]);
-                        cols.push((oy * w.stride[0]).wrapping_sub(w.pad[0]));
-                        for kx in 0..kw {
-                            // First input column, signed.
-                            let x0 = (ox * sx + kx * w.dilation[1]) as isize - w.pad[1] as isize;
-                            let lo = if x0 >= 0 {
-                                0
-                            } else {
-                                ((-x0) as usize).div_ceil(sx).min(len)
-                            };
-                            let hi = if x0 >= wd as isize {
-                                0
-                            } else {
-                                ((wd as isize - 1 - x0) as usize / sx + 1).min(len)
-                            };
-                            cols.extend([x0 as usize, lo, hi.max(lo)]);
-                        }
-                        t += len;
+                row_segments(j0, nc, ps, w.out_w, |q, t, len, n, oy, ox| {
+                    cols.extend([t, len, l.base + n * l.sample_stride]);
+                    cols.push((oy * w.stride[0]).wrapping_sub(w.pad[0]));
+                    for kx in 0..kw {
+                        // First input column, signed.
+                        let x0 = (ox * sx + kx * w.dilation[1]) as isize - w.pad[1] as isize;
+                        let lo = if x0 >= 0 {
+                            0
+                        } else {
+                            ((-x0) as usize).div_ceil(sx).min(len)
+                        };
+                        let hi = if x0 >= wd as isize {
+                            0
+                        } else {
+                            ((wd as isize - 1 - x0) as usize / sx + 1).min(len)
+                        };
+                        cols.extend([x0 as usize, lo, hi.max(lo)]);
                     }
                     panel_segs[q + 1] = cols.len() / per_seg;
-                }
+                });
                 let khw = w.kernel[0] * kw;
                 for kk in 0..kc {
                     let kidx = k0 + kk;
@@ -661,6 +643,32 @@ unsafe fn transpose_into_panel(src: &[*const f32; NR], kc: usize, panel: *mut f3
         }
     }
     full
+}
+
+/// Splits columns `j0..j0+nc` into their NR-wide panels and each panel into
+/// runs of consecutive output pixels of one output row, calling
+/// `f(panel, first lane, length, sample, output row, first output column)`
+/// for each run in order (every panel has at least one).
+#[inline(always)]
+fn row_segments(
+    j0: usize,
+    nc: usize,
+    per_sample: usize,
+    out_w: usize,
+    mut f: impl FnMut(usize, usize, usize, usize, usize, usize),
+) {
+    for q in 0..nc.div_ceil(NR) {
+        let lanes = NR.min(nc - q * NR);
+        let mut t = 0;
+        while t < lanes {
+            let j = j0 + q * NR + t;
+            let (n, pix) = (j / per_sample, j % per_sample);
+            let (oy, ox) = (pix / out_w, pix % out_w);
+            let len = (lanes - t).min(out_w - ox).min(per_sample - pix);
+            f(q, t, len, n, oy, ox);
+            t += len;
+        }
+    }
 }
 
 /// (sample, position) of columns `j..j+nr`, with one division for the tile
