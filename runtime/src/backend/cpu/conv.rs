@@ -129,20 +129,27 @@ impl Problem {
         unsafe { self.arena.add(offset) }
     }
 
-    /// (rows, columns) of the padded input a stride-1 window reads, and its
-    /// channels.
-    fn padded_geometry(&self, w: &Window) -> ([usize; 2], usize) {
+    /// The padded input's geometry: rows, the length of one column phase of a
+    /// row (`row_len = stride_w · phase_len`), and channels.
+    fn padded_geometry(&self, w: &Window) -> (usize, usize, usize) {
         let oh = self.per_sample / w.out_w;
-        let hp = (oh - 1) + (w.kernel[0] - 1) * w.dilation[0] + 1;
-        let wp = (w.out_w - 1) + (w.kernel[1] - 1) * w.dilation[1] + 1;
-        ([hp, wp], self.k / (w.kernel[0] * w.kernel[1]))
+        let rows = (oh - 1) * w.stride[0] + (w.kernel[0] - 1) * w.dilation[0] + 1;
+        let cols = (w.out_w - 1) * w.stride[1] + (w.kernel[1] - 1) * w.dilation[1] + 1;
+        (
+            rows,
+            cols.div_ceil(w.stride[1]),
+            self.k / (w.kernel[0] * w.kernel[1]),
+        )
     }
 
-    /// For a stride-1 windowed convolution, writes its input with the padding
-    /// made explicit into `padded` (each thread its own copy: the copy is
-    /// `1/(M·taps)` of the convolution's work) and returns true; the gather
-    /// is then one short copy per kernel tap and row segment. Other problems,
-    /// and inputs above 16 Mi floats, return false.
+    /// For a windowed convolution, writes its input with the padding made
+    /// explicit into `padded` (each thread its own copy: the copy is
+    /// `1/(M·taps)` of the convolution's work) and returns true. Each padded
+    /// row is split into `stride_w` column phases (phase `c % s` holds padded
+    /// column `c` at `c / s`), so the pixels one kernel tap reads along an
+    /// output row are contiguous: the gather is then one short copy per tap
+    /// and row segment, with no bounds work. Inputs above 16 Mi floats, or
+    /// column strides above 4, return false.
     ///
     /// # Safety
     /// The input layout must address memory valid for this problem.
@@ -151,29 +158,40 @@ impl Problem {
         let Gather::Window(l, w) = self.b else {
             return false;
         };
-        if w.stride != [1, 1] {
+        let sx = w.stride[1];
+        if sx > 4 {
             return false;
         }
-        let ([hp, wp], channels) = self.padded_geometry(&w);
+        let (rows, phase_len, channels) = self.padded_geometry(&w);
+        let row_len = sx * phase_len;
         let samples = self.n / self.per_sample;
-        let len = samples * channels * hp * wp;
+        let len = samples * channels * rows * row_len;
         if len > 1 << 24 {
             return false;
         }
         let [h, wd] = w.in_hw;
-        let pl = w.pad[1].min(wp);
-        let copied = wd.min(wp - pl);
+        let pl = w.pad[1];
+        // Input columns that land in the padded row.
+        let used = wd.min(row_len.saturating_sub(pl));
         padded.clear();
         padded.resize(len, 0.0);
-        for (i, dst) in padded.chunks_exact_mut(wp).enumerate() {
-            let (nc, r) = (i / hp, i % hp);
+        for (i, dst) in padded.chunks_exact_mut(row_len).enumerate() {
+            let (nc, r) = (i / rows, i % rows);
             let (n, c) = (nc / channels, nc % channels);
             let iy = r.wrapping_sub(w.pad[0]);
-            if iy < h && copied > 0 {
-                let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
-                // SAFETY: row iy of channel c of sample n is inside the input.
-                let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), copied) };
-                dst[pl..pl + copied].copy_from_slice(src);
+            if iy >= h || used == 0 {
+                continue;
+            }
+            let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
+            // SAFETY: row iy of channel c of sample n is inside the input.
+            let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), used) };
+            if sx == 1 {
+                dst[pl..pl + used].copy_from_slice(src);
+            } else {
+                for (x, v) in src.iter().enumerate() {
+                    let col = x + pl;
+                    dst[(col % sx) * phase_len + col / sx] = *v;
+                }
             }
         }
         true
@@ -281,21 +299,27 @@ impl Problem {
         let ps = self.per_sample;
         match self.b {
             Gather::Window(_, w) if !padded.is_empty() => {
-                let ([hp, wp], channels) = self.padded_geometry(&w);
-                let plane = hp * wp;
+                let (rows, phase_len, channels) = self.padded_geometry(&w);
+                let (sy, sx) = (w.stride[0], w.stride[1]);
+                let row_len = sx * phase_len;
+                let plane = rows * row_len;
                 // Per panel, runs of consecutive output pixels of one output
                 // row: (lane, length, index of the window's top-left corner).
                 cols.clear();
                 let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
                 row_segments(j0, nc, ps, w.out_w, |q, t, len, n, oy, ox| {
-                    cols.extend([t, len, n * channels * plane + oy * wp + ox]);
+                    cols.extend([t, len, n * channels * plane + oy * sy * row_len + ox]);
                     panel_segs[q + 1] = cols.len() / 3;
                 });
                 let (kh, kw) = (w.kernel[0], w.kernel[1]);
                 for kk in 0..kc {
                     let kidx = k0 + kk;
                     let (c, r) = (kidx / (kh * kw), kidx % (kh * kw));
-                    let off = c * plane + (r / kw) * w.dilation[0] * wp + (r % kw) * w.dilation[1];
+                    let dx = (r % kw) * w.dilation[1];
+                    let off = c * plane
+                        + (r / kw) * w.dilation[0] * row_len
+                        + (dx % sx) * phase_len
+                        + dx / sx;
                     for q in 0..ncp / NR {
                         let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
                         for seg in cols[panel_segs[q] * 3..panel_segs[q + 1] * 3].chunks_exact(3) {
