@@ -7,7 +7,7 @@
 //! epilogue (bias, activation, residual add, in the op's order) runs over it
 //! while it is hot and stores to the output.
 
-use super::gemm::{Kernel, K_BLOCK, MR, NR};
+use super::gemm::{Kernel, TileAct, TileEpilogue, K_BLOCK, MR, NR};
 use super::Act;
 
 /// How a tensor's elements are addressed by (row, column) of a GEMM:
@@ -98,6 +98,14 @@ pub struct Problem {
 // every run; threads write disjoint parts (see `Problem::run`).
 unsafe impl Send for Problem {}
 unsafe impl Sync for Problem {}
+
+/// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
+struct FusedPlan {
+    bias: *const f32,
+    act: TileAct,
+    residual: Option<Layout>,
+    residual_first: bool,
+}
 
 /// Per-thread scratch: packed B and the partial sums of one column block.
 #[derive(Default)]
@@ -238,6 +246,7 @@ impl Problem {
         }
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
         let mut tile = [0f32; MR * NR];
+        let plan = self.fused_plan();
         for j0 in (c0..c1).step_by(nc_max) {
             let nc = nc_max.min(c1 - j0);
             let ncp = nc.div_ceil(NR) * NR;
@@ -256,6 +265,17 @@ impl Problem {
                             let ap = self.a.add(k0 * mpad + p * kc * MR);
                             let r0 = p * MR;
                             let mr = MR.min(self.m - r0);
+                            if last && !by_column && mr == MR {
+                                let prior = if kb == 0 {
+                                    (std::ptr::null(), 0)
+                                } else {
+                                    let c = s.acc.as_ptr().add((p - p0) * MR * ncp + q * NR);
+                                    (c, ncp)
+                                };
+                                if self.try_fused(&plan, kernel, kc, ap, bp, prior, r0, j, nr) {
+                                    continue;
+                                }
+                            }
                             if last && kb == 0 && !by_column {
                                 // One K block: straight from registers to the epilogue.
                                 kernel.run_into(kc, ap, bp, tile.as_mut_ptr(), NR, false);
@@ -280,6 +300,84 @@ impl Problem {
                 }
             }
         }
+    }
+
+    /// The epilogue as the fused micro-kernel runs it, if it can: an optional
+    /// bias first, then at most one ReLU/ReLU6 and one residual add in
+    /// either order.
+    fn fused_plan(&self) -> Option<FusedPlan> {
+        let mut steps = self.epilogue.as_slice();
+        let mut plan = FusedPlan {
+            bias: std::ptr::null(),
+            act: TileAct::Identity,
+            residual: None,
+            residual_first: false,
+        };
+        if let [Step::Bias(b), rest @ ..] = steps {
+            plan.bias = *b;
+            steps = rest;
+        }
+        for step in steps {
+            match *step {
+                Step::Act(Act::Relu) if plan.act == TileAct::Identity => plan.act = TileAct::Relu,
+                Step::Act(Act::Relu6) if plan.act == TileAct::Identity => plan.act = TileAct::Relu6,
+                Step::Add(l) if plan.residual.is_none() && l.col_stride == 1 => {
+                    plan.residual = Some(l);
+                    plan.residual_first = plan.act == TileAct::Identity;
+                }
+                _ => return None,
+            }
+        }
+        (self.out.col_stride == 1).then_some(plan)
+    }
+
+    /// Runs the last K block of a full tile (rows `r0..r0+MR`, columns
+    /// `j..j+NR`) with the epilogue fused into the micro-kernel, storing
+    /// straight to the output; false when the tile or CPU does not allow it.
+    ///
+    /// # Safety
+    /// As [`Problem::run`]; `ap`/`bp` are this tile's panels and `prior` its
+    /// partial sums (or null).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn try_fused(
+        &self,
+        plan: &Option<FusedPlan>,
+        kernel: Kernel,
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        (prior, prior_ld): (*const f32, usize),
+        r0: usize,
+        j: usize,
+        nr: usize,
+    ) -> bool {
+        let ps = self.per_sample;
+        let Some(plan) = plan else { return false };
+        if nr != NR || j / ps != (j + NR - 1) / ps {
+            return false;
+        }
+        let (residual, residual_ld) = match plan.residual {
+            Some(l) => (self.at_ptr(l.at(ps, r0, j)) as *const f32, l.row_stride),
+            None => (std::ptr::null(), 0),
+        };
+        let bias = if plan.bias.is_null() {
+            plan.bias
+        } else {
+            // SAFETY: bias holds m floats and r0 + MR <= m.
+            unsafe { plan.bias.add(r0) }
+        };
+        let e = TileEpilogue {
+            bias,
+            residual,
+            residual_ld,
+            residual_first: plan.residual_first,
+            act: plan.act,
+        };
+        let out = self.at_ptr(self.out.at(ps, r0, j));
+        // SAFETY: the caller's extents; the output and residual rows of the
+        // tile are unit-stride runs of NR inside their tensors.
+        unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.row_stride, &e) }
     }
 
     /// Gathers B[k0..k0+kc, j0..j0+nc] into NR-column panels (zero-padded).

@@ -228,6 +228,69 @@ impl Kernel {
     }
 }
 
+/// The epilogue the fused micro-kernel applies to a finished MR×NR tile in
+/// registers: `+ bias[row]`, then the residual and the clamp in the order
+/// `residual_first` says. The operations are the unfused epilogue's, in its
+/// order, so results are bit-identical.
+#[derive(Clone, Copy, Debug)]
+pub struct TileEpilogue {
+    /// Bias of the tile's first row (null: none).
+    pub bias: *const f32,
+    /// Residual element (tile row 0, column 0) (null: none).
+    pub residual: *const f32,
+    /// Distance between the residual's rows.
+    pub residual_ld: usize,
+    /// Whether the residual is added before the activation.
+    pub residual_first: bool,
+    /// Activation.
+    pub act: TileAct,
+}
+
+/// Activations the fused micro-kernel applies in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileAct {
+    /// None.
+    Identity,
+    /// max(x, 0).
+    Relu,
+    /// min(max(x, 0), 6).
+    Relu6,
+}
+
+impl Kernel {
+    /// `out[MR×NR] = epilogue(prior + apanel[kc×MR]ᵀ · bpanel[kc×NR])`, `out`
+    /// rows `out_ld` apart; `prior` (partial sums of earlier K blocks, rows
+    /// `prior_ld` apart) may be null. Returns false, doing nothing, when this
+    /// CPU has no fused kernel.
+    ///
+    /// # Safety
+    /// `a` must hold `kc*MR` floats, `b` `kc*NR`; `out`, `prior` and the
+    /// epilogue's pointers MR rows of NR floats at their strides (bias: MR).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn run_fused(
+        self,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        prior: *const f32,
+        prior_ld: usize,
+        out: *mut f32,
+        out_ld: usize,
+        epilogue: &TileEpilogue,
+    ) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
+            Kernel::Avx2Fma => unsafe {
+                avx2::kernel_fused(kc, a, b, prior, prior_ld, out, out_ld, epilogue);
+                true
+            },
+            _ => false,
+        }
+    }
+}
+
 fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
     tile.fill(0.0);
     for kk in 0..kc {
@@ -263,6 +326,80 @@ mod avx2 {
         for (r, row) in acc.iter().enumerate() {
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
             _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8), row[1]);
+        }
+    }
+
+    /// The fused kernel behind [`super::Kernel::run_fused`].
+    ///
+    /// # Safety
+    /// As [`super::Kernel::run_fused`], on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_fused(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        prior: *const f32,
+        prior_ld: usize,
+        out: *mut f32,
+        out_ld: usize,
+        e: &super::TileEpilogue,
+    ) {
+        use super::TileAct;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let zero = _mm256_setzero_ps();
+        let six = _mm256_set1_ps(6.0);
+        let act = |v: __m256| match e.act {
+            TileAct::Identity => v,
+            TileAct::Relu => _mm256_max_ps(v, zero),
+            TileAct::Relu6 => _mm256_min_ps(_mm256_max_ps(v, zero), six),
+        };
+        for (r, row) in acc.iter().enumerate() {
+            let mut v = *row;
+            if !prior.is_null() {
+                // Earlier K blocks first, as the unfused path adds them.
+                let p = prior.add(r * prior_ld);
+                v = [
+                    _mm256_add_ps(_mm256_loadu_ps(p), v[0]),
+                    _mm256_add_ps(_mm256_loadu_ps(p.add(8)), v[1]),
+                ];
+            }
+            if !e.bias.is_null() {
+                let bv = _mm256_broadcast_ss(&*e.bias.add(r));
+                v = [_mm256_add_ps(v[0], bv), _mm256_add_ps(v[1], bv)];
+            }
+            let res = |v: [__m256; 2]| {
+                if e.residual.is_null() {
+                    return v;
+                }
+                let p = e.residual.add(r * e.residual_ld);
+                [
+                    _mm256_add_ps(v[0], _mm256_loadu_ps(p)),
+                    _mm256_add_ps(v[1], _mm256_loadu_ps(p.add(8))),
+                ]
+            };
+            if e.residual_first {
+                v = res(v);
+                v = [act(v[0]), act(v[1])];
+            } else {
+                v = [act(v[0]), act(v[1])];
+                v = res(v);
+            }
+            let d = out.add(r * out_ld);
+            _mm256_storeu_ps(d, v[0]);
+            _mm256_storeu_ps(d.add(8), v[1]);
         }
     }
 
