@@ -329,6 +329,29 @@ mod avx2 {
         }
     }
 
+    /// The MR×NR sums of one K block in twelve ymm accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` must hold `kc*MR` and `b` `kc*NR` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile_sums(kc: usize, a: *const f32, b: *const f32) -> [[__m256; 2]; MR] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        acc
+    }
+
     /// The fused kernel behind [`super::Kernel::run_fused`].
     ///
     /// # Safety
@@ -346,19 +369,7 @@ mod avx2 {
         e: &super::TileEpilogue,
     ) {
         use super::TileAct;
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
+        let acc = tile_sums(kc, a, b);
         let zero = _mm256_setzero_ps();
         let six = _mm256_set1_ps(6.0);
         let act = |v: __m256| match e.act {
@@ -416,19 +427,7 @@ mod avx2 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
+        let acc = tile_sums(kc, a, b);
         for (r, row) in acc.iter().enumerate() {
             let d = c.add(r * ldc);
             if accumulate {
