@@ -420,17 +420,47 @@ impl Binary {
                 let a = self.a.ptr.add(offset(idx, &self.a.strides));
                 let b = self.b.ptr.add(offset(idx, &self.b.strides));
                 let o = self.out.ptr.add(offset(idx, &self.out.strides));
-                let f = |x: f32, y: f32| match self.op {
-                    BinaryOp::Add => x + y,
-                    BinaryOp::Sub => x - y,
-                    BinaryOp::Mul => x * y,
-                    BinaryOp::Div => x / y,
-                };
-                for i in 0..d[last] {
-                    *o.add(i) = f(*a.add(i * sa), *b.add(i * sb));
+                let n = d[last];
+                match self.op {
+                    BinaryOp::Add => binary_row(o, a, b, n, sa, sb, |x, y| x + y),
+                    BinaryOp::Sub => binary_row(o, a, b, n, sa, sb, |x, y| x - y),
+                    BinaryOp::Mul => binary_row(o, a, b, n, sa, sb, |x, y| x * y),
+                    BinaryOp::Div => binary_row(o, a, b, n, sa, sb, |x, y| x / y),
                 }
             }
         });
+    }
+}
+
+/// `o[i] = f(a[i·sa], b[i·sb])` for `i < n`, with the common strides (both
+/// unit, one operand broadcast) as separate loops the compiler vectorizes.
+///
+/// # Safety
+/// Each pointer must be valid for `n` elements at its stride; `o` may equal
+/// `a` or `b` (element-wise).
+#[inline(always)]
+unsafe fn binary_row(
+    o: *mut f32,
+    a: *const f32,
+    b: *const f32,
+    n: usize,
+    sa: usize,
+    sb: usize,
+    f: impl Fn(f32, f32) -> f32,
+) {
+    unsafe {
+        match (sa, sb) {
+            (1, 1) => (0..n).for_each(|i| *o.add(i) = f(*a.add(i), *b.add(i))),
+            (1, 0) => {
+                let y = *b;
+                (0..n).for_each(|i| *o.add(i) = f(*a.add(i), y))
+            }
+            (0, 1) => {
+                let x = *a;
+                (0..n).for_each(|i| *o.add(i) = f(x, *b.add(i)))
+            }
+            _ => (0..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb))),
+        }
     }
 }
 
