@@ -278,11 +278,11 @@ impl Problem {
                             }
                             if last && kb == 0 && !by_column {
                                 // One K block: straight from registers to the epilogue.
-                                kernel.run_into(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                kernel.run_into_cols(kc, ap, bp, tile.as_mut_ptr(), NR, false, nr);
                                 self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
                             } else {
                                 let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
-                                kernel.run_into(kc, ap, bp, c, ncp, kb > 0);
+                                kernel.run_into_cols(kc, ap, bp, c, ncp, kb > 0, nr);
                                 if last && !by_column {
                                     self.epilogue_tile(r0, mr, j, nr, c, ncp);
                                 }

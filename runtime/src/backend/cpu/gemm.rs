@@ -291,6 +291,38 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// [`Kernel::run_into`] for a panel whose columns past `cols` are padding:
+    /// with `cols <= NR / 2` only the first half of the tile is computed
+    /// (half the multiply-adds), and only `cols` columns of `c` are
+    /// guaranteed written.
+    ///
+    /// # Safety
+    /// As [`Kernel::run_into`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_into_cols(
+        self,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        cols: usize,
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
+            Kernel::Avx2Fma if cols <= NR / 2 => unsafe {
+                avx2::kernel_half_into(kc, a, b, c, ldc, accumulate)
+            },
+            // SAFETY: as above.
+            _ => unsafe { self.run_into(kc, a, b, c, ldc, accumulate) },
+        }
+    }
+}
+
 fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
     tile.fill(0.0);
     for kk in 0..kc {
@@ -350,6 +382,41 @@ mod avx2 {
             b = b.add(NR);
         }
         acc
+    }
+
+    /// As [`kernel_into`] for the first 8 columns of the panel only: six
+    /// accumulators, one B load per step.
+    ///
+    /// # Safety
+    /// As [`kernel_into`]; `c` must hold `MR` rows of 8 floats at stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_half_into(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            for (r, row) in acc.iter_mut().enumerate() {
+                *row = _mm256_fmadd_ps(_mm256_broadcast_ss(&*a.add(r)), b0, *row);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let d = c.add(r * ldc);
+            let v = if accumulate {
+                _mm256_add_ps(*row, _mm256_loadu_ps(d))
+            } else {
+                *row
+            };
+            _mm256_storeu_ps(d, v);
+        }
     }
 
     /// The fused kernel behind [`super::Kernel::run_fused`].
@@ -502,6 +569,40 @@ mod tests {
                     (*x as f64 - 2.0 * y).abs() <= 2e-4 * (1.0 + y.abs()),
                     "{m}x{k}x{n} accumulate"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn half_width_kernel_matches_the_full_one_on_its_columns() {
+        let a: Vec<f32> = (0..37 * MR).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..37 * NR).map(|i| (i % 5) as f32 - 2.0).collect();
+        let kernel = Kernel::detect();
+        for accumulate in [false, true] {
+            let mut full = vec![1f32; MR * NR];
+            let mut half = vec![1f32; MR * NR];
+            // SAFETY: panels of 37 steps, tiles of MR×NR.
+            unsafe {
+                kernel.run_into(
+                    37,
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    full.as_mut_ptr(),
+                    NR,
+                    accumulate,
+                );
+                kernel.run_into_cols(
+                    37,
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    half.as_mut_ptr(),
+                    NR,
+                    accumulate,
+                    5,
+                );
+            }
+            for r in 0..MR {
+                assert_eq!(full[r * NR..r * NR + 8], half[r * NR..r * NR + 8]);
             }
         }
     }
