@@ -715,7 +715,11 @@ impl Reduce {
     fn run(&self, tid: usize, threads: usize) {
         let [outer, len, inner] = self.dims;
         let (lo, hi) = split(self.batch * outer * inner, tid, threads);
-        let mut v = vec![0f32; len];
+        // Out of the thread-local (not in `with`'s closure, which would be
+        // compiled without the entry's AVX2 features).
+        let mut v = REDUCE_ROW.take();
+        v.clear();
+        v.resize(len, 0.0);
         for u in lo..hi {
             let n = u / (outer * inner);
             let (o, i) = ((u / inner) % outer, u % inner);
@@ -737,9 +741,11 @@ impl Reduce {
                     v.iter_mut().for_each(|x| *x *= r);
                 }
                 ReduceKind::LayerNorm { eps, gamma, beta } => {
-                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / len as f64;
-                    let var =
-                        v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+                    // In f64 (a large mean would otherwise cost the centred
+                    // values their precision), four lanes at a time so the
+                    // sums vectorize instead of forming one serial chain.
+                    let mean = sum_f64(&v, |x| x) / len as f64;
+                    let var = sum_f64(&v, |x| (x - mean) * (x - mean)) / len as f64;
                     let r = 1.0 / (var + eps as f64).sqrt();
                     for (k, x) in v.iter_mut().enumerate() {
                         // SAFETY: gamma and beta hold `len` floats.
@@ -756,7 +762,27 @@ impl Reduce {
                 }
             }
         }
+        REDUCE_ROW.set(v);
     }
+}
+
+thread_local! {
+    /// One row of a softmax or layer norm.
+    static REDUCE_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Σ f(x) over `v` in f64, with four independent partial sums.
+#[inline(always)]
+fn sum_f64(v: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 4];
+    let chunks = v.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x as f64)).sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x as f64);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// A batched matrix product `[.., m, k] × [.., k, n]` (broadcast batch dims).
