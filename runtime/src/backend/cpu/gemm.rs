@@ -50,7 +50,7 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
         "B is too short"
     );
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too short");
-    if !accumulate {
+    if k == 0 && !accumulate {
         for r in 0..m {
             c[r * ldc..r * ldc + n].fill(0.0);
         }
@@ -68,14 +68,33 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
         for i0 in (0..m).step_by(MR) {
             let mr = MR.min(m - i0);
             pack_a(a, i0, mr, k0, kc, &mut apack);
+            // The first K block stores, later ones (or all, when asked) add.
+            let add = accumulate || k0 > 0;
             for (p, j0) in (0..n).step_by(NR).enumerate() {
                 let nr = NR.min(n - j0);
                 let panel = &bpack[p * kc * NR..(p + 1) * kc * NR];
+                if mr == MR && nr == NR {
+                    // A full tile: straight into C (checked above to hold it).
+                    let at = i0 * ldc + j0;
+                    // SAFETY: the panels hold kc steps; C holds MR rows of NR
+                    // from `at` at stride ldc.
+                    unsafe {
+                        kernel.run_into(
+                            kc,
+                            apack.as_ptr(),
+                            panel.as_ptr(),
+                            c[at..].as_mut_ptr(),
+                            ldc,
+                            add,
+                        )
+                    };
+                    continue;
+                }
                 kernel.run(kc, &apack[..kc * MR], panel, &mut tile);
                 for r in 0..mr {
                     let row = &mut c[(i0 + r) * ldc + j0..(i0 + r) * ldc + j0 + nr];
                     for (dst, v) in row.iter_mut().zip(&tile[r * NR..r * NR + nr]) {
-                        *dst += v;
+                        *dst = if add { *dst + v } else { *v };
                     }
                 }
             }
