@@ -224,6 +224,8 @@ impl Depthwise {
                             let at = base + tap + x;
                             let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
                             for (a, v) in acc.iter_mut().zip(v) {
+                                // One vfmadd in the AVX2+FMA entry (a libm call in
+                                // the baseline one, kept only for CPUs without AVX2).
                                 *a = wv.mul_add(*v, *a);
                             }
                         }
