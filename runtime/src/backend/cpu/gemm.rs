@@ -3,7 +3,7 @@
 //! micro-kernel in AVX2+FMA (twelve ymm accumulators), chosen at run time, with a
 //! portable fallback; B is packed into 16-column panels and A into 6-row panels
 //! per K block so the kernel streams contiguous memory. [`pack_weights`] and
-//! [`Kernel::run_into`] are the pieces the convolution driver (`conv.rs`) uses
+//! [`Kernel::run_into`] are the pieces the convolution driver (`conv/`) uses
 //! with weights packed once, at load.
 
 /// Rows of the micro-kernel tile.
@@ -126,7 +126,7 @@ fn pack_a(a: MatRef<'_>, i0: usize, mr: usize, k0: usize, kc: usize, out: &mut [
 }
 
 /// Pre-packs a row-major `m×k` matrix (the weights) into the layout
-/// [`Kernel::run_into`] reads: for each K block of [`KC`] (the last may be
+/// [`Kernel::run_into`] reads: for each K block of [`K_BLOCK`] (the last may be
 /// shorter), `m` rounded up to [`MR`] rows as consecutive `kc×MR` column panels.
 /// Block `kb` starts at `k0 * m.div_ceil(MR) * MR`.
 pub fn pack_weights(w: &[f32], m: usize, k: usize) -> Vec<f32> {

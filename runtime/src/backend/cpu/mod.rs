@@ -4,13 +4,13 @@
 //! by Cranelift (`jit.rs`) that calls each layer's kernel directly, with every
 //! shape, stride and arena address fixed (`lower.rs`), over one arena laid out
 //! by the memory plan. Convolutions and linear layers are GEMMs with weights
-//! packed once, at load, for the AVX2 micro-kernel (`gemm.rs`, `conv.rs`);
+//! packed once, at load, for the AVX2 micro-kernel (`gemm.rs`, `conv/`);
 //! their epilogues run on each block of output while it is in cache.
 //! Activations are generated F32X4 code. Work is split across a persistent
 //! pool of threads (`pool.rs`) that meet at a barrier between layers.
 //!
-//! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv.rs`
-//! (GEMM driver: implicit im2col, epilogues), `kernels.rs` (every other
+//! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
+//! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues), `kernels.rs` (every other
 //! layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
 //! optional guard pages).

@@ -1,0 +1,399 @@
+//! Gathering B, the GEMM's right-hand side, from the input into the
+//! micro-kernel's 16-column panels: strided (1×1 convolutions, linear layers,
+//! with 8×8 register transposes for K-contiguous rows) and windowed (implicit
+//! im2col, from a copy of the input with its padding written out).
+
+use super::{Gather, Problem, Window, COLUMN_BLOCK_MAX};
+use crate::backend::cpu::gemm::{Kernel, NR};
+
+impl Problem {
+    /// The padded input's geometry: rows, the length of one column phase of a
+    /// row (`row_len = stride_w · phase_len`), and channels.
+    pub(super) fn padded_geometry(&self, w: &Window) -> (usize, usize, usize) {
+        let oh = self.per_sample / w.out_w;
+        let rows = (oh - 1) * w.stride[0] + (w.kernel[0] - 1) * w.dilation[0] + 1;
+        let cols = (w.out_w - 1) * w.stride[1] + (w.kernel[1] - 1) * w.dilation[1] + 1;
+        (
+            rows,
+            cols.div_ceil(w.stride[1]),
+            self.k / (w.kernel[0] * w.kernel[1]),
+        )
+    }
+
+    /// For a windowed convolution, writes its input with the padding made
+    /// explicit into `padded` (each thread its own copy: the copy is
+    /// `1/(M·taps)` of the convolution's work) and returns true. Each padded
+    /// row is split into `stride_w` column phases (phase `c % s` holds padded
+    /// column `c` at `c / s`), so the pixels one kernel tap reads along an
+    /// output row are contiguous: the gather is then one short copy per tap
+    /// and row segment, with no bounds work. Inputs above 16 Mi floats, or
+    /// column strides above 4, return false.
+    ///
+    /// # Safety
+    /// The input layout must address memory valid for this problem.
+    #[inline(always)]
+    pub(super) unsafe fn pad_input(&self, padded: &mut Vec<f32>) -> bool {
+        let Gather::Window(l, w) = self.b else {
+            return false;
+        };
+        let sx = w.stride[1];
+        if sx > 4 {
+            return false;
+        }
+        let (rows, phase_len, channels) = self.padded_geometry(&w);
+        let row_len = sx * phase_len;
+        let samples = self.n / self.per_sample;
+        let len = samples * channels * rows * row_len;
+        if len > 1 << 24 {
+            return false;
+        }
+        let [h, wd] = w.in_hw;
+        let pl = w.pad[1];
+        // Input columns that land in the padded row.
+        let used = wd.min(row_len.saturating_sub(pl));
+        padded.clear();
+        padded.resize(len, 0.0);
+        for (i, dst) in padded.chunks_exact_mut(row_len).enumerate() {
+            let (nc, r) = (i / rows, i % rows);
+            let (n, c) = (nc / channels, nc % channels);
+            let iy = r.wrapping_sub(w.pad[0]);
+            if iy >= h || used == 0 {
+                continue;
+            }
+            let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
+            // SAFETY: row iy of channel c of sample n is inside the input.
+            let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), used) };
+            if sx == 1 {
+                dst[pl..pl + used].copy_from_slice(src);
+            } else {
+                for (x, v) in src.iter().enumerate() {
+                    let col = x + pl;
+                    dst[(col % sx) * phase_len + col / sx] = *v;
+                }
+            }
+        }
+        true
+    }
+
+    /// Gathers B[k0..k0+kc, j0..j0+nc] into NR-column panels (zero-padded).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn pack_b(
+        &self,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        nc: usize,
+        out: &mut [f32],
+        cols: &mut Vec<usize>,
+        padded: &[f32],
+    ) {
+        let ncp = nc.div_ceil(NR) * NR;
+        let ps = self.per_sample;
+        match self.b {
+            Gather::Window(_, w) if !padded.is_empty() => {
+                let (rows, phase_len, channels) = self.padded_geometry(&w);
+                let (sy, sx) = (w.stride[0], w.stride[1]);
+                let row_len = sx * phase_len;
+                let plane = rows * row_len;
+                // Per panel, runs of consecutive output pixels of one output
+                // row: (lane, length, index of the window's top-left corner).
+                cols.clear();
+                let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
+                row_segments(j0, nc, ps, w.out_w, |q, t, len, n, oy, ox| {
+                    cols.extend([t, len, n * channels * plane + oy * sy * row_len + ox]);
+                    panel_segs[q + 1] = cols.len() / 3;
+                });
+                let (kh, kw) = (w.kernel[0], w.kernel[1]);
+                for kk in 0..kc {
+                    let kidx = k0 + kk;
+                    let (c, r) = (kidx / (kh * kw), kidx % (kh * kw));
+                    let dx = (r % kw) * w.dilation[1];
+                    let off = c * plane
+                        + (r / kw) * w.dilation[0] * row_len
+                        + (dx % sx) * phase_len
+                        + dx / sx;
+                    for q in 0..ncp / NR {
+                        let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
+                        for seg in cols[panel_segs[q] * 3..panel_segs[q + 1] * 3].chunks_exact(3) {
+                            let (t0, len, at) = (seg[0], seg[1], seg[2] + off);
+                            copy_short(&mut dst[t0..t0 + len], &padded[at..at + len]);
+                        }
+                        dst[NR.min(nc - q * NR)..].fill(0.0);
+                    }
+                }
+            }
+            Gather::Strided(l) => {
+                cols.clear();
+                cols.extend((j0..j0 + nc).map(|j| l.at(ps, 0, j)));
+                for q in 0..ncp / NR {
+                    let panel = &mut out[q * kc * NR..(q + 1) * kc * NR];
+                    let lanes = NR.min(nc - q * NR);
+                    if l.row_stride == 1 {
+                        // K is contiguous (a linear layer's rows): read each
+                        // column's run of K once and scatter it into the panel.
+                        if lanes < NR {
+                            panel.fill(0.0);
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if lanes == NR && kc >= 8 && Kernel::detect() == Kernel::Avx2Fma {
+                            let mut src = [std::ptr::null(); NR];
+                            for (t, p) in src.iter_mut().enumerate() {
+                                *p = self.at_ptr(cols[q * NR + t] + k0) as *const f32;
+                            }
+                            // SAFETY: AVX2 checked; each source holds kc floats
+                            // and the panel kc·NR.
+                            let done =
+                                unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
+                            for (t, p) in src.iter().enumerate() {
+                                for kk in done..kc {
+                                    // SAFETY: as above.
+                                    panel[kk * NR + t] = unsafe { *p.add(kk) };
+                                }
+                            }
+                            continue;
+                        }
+                        for t in 0..lanes {
+                            // SAFETY: the caller guarantees the layout's extent.
+                            let src = unsafe {
+                                std::slice::from_raw_parts(self.at_ptr(cols[q * NR + t] + k0), kc)
+                            };
+                            for (kk, v) in src.iter().enumerate() {
+                                panel[kk * NR + t] = *v;
+                            }
+                        }
+                        continue;
+                    }
+                    let first = cols[q * NR];
+                    let contiguous =
+                        l.col_stride == 1 && cols[q * NR + lanes - 1] == first + lanes - 1;
+                    for kk in 0..kc {
+                        let dst = &mut panel[kk * NR..kk * NR + NR];
+                        let row = (k0 + kk) * l.row_stride;
+                        if contiguous {
+                            // SAFETY: the caller guarantees the layout's extent.
+                            let src = unsafe {
+                                std::slice::from_raw_parts(self.at_ptr(first + row), lanes)
+                            };
+                            dst[..lanes].copy_from_slice(src);
+                        } else {
+                            for (t, d) in dst[..lanes].iter_mut().enumerate() {
+                                // SAFETY: as above.
+                                *d = unsafe { *self.at_ptr(cols[q * NR + t] + row) };
+                            }
+                        }
+                        dst[lanes..].fill(0.0);
+                    }
+                }
+            }
+            Gather::Window(l, w) => {
+                let [h, wd] = w.in_hw;
+                let (sx, kw) = (w.stride[1], w.kernel[1]);
+                // Split each panel's columns into segments of consecutive output
+                // pixels of one output row: along a segment the input column
+                // advances by the stride, so each (segment, kernel tap) is one
+                // bounds computation and a copy instead of a test per element.
+                // `cols` holds, per segment: lane, length, sample base, input
+                // row of the window's top (as wrapping usize), then per kernel
+                // column: the first input column and the in-bounds lane range.
+                let per_seg = 4 + 3 * kw;
+                cols.clear();
+                let mut panel_segs = [0usize; COLUMN_BLOCK_MAX / NR + 1];
+                row_segments(j0, nc, ps, w.out_w, |q, t, len, n, oy, ox| {
+                    cols.extend([t, len, l.base + n * l.sample_stride]);
+                    cols.push((oy * w.stride[0]).wrapping_sub(w.pad[0]));
+                    for kx in 0..kw {
+                        // First input column, signed.
+                        let x0 = (ox * sx + kx * w.dilation[1]) as isize - w.pad[1] as isize;
+                        let lo = if x0 >= 0 {
+                            0
+                        } else {
+                            ((-x0) as usize).div_ceil(sx).min(len)
+                        };
+                        let hi = if x0 >= wd as isize {
+                            0
+                        } else {
+                            ((wd as isize - 1 - x0) as usize / sx + 1).min(len)
+                        };
+                        cols.extend([x0 as usize, lo, hi.max(lo)]);
+                    }
+                    panel_segs[q + 1] = cols.len() / per_seg;
+                });
+                let khw = w.kernel[0] * kw;
+                for kk in 0..kc {
+                    let kidx = k0 + kk;
+                    let (c, r) = (kidx / khw, kidx % khw);
+                    let (ky, kx) = (r / kw, r % kw);
+                    let dy = ky * w.dilation[0];
+                    let chan = c * l.row_stride;
+                    for q in 0..ncp / NR {
+                        let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
+                        let lanes = NR.min(nc - q * NR);
+                        for seg in cols[panel_segs[q] * per_seg..panel_segs[q + 1] * per_seg]
+                            .chunks_exact(per_seg)
+                        {
+                            let (t0, len, sample, top) = (seg[0], seg[1], seg[2], seg[3]);
+                            let d = &mut dst[t0..t0 + len];
+                            let y = top.wrapping_add(dy);
+                            let [x0, lo, hi] = [seg[4 + 3 * kx], seg[5 + 3 * kx], seg[6 + 3 * kx]];
+                            if y >= h || lo >= hi {
+                                d.fill(0.0);
+                                continue;
+                            }
+                            d[..lo].fill(0.0);
+                            d[hi..].fill(0.0);
+                            let at = (sample + chan + y * wd)
+                                .wrapping_add(x0)
+                                .wrapping_add(lo * sx);
+                            if sx == 1 {
+                                // SAFETY: lanes lo..hi are inside the input row.
+                                let src =
+                                    unsafe { std::slice::from_raw_parts(self.at_ptr(at), hi - lo) };
+                                copy_short(&mut d[lo..hi], src);
+                            } else {
+                                for (i, v) in d[lo..hi].iter_mut().enumerate() {
+                                    // SAFETY: as above, every sx-th element.
+                                    *v = unsafe { *self.at_ptr(at + i * sx) };
+                                }
+                            }
+                        }
+                        dst[lanes..].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `panel[kk·NR + t] = src[t][kk]` for `kk` below `kc` rounded down
+/// to 8, with 8×8 in-register transposes (a linear layer's tokens, whose
+/// features are contiguous, into a GEMM panel); returns how many rows it did.
+///
+/// # Safety
+/// AVX2 must be available; each `src[t]` must hold `kc` floats and `panel`
+/// `kc·NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_into_panel(src: &[*const f32; NR], kc: usize, panel: *mut f32) -> usize {
+    use std::arch::x86_64::*;
+    let full = kc / 8 * 8;
+    for kk in (0..full).step_by(8) {
+        for half in 0..NR / 8 {
+            let r: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src[half * 8 + i].add(kk)) });
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, c) in cols.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(panel.add((kk + i) * NR + half * 8), *c) };
+            }
+        }
+    }
+    full
+}
+
+/// Splits columns `j0..j0+nc` into their NR-wide panels and each panel into
+/// runs of consecutive output pixels of one output row, calling
+/// `f(panel, first lane, length, sample, output row, first output column)`
+/// for each run in order (every panel has at least one).
+#[inline(always)]
+fn row_segments(
+    j0: usize,
+    nc: usize,
+    per_sample: usize,
+    out_w: usize,
+    mut f: impl FnMut(usize, usize, usize, usize, usize, usize),
+) {
+    for q in 0..nc.div_ceil(NR) {
+        let lanes = NR.min(nc - q * NR);
+        let mut t = 0;
+        while t < lanes {
+            let j = j0 + q * NR + t;
+            let (n, pix) = (j / per_sample, j % per_sample);
+            let (oy, ox) = (pix / out_w, pix % out_w);
+            let len = (lanes - t).min(out_w - ox).min(per_sample - pix);
+            f(q, t, len, n, oy, ox);
+            t += len;
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of the gathers (at most a
+/// panel's width): fixed-size, possibly overlapping moves instead of a call
+/// to `memmove`.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    if (8..=16).contains(&n) {
+        let (head, tail): ([f32; 8], [f32; 8]) = (
+            src[..8].try_into().unwrap(),
+            src[n - 8..].try_into().unwrap(),
+        );
+        dst[..8].copy_from_slice(&head);
+        dst[n - 8..].copy_from_slice(&tail);
+    } else if (4..8).contains(&n) {
+        let (head, tail): ([f32; 4], [f32; 4]) = (
+            src[..4].try_into().unwrap(),
+            src[n - 4..].try_into().unwrap(),
+        );
+        dst[..4].copy_from_slice(&head);
+        dst[n - 4..].copy_from_slice(&tail);
+    } else if n < 4 {
+        // Element by element: a `copy_from_slice` here becomes a `memmove` call.
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transposed_panels_match_element_by_element() {
+        if Kernel::detect() != Kernel::Avx2Fma {
+            return;
+        }
+        let kc = 27;
+        let rows: Vec<Vec<f32>> = (0..NR)
+            .map(|t| (0..kc).map(|k| (t * 1000 + k) as f32).collect())
+            .collect();
+        let src: [*const f32; NR] = std::array::from_fn(|t| rows[t].as_ptr());
+        let mut panel = vec![-1f32; kc * NR];
+        // SAFETY: AVX2 checked; rows hold kc floats, the panel kc·NR.
+        let done = unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
+        assert_eq!(done, 24);
+        for kk in 0..kc {
+            for t in 0..NR {
+                let want = if kk < done { rows[t][kk] } else { -1.0 };
+                assert_eq!(panel[kk * NR + t], want, "row {kk}, lane {t}");
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Convolution and linear layers as one GEMM with pre-packed weights:
+//! `out[m, j] = Σ_k W[m, k] · B[k, j]`, where `m` is the output channel
+//! (feature), `j` the output position across the whole batch, and `B` is never
+//! materialised: K×NC slices of it are gathered straight from the input into the
+//! micro-kernel's panel layout (implicit im2col). Partial sums for a block of
+//! columns stay in a per-thread buffer in L2; when the last K block is done the
+//! epilogue (bias, activation, residual add, in the op's order) runs over it
+//! while it is hot and stores to the output.
+//!
+//! `gather.rs` packs B; `epilogue.rs` finishes tiles; this module holds the
+//! problem description, the blocking and the split across threads.
+
+mod epilogue;
+mod gather;
+
+use super::gemm::{Kernel, TileAct, K_BLOCK, MR, NR};
+use super::Act;
+
+/// How a tensor's elements are addressed by (row, column) of a GEMM:
+/// column `j` is position `j % per_sample` of sample `j / per_sample`, and
+/// element (r, j) is at `base + sample·sample_stride + r·row_stride + position·col_stride`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Offset of sample 0, row 0, position 0 (floats).
+    pub base: usize,
+    /// Distance between samples.
+    pub sample_stride: usize,
+    /// Distance between rows (channels or features).
+    pub row_stride: usize,
+    /// Distance between positions (pixels or tokens).
+    pub col_stride: usize,
+}
+
+impl Layout {
+    #[inline]
+    fn at(&self, per_sample: usize, r: usize, j: usize) -> usize {
+        let (n, p) = (j / per_sample, j % per_sample);
+        self.base + n * self.sample_stride + r * self.row_stride + p * self.col_stride
+    }
+}
+
+/// The geometry of a windowed convolution's input for the implicit im2col.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Input rows (height) and columns (width).
+    pub in_hw: [usize; 2],
+    /// Output width (the height follows from `per_sample / out_w`).
+    pub out_w: usize,
+    /// Kernel (h, w).
+    pub kernel: [usize; 2],
+    /// Stride (h, w).
+    pub stride: [usize; 2],
+    /// Top and left padding.
+    pub pad: [usize; 2],
+    /// Dilation (h, w).
+    pub dilation: [usize; 2],
+}
+
+/// Where B comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// `B[k, j]` is element (k, j) of a layout (1×1 stride-1 convolutions, linear layers).
+    Strided(Layout),
+    /// `B[(c, ky, kx), j]` reads the input through a convolution window;
+    /// `row_stride` of the layout is the channel stride (H·W) and `col_stride` unused.
+    Window(Layout, Window),
+}
+
+/// One step of an epilogue.
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    /// Add `bias[m]`.
+    Bias(*const f32),
+    /// Apply an activation.
+    Act(Act),
+    /// Add the element at the same (m, j) of another tensor.
+    Add(Layout),
+}
+
+/// One GEMM-shaped layer (or one group of a grouped convolution).
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Rows of the output (channels / features).
+    pub m: usize,
+    /// Reduction depth.
+    pub k: usize,
+    /// Columns across the batch.
+    pub n: usize,
+    /// Columns per sample.
+    pub per_sample: usize,
+    /// Weights packed by [`super::gemm::pack_weights`].
+    pub a: *const f32,
+    /// The input.
+    pub b: Gather,
+    /// The output.
+    pub out: Layout,
+    /// Epilogue steps in order.
+    pub epilogue: Vec<Step>,
+    /// The arena every layout's offsets are relative to.
+    pub arena: *mut f32,
+}
+
+// SAFETY: the pointers are to the program's arena and weights, which outlive
+// every run; threads write disjoint parts (see `Problem::run`).
+unsafe impl Send for Problem {}
+unsafe impl Sync for Problem {}
+
+/// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
+struct FusedPlan {
+    bias: *const f32,
+    act: TileAct,
+    residual: Option<Layout>,
+    residual_first: bool,
+}
+
+/// Per-thread scratch: packed B and the partial sums of one column block.
+#[derive(Default)]
+pub struct Scratch {
+    bpack: Vec<f32>,
+    acc: Vec<f32>,
+    cols: Vec<usize>,
+    /// One output column of a token-major epilogue.
+    column: Vec<f32>,
+    /// A stride-1 convolution's input with its padding written out
+    /// (`[sample][channel][row][column]`), so windows need no bounds tests.
+    padded: Vec<f32>,
+    /// Whether `padded` holds this problem's input for the current run.
+    padded_ready: bool,
+}
+
+/// The most columns [`column_block`] gives.
+const COLUMN_BLOCK_MAX: usize = 512;
+
+/// Columns per block such that the partial sums of `rows` rows stay near 256 KiB.
+fn column_block(rows: usize) -> usize {
+    ((64 * 1024 / rows.max(1)) / NR * NR).clamp(NR, COLUMN_BLOCK_MAX)
+}
+
+impl Problem {
+    #[inline(always)]
+    fn at_ptr(&self, offset: usize) -> *mut f32 {
+        // SAFETY: offsets come from the lowering, checked against the arena's extent.
+        unsafe { self.arena.add(offset) }
+    }
+
+    /// Runs this thread's share of the problem: column ranges when there are
+    /// enough columns for every thread, otherwise row panels.
+    ///
+    /// # Safety
+    /// Every layout must address memory valid for the extents of this problem;
+    /// the output must not overlap the input, and other threads running the same
+    /// problem write disjoint parts of it.
+    #[inline(always)]
+    pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
+        // SAFETY: as for this function.
+        scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded) };
+        let panels = self.m.div_ceil(MR);
+        if self.n >= threads * 4 * NR || panels < threads {
+            let (j0, j1) = split(self.n.div_ceil(NR), tid, threads);
+            unsafe { self.run_block(0, panels, j0 * NR, (j1 * NR).min(self.n), scratch) };
+        } else {
+            let (p0, p1) = split(panels, tid, threads);
+            unsafe { self.run_block(p0, p1, 0, self.n, scratch) };
+        }
+    }
+
+    /// Row panels `p0..p1`, columns `c0..c1`.
+    #[inline(always)]
+    unsafe fn run_block(&self, p0: usize, p1: usize, c0: usize, c1: usize, s: &mut Scratch) {
+        if p0 >= p1 || c0 >= c1 {
+            return;
+        }
+        let kernel = Kernel::detect();
+        let rows = (p1 - p0) * MR;
+        let nc_max = column_block(rows);
+        let mpad = self.m.div_ceil(MR) * MR;
+        let blocks = self.k.div_ceil(K_BLOCK);
+        // Token-major outputs (linear layers: features contiguous per token)
+        // keep every K block in `acc` and run the epilogue per output column
+        // once a column panel has all its rows, so stores are contiguous.
+        let by_column = self.out.row_stride == 1 && self.out.col_stride != 1;
+        if blocks > 1 || by_column {
+            grow(&mut s.acc, rows * nc_max);
+        }
+        grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
+        let mut tile = [0f32; MR * NR];
+        let plan = self.fused_plan();
+        for j0 in (c0..c1).step_by(nc_max) {
+            let nc = nc_max.min(c1 - j0);
+            let ncp = nc.div_ceil(NR) * NR;
+            for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
+                let kc = K_BLOCK.min(self.k - k0);
+                let last = kb + 1 == blocks;
+                let padded: &[f32] = if s.padded_ready { &s.padded } else { &[] };
+                unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols, padded) };
+                for q in 0..ncp / NR {
+                    let bp = s.bpack[q * kc * NR..].as_ptr();
+                    let (j, nr) = (j0 + q * NR, NR.min(nc - q * NR));
+                    for p in p0..p1 {
+                        // SAFETY: the packed weights hold mpad·k floats and block
+                        // k0 starts at k0·mpad; acc holds rows×nc_max.
+                        unsafe {
+                            let ap = self.a.add(k0 * mpad + p * kc * MR);
+                            let r0 = p * MR;
+                            let mr = MR.min(self.m - r0);
+                            if last && !by_column && mr == MR {
+                                let prior = if kb == 0 {
+                                    (std::ptr::null(), 0)
+                                } else {
+                                    let c = s.acc.as_ptr().add((p - p0) * MR * ncp + q * NR);
+                                    (c, ncp)
+                                };
+                                if self.try_fused(&plan, kernel, kc, ap, bp, prior, r0, j, nr) {
+                                    continue;
+                                }
+                            }
+                            if last && kb == 0 && !by_column {
+                                // One K block: straight from registers to the epilogue.
+                                kernel.run_into_cols(kc, ap, bp, tile.as_mut_ptr(), NR, false, nr);
+                                self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
+                            } else {
+                                let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
+                                kernel.run_into_cols(kc, ap, bp, c, ncp, kb > 0, nr);
+                                if last && !by_column {
+                                    self.epilogue_tile(r0, mr, j, nr, c, ncp);
+                                }
+                            }
+                        }
+                    }
+                    if last && by_column {
+                        let r1 = (p1 * MR).min(self.m);
+                        // SAFETY: acc holds rows×ncp; column panel q starts at q·NR.
+                        let acc = unsafe { s.acc.as_ptr().add(q * NR) };
+                        unsafe {
+                            self.epilogue_columns(p0 * MR, r1, j, nr, acc, ncp, &mut s.column)
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// `tid`'s share `[lo, hi)` of `n` items split as evenly as possible.
+pub fn split(n: usize, tid: usize, threads: usize) -> (usize, usize) {
+    (n * tid / threads, n * (tid + 1) / threads)
+}
+
+/// `cargo test --release -p netc-runtime conv_throughput -- --ignored --nocapture`:
+/// single-thread GFLOP/s of the convolution driver on ResNet-50's layer shapes.
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// (name, cin, cout, hw, kernel, stride, pad)
+    const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+        ("conv1 7x7/2", 3, 64, 224, 7, 2, 3),
+        ("l1 3x3 64", 64, 64, 56, 3, 1, 1),
+        ("l1 1x1 64>256", 64, 256, 56, 1, 1, 0),
+        ("l1 1x1 256>64", 256, 64, 56, 1, 1, 0),
+        ("l2 3x3 128", 128, 128, 28, 3, 1, 1),
+        ("l2 1x1 512>128", 512, 128, 28, 1, 1, 0),
+        ("l3 3x3 256", 256, 256, 14, 3, 1, 1),
+        ("l3 1x1 1024>256", 1024, 256, 14, 1, 1, 0),
+        ("l4 3x3 512", 512, 512, 7, 3, 1, 1),
+        ("l4 1x1 512>2048", 512, 2048, 7, 1, 1, 0),
+        ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
+        // Token-major linear layers (kernel 0; "hw" is the token count):
+        // ConvNeXt-T stage 1, ViT-B/16's MLP.
+        ("lin 96>384 x3136", 96, 384, 3136, 0, 1, 0),
+        ("lin 384>96 x3136", 384, 96, 3136, 0, 1, 0),
+        ("lin 768>3072 x197", 768, 3072, 197, 0, 1, 0),
+        ("lin 3072>768 x197", 3072, 768, 197, 0, 1, 0),
+    ];
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(p: &Problem, s: &mut Scratch, tid: usize, threads: usize) {
+        unsafe { p.run(tid, threads, s) }
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn conv_throughput() {
+        let mut total_ms = 0.0;
+        let only = std::env::var("SHAPE").unwrap_or_default();
+        for &(name, cin, cout, hw, kern, stride, pad) in SHAPES {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let linear = kern == 0;
+            let (o, k, input) = if linear {
+                (1, cin, cin * hw)
+            } else {
+                (
+                    (hw + 2 * pad - kern) / stride + 1,
+                    cin * kern * kern,
+                    cin * hw * hw,
+                )
+            };
+            let n = if linear { hw } else { o * o };
+            let w: Vec<f32> = (0..cout * k).map(|i| (i % 13) as f32 * 0.01).collect();
+            let packed = super::super::gemm::pack_weights(&w, cout, k);
+            let mut arena = vec![0.5f32; input + cout * n];
+            let image = Layout {
+                base: 0,
+                sample_stride: input,
+                row_stride: hw * hw,
+                col_stride: 1,
+            };
+            let b = if linear {
+                Gather::Strided(Layout {
+                    base: 0,
+                    sample_stride: input,
+                    row_stride: 1,
+                    col_stride: cin,
+                })
+            } else if kern == 1 && stride == 1 {
+                Gather::Strided(image)
+            } else {
+                Gather::Window(
+                    image,
+                    Window {
+                        in_hw: [hw, hw],
+                        out_w: o,
+                        kernel: [kern, kern],
+                        stride: [stride, stride],
+                        pad: [pad, pad],
+                        dilation: [1, 1],
+                    },
+                )
+            };
+            let (row_stride, col_stride) = if linear { (1, cout) } else { (n, 1) };
+            let p = Problem {
+                m: cout,
+                k,
+                n,
+                per_sample: n,
+                a: packed.as_ptr(),
+                b,
+                out: Layout {
+                    base: input,
+                    sample_stride: cout * n,
+                    row_stride,
+                    col_stride,
+                },
+                epilogue: vec![Step::Act(Act::Relu)],
+                arena: arena.as_mut_ptr(),
+            };
+            let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
+            let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+            let mut best = f64::MAX;
+            for _ in 0..40 {
+                let t = std::time::Instant::now();
+                std::thread::scope(|sc| {
+                    for (tid, s) in scratch.iter_mut().enumerate() {
+                        let p = &p;
+                        // SAFETY: the arena holds input and output; threads write
+                        // disjoint parts; AVX2 checked by the kernel choice.
+                        sc.spawn(move || unsafe { run_avx2(p, s, tid, threads) });
+                    }
+                });
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (cout * k * n) as f64;
+            total_ms += best * 1e3;
+            println!(
+                "{name:18} M {cout:5} K {k:5} N {n:5}: {:7.3} ms {:6.1} GFLOP/s",
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+        println!("total {total_ms:.2} ms");
+    }
+}
