@@ -41,6 +41,36 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+thread_local! {
+    /// Float buffers the kernels reuse from call to call (see [`take_buffers`]).
+    static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's reusable float buffers, `N` of them with the given lengths
+/// (contents unspecified), so kernels do not allocate per call; give them
+/// back with [`put_buffers`]. Taken out of the thread-local rather than used
+/// inside `with`'s closure, which is compiled without the entry's AVX2/FMA
+/// features.
+#[inline(always)]
+fn take_buffers<const N: usize>(lens: [usize; N]) -> [Vec<f32>; N] {
+    let mut pool = BUFFERS.take();
+    let bufs = lens.map(|len| {
+        let mut b = pool.pop().unwrap_or_default();
+        b.resize(len, 0.0);
+        b
+    });
+    BUFFERS.set(pool);
+    bufs
+}
+
+/// Returns buffers from [`take_buffers`] for the next call.
+#[inline(always)]
+fn put_buffers<const N: usize>(bufs: [Vec<f32>; N]) {
+    let mut pool = BUFFERS.take();
+    pool.extend(bufs);
+    BUFFERS.set(pool);
+}
+
 /// A convolution or linear layer: one GEMM per group.
 #[derive(Debug)]
 pub struct Gemm {
@@ -489,11 +519,6 @@ pub struct Pool {
     pub count_include_pad: bool,
 }
 
-thread_local! {
-    /// One input row of a max pool, padded with -inf on both sides.
-    static POOL_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// max(m, v) that propagates NaN from `v`, as PyTorch's max pool does.
 #[inline(always)]
 fn nan_max(m: f32, v: f32) -> f32 {
@@ -554,9 +579,9 @@ impl Pool {
             if let PoolKind::Max = self.kind {
                 // SAFETY: the output plane is inside the output images.
                 let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
-                let mut row = POOL_ROW.take();
+                let [mut row] = take_buffers([0]);
                 self.max_plane(src, dst, &mut row);
-                POOL_ROW.set(row);
+                put_buffers([row]);
                 continue;
             }
             for oy in 0..oh {
@@ -717,11 +742,7 @@ impl Reduce {
     fn run(&self, tid: usize, threads: usize) {
         let [outer, len, inner] = self.dims;
         let (lo, hi) = split(self.batch * outer * inner, tid, threads);
-        // Out of the thread-local (not in `with`'s closure, which would be
-        // compiled without the entry's AVX2 features).
-        let mut v = REDUCE_ROW.take();
-        v.clear();
-        v.resize(len, 0.0);
+        let [mut v] = take_buffers([len]);
         for u in lo..hi {
             let n = u / (outer * inner);
             let (o, i) = ((u / inner) % outer, u % inner);
@@ -764,13 +785,8 @@ impl Reduce {
                 }
             }
         }
-        REDUCE_ROW.set(v);
+        put_buffers([v]);
     }
-}
-
-thread_local! {
-    /// One row of a softmax or layer norm.
-    static REDUCE_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Σ f(x) over `v` in f64, with four independent partial sums.
@@ -807,10 +823,9 @@ impl MatMul {
         let batch_dims = &self.out.dims[..r - 2];
         let count: usize = batch_dims.iter().product();
         let (lo, hi) = split(count, tid, threads);
-        let mut abuf = vec![0f32; m * k];
-        let mut bbuf = vec![0f32; k * n];
+        let [mut abuf, mut bbuf] = take_buffers([m * k, k * n]);
+        let mut idx = vec![0; r - 2];
         for u in lo..hi {
-            let mut idx = vec![0; r - 2];
             let mut rem = u;
             for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
                 *i = rem % d;
@@ -825,6 +840,7 @@ impl MatMul {
                 sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
             }
         }
+        put_buffers([abuf, bbuf]);
     }
 }
 
@@ -883,9 +899,7 @@ impl Attention {
         barrier.wait();
         let (lo, hi) = split(n * heads, tid, threads);
         let scale = 1.0 / (d as f32).sqrt();
-        let mut q = vec![0f32; s * d];
-        let mut kt = vec![0f32; d * s];
-        let mut p = vec![0f32; s * s];
+        let [mut q, mut kt, mut p] = take_buffers([s * d, d * s, s * s]);
         for u in lo..hi {
             let (b, h) = (u / heads, u % heads);
             // SAFETY: qkv holds N·S rows of 3E.
@@ -917,6 +931,7 @@ impl Attention {
             };
             sgemm(mat(&p, s, s), v, ctx, e, false);
         }
+        put_buffers([q, kt, p]);
         barrier.wait();
         let mut sc = SCRATCH.take();
         // SAFETY: as for `Gemm` (outside `with`'s closure for the same reason).
