@@ -7,9 +7,32 @@ use super::{Gather, Problem, Window, COLUMN_BLOCK_MAX};
 use crate::backend::cpu::gemm::{Kernel, NR};
 
 impl Problem {
-    /// The padded input's geometry: rows, the length of one column phase of a
-    /// row (`row_len = stride_w · phase_len`), and channels.
+    /// The window as the padded copy of the input presents it to the gather.
+    /// A 1×1 window reads only every stride-th row and column, so its copy
+    /// keeps just those: a subsampled input of the output's size, read with
+    /// stride 1 and no padding (a quarter of the copy for ResNet's stride-2
+    /// shortcuts). Other windows read every padded row and column.
+    pub(super) fn padded_window(&self, w: &Window) -> Window {
+        if w.kernel == [1, 1] {
+            let oh = self.per_sample / w.out_w;
+            Window {
+                in_hw: [oh, w.out_w],
+                out_w: w.out_w,
+                kernel: [1, 1],
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+            }
+        } else {
+            *w
+        }
+    }
+
+    /// The padded input's geometry for [`Problem::padded_window`]`(w)`: rows,
+    /// the length of one column phase of a row (`row_len = stride_w ·
+    /// phase_len`), and channels.
     pub(super) fn padded_geometry(&self, w: &Window) -> (usize, usize, usize) {
+        let w = self.padded_window(w);
         let oh = self.per_sample / w.out_w;
         let rows = (oh - 1) * w.stride[0] + (w.kernel[0] - 1) * w.dilation[0] + 1;
         let cols = (w.out_w - 1) * w.stride[1] + (w.kernel[1] - 1) * w.dilation[1] + 1;
@@ -26,8 +49,9 @@ impl Problem {
     /// row is split into `stride_w` column phases (phase `c % s` holds padded
     /// column `c` at `c / s`), so the pixels one kernel tap reads along an
     /// output row are contiguous: the gather is then one short copy per tap
-    /// and row segment, with no bounds work. Inputs above 16 Mi floats, or
-    /// column strides above 4, return false.
+    /// and row segment, with no bounds work. 1×1 windows keep only the pixels
+    /// they read (see [`Problem::padded_window`]). Inputs above 16 Mi floats,
+    /// or column strides above 4, return false.
     ///
     /// # Safety
     /// The input layout must address memory valid for this problem.
@@ -36,39 +60,62 @@ impl Problem {
         let Gather::Window(l, w) = self.b else {
             return false;
         };
-        let sx = w.stride[1];
-        if sx > 4 {
+        if w.stride[1] > 4 {
             return false;
         }
+        let pw = self.padded_window(&w);
         let (rows, phase_len, channels) = self.padded_geometry(&w);
-        let row_len = sx * phase_len;
+        let phases = pw.stride[1];
+        let row_len = phases * phase_len;
         let samples = self.n / self.per_sample;
         let len = samples * channels * rows * row_len;
         if len > 1 << 24 {
             return false;
         }
+        // Padded row r is input row r·row_step − pad_top; element i of column
+        // phase ph is input column i·col_step + ph − pad_left.
+        let row_step = w.stride[0] / pw.stride[0];
+        let col_step = w.stride[1];
         let [h, wd] = w.in_hw;
-        let pl = w.pad[1];
-        // Input columns that land in the padded row.
-        let used = wd.min(row_len.saturating_sub(pl));
-        padded.clear();
-        padded.resize(len, 0.0);
-        for (i, dst) in padded.chunks_exact_mut(row_len).enumerate() {
+        let [pt, pl] = w.pad;
+        // Every element is written below, so the buffer only ever grows.
+        if padded.len() < len {
+            padded.resize(len, 0.0);
+        }
+        for (i, dst) in padded[..len].chunks_exact_mut(row_len).enumerate() {
             let (nc, r) = (i / rows, i % rows);
             let (n, c) = (nc / channels, nc % channels);
-            let iy = r.wrapping_sub(w.pad[0]);
-            if iy >= h || used == 0 {
+            let iy = (r * row_step).wrapping_sub(pt);
+            if iy >= h {
+                dst.fill(0.0);
                 continue;
             }
             let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
             // SAFETY: row iy of channel c of sample n is inside the input.
-            let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), used) };
-            if sx == 1 {
-                dst[pl..pl + used].copy_from_slice(src);
-            } else {
-                for (x, v) in src.iter().enumerate() {
-                    let col = x + pl;
-                    dst[(col % sx) * phase_len + col / sx] = *v;
+            let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), wd) };
+            for (ph, d) in dst.chunks_exact_mut(phase_len).enumerate() {
+                // Lanes lo..hi read input columns inside the row.
+                let first = ph as isize - pl as isize;
+                let lo = if first >= 0 {
+                    0
+                } else {
+                    ((-first) as usize).div_ceil(col_step)
+                }
+                .min(phase_len);
+                let hi = if first >= wd as isize {
+                    lo
+                } else {
+                    ((wd as isize - 1 - first) as usize / col_step + 1).clamp(lo, phase_len)
+                };
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                let x0 = (first + (lo * col_step) as isize) as usize;
+                if col_step == 1 {
+                    d[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
+                } else {
+                    for (k, v) in d[lo..hi].iter_mut().enumerate() {
+                        *v = src[x0 + k * col_step];
+                    }
                 }
             }
         }
@@ -93,6 +140,7 @@ impl Problem {
         match self.b {
             Gather::Window(_, w) if !padded.is_empty() => {
                 let (rows, phase_len, channels) = self.padded_geometry(&w);
+                let w = self.padded_window(&w);
                 let (sy, sx) = (w.stride[0], w.stride[1]);
                 let row_len = sx * phase_len;
                 let plane = rows * row_len;
