@@ -607,15 +607,29 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 times.sort_by(f64::total_cmp);
                 let median = times[times.len() / 2];
                 let (min, max) = (times[0], times[times.len() - 1]);
+                let layers = if profile {
+                    best_profile(&session, &inputs, &sources)?
+                } else {
+                    None
+                };
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "network": model.graph().name, "backend": b.name(), "threads": threads,
-                            "batch": batch, "iters": iters, "median_ms": median, "min_ms": min, "max_ms": max,
-                            "samples_ms": samples, "session_ms": session_ms,
-                        })
-                    );
+                    let mut obj = serde_json::json!({
+                        "network": model.graph().name, "backend": b.name(), "threads": threads,
+                        "batch": batch, "iters": iters, "median_ms": median, "min_ms": min, "max_ms": max,
+                        "samples_ms": samples, "session_ms": session_ms,
+                    });
+                    if let Some(layers) = &layers {
+                        obj["profile"] = layers
+                            .iter()
+                            .map(|e| {
+                                serde_json::json!({
+                                    "node": e.node, "op": e.op, "kernel": e.kernel,
+                                    "ms": e.ms, "macs": e.macs,
+                                })
+                            })
+                            .collect();
+                    }
+                    println!("{obj}");
                 } else {
                     println!(
                         "{} {} batch {batch} threads {threads}: median {median:.2} ms (min {min:.2}, max {max:.2}) over {iters} runs; session created in {session_ms:.1} ms",
@@ -623,8 +637,8 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                         b.name()
                     );
                 }
-                if profile {
-                    print_profile(&session, &inputs, &sources)?;
+                if let (Some(layers), false) = (&layers, json) {
+                    print_profile(layers);
                 }
             }
         }
@@ -685,33 +699,38 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
     Ok(())
 }
 
-/// Runs once layer by layer and prints the time per op kind and the slowest layers.
-fn print_profile(
+/// Runs the network layer by layer three times (the first warms the caches the
+/// way a timed run does) and keeps the fastest pass; `None` for backends that
+/// cannot run layer by layer.
+fn best_profile(
     session: &netc_runtime::Session,
     inputs: &[netc_runtime::HostTensor],
     sources: &SourceMap,
-) -> Result<(), ExitCode> {
+) -> Result<Option<Vec<netc_runtime::backend::cpu::ProfileEntry>>, ExitCode> {
     let netc_runtime::Program::Cpu(p) = session.program() else {
         eprintln!("note: --profile is available for the cpu backend only");
-        return Ok(());
+        return Ok(None);
     };
-    // Warm the caches the way a timed run does, then profile.
+    let total =
+        |v: &[netc_runtime::backend::cpu::ProfileEntry]| v.iter().map(|e| e.ms).sum::<f64>();
     let mut best: Option<Vec<netc_runtime::backend::cpu::ProfileEntry>> = None;
     for _ in 0..3 {
         let e = p.profile(inputs).map_err(|d| {
             report(&[d], sources);
             ExitCode::FAILURE
         })?;
-        let total =
-            |v: &[netc_runtime::backend::cpu::ProfileEntry]| v.iter().map(|e| e.ms).sum::<f64>();
         if best.as_ref().is_none_or(|b| total(&e) < total(b)) {
             best = Some(e);
         }
     }
-    let entries = best.unwrap_or_default();
+    Ok(best)
+}
+
+/// Prints a layer-by-layer profile: the time per op kind and the slowest layers.
+fn print_profile(entries: &[netc_runtime::backend::cpu::ProfileEntry]) {
     let total: f64 = entries.iter().map(|e| e.ms).sum();
     let mut by_op: Vec<(String, f64, usize)> = Vec::new();
-    for e in &entries {
+    for e in entries {
         let key = format!("{} ({})", e.op, e.kernel);
         match by_op.iter_mut().find(|(k, _, _)| *k == key) {
             Some(row) => {
@@ -734,9 +753,15 @@ fn print_profile(
     slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     println!("slowest layers:");
     for e in slow.iter().take(10) {
-        println!("  {:<48} {:<14} {:>8.3} ms", e.node, e.op, e.ms);
+        // GFLOP/s counts a multiply-accumulate as two operations, as the
+        // benchmark doc's floor does.
+        let rate = if e.macs > 0 && e.ms > 0.0 {
+            format!("{:>6.1} GFLOP/s", 2.0 * e.macs as f64 / (e.ms * 1e6))
+        } else {
+            String::new()
+        };
+        println!("  {:<48} {:<14} {:>8.3} ms  {rate}", e.node, e.op, e.ms);
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -127,3 +127,31 @@ fn init_weights_then_run_on_a_tensor_and_on_an_image() {
     let t = netc_runtime::weights::read_tensor(&bytes, Some("logits")).unwrap();
     assert_eq!(t.shape, [1, 1000]);
 }
+
+#[test]
+fn bench_profile_json_lists_every_layer_with_its_macs() {
+    let out = netc(&[
+        "bench",
+        "models/resnet18.net",
+        "--iters",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
+    let layers = v["profile"].as_array().expect("a profile array");
+    // The per-layer MACs add up to torchvision's figure for the whole network.
+    let macs: u64 = layers.iter().map(|e| e["macs"].as_u64().unwrap()).sum();
+    assert_eq!(macs, 1_814_073_344);
+    assert!(layers.iter().all(|e| e["ms"].as_f64().unwrap() >= 0.0));
+    assert!(
+        layers.iter().any(|e| e["node"] == "layer4.1.conv2"),
+        "{text}"
+    );
+}

@@ -304,6 +304,9 @@ pub struct ProfileEntry {
     pub kernel: &'static str,
     /// Wall time, milliseconds.
     pub ms: f64,
+    /// Multiply-accumulates of this layer for the whole batch (0 for ops
+    /// that count none), so that callers can report GFLOP/s per layer.
+    pub macs: u64,
 }
 
 impl CpuProgram {
@@ -480,12 +483,21 @@ impl CpuProgram {
                         let f: jit::LayerFn = unsafe { std::mem::transmute(f) };
                         unsafe { f(d as *const u8, tid, threads) }
                     }));
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
                     let n = self.graph.node(node);
+                    let operands: Vec<_> = self
+                        .graph
+                        .operands(node)
+                        .iter()
+                        .map(|o| &self.graph.node(*o).shape)
+                        .collect();
+                    let macs = netc_compiler::ops::macs(&n.op, &operands, &n.shape) * batch as u64;
                     entries.push(ProfileEntry {
                         node: n.name.clone(),
                         op: n.op.mnemonic().to_string(),
                         kernel: k.name(),
-                        ms: t.elapsed().as_secs_f64() * 1e3,
+                        ms,
+                        macs,
                     });
                 }
             }
