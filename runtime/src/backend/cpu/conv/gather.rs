@@ -152,6 +152,9 @@ impl Problem {
                     cols.extend([t, len, n * channels * plane + oy * sy * row_len + ox]);
                     panel_segs[q + 1] = cols.len() / 3;
                 });
+                // The furthest element any segment reads, relative to a tap's
+                // offset: one bounds check per tap instead of one per copy.
+                let reach = cols.chunks_exact(3).map(|s| s[2] + s[1]).max().unwrap_or(0);
                 let (kh, kw) = (w.kernel[0], w.kernel[1]);
                 for kk in 0..kc {
                     let kidx = k0 + kk;
@@ -161,69 +164,88 @@ impl Problem {
                         + (r / kw) * w.dilation[0] * row_len
                         + (dx % sx) * phase_len
                         + dx / sx;
+                    assert!(off + reach <= padded.len());
+                    let src = padded[off..].as_ptr();
                     for q in 0..ncp / NR {
                         let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
                         for seg in cols[panel_segs[q] * 3..panel_segs[q + 1] * 3].chunks_exact(3) {
-                            let (t0, len, at) = (seg[0], seg[1], seg[2] + off);
-                            copy_short(&mut dst[t0..t0 + len], &padded[at..at + len]);
+                            let (t0, len, at) = (seg[0], seg[1], seg[2]);
+                            debug_assert!(t0 + len <= NR);
+                            // SAFETY: `row_segments` keeps t0 + len within the
+                            // panel's NR lanes, and at + len ≤ reach was
+                            // checked against `padded` above.
+                            unsafe { copy_short(dst.as_mut_ptr().add(t0), src.add(at), len) };
                         }
                         dst[NR.min(nc - q * NR)..].fill(0.0);
                     }
                 }
             }
-            Gather::Strided(l) => {
+            Gather::Strided(l) if l.row_stride == 1 => {
+                // K is contiguous (a linear layer's tokens): read each column's
+                // run of K once and scatter it into the panel.
                 cols.clear();
                 cols.extend((j0..j0 + nc).map(|j| l.at(ps, 0, j)));
                 for q in 0..ncp / NR {
                     let panel = &mut out[q * kc * NR..(q + 1) * kc * NR];
                     let lanes = NR.min(nc - q * NR);
-                    if l.row_stride == 1 {
-                        // K is contiguous (a linear layer's rows): read each
-                        // column's run of K once and scatter it into the panel.
-                        if lanes < NR {
-                            panel.fill(0.0);
+                    if lanes < NR {
+                        panel.fill(0.0);
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if lanes == NR && kc >= 8 && Kernel::detect() == Kernel::Avx2Fma {
+                        let mut src = [std::ptr::null(); NR];
+                        for (t, p) in src.iter_mut().enumerate() {
+                            *p = self.at_ptr(cols[q * NR + t] + k0) as *const f32;
                         }
-                        #[cfg(target_arch = "x86_64")]
-                        if lanes == NR && kc >= 8 && Kernel::detect() == Kernel::Avx2Fma {
-                            let mut src = [std::ptr::null(); NR];
-                            for (t, p) in src.iter_mut().enumerate() {
-                                *p = self.at_ptr(cols[q * NR + t] + k0) as *const f32;
-                            }
-                            // SAFETY: AVX2 checked; each source holds kc floats
-                            // and the panel kc·NR.
-                            let done =
-                                unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
-                            for (t, p) in src.iter().enumerate() {
-                                for kk in done..kc {
-                                    // SAFETY: as above.
-                                    panel[kk * NR + t] = unsafe { *p.add(kk) };
-                                }
-                            }
-                            continue;
-                        }
-                        for t in 0..lanes {
-                            // SAFETY: the caller guarantees the layout's extent.
-                            let src = unsafe {
-                                std::slice::from_raw_parts(self.at_ptr(cols[q * NR + t] + k0), kc)
-                            };
-                            for (kk, v) in src.iter().enumerate() {
-                                panel[kk * NR + t] = *v;
+                        // SAFETY: AVX2 checked; each source holds kc floats
+                        // and the panel kc·NR.
+                        let done = unsafe { transpose_into_panel(&src, kc, panel.as_mut_ptr()) };
+                        for (t, p) in src.iter().enumerate() {
+                            for kk in done..kc {
+                                // SAFETY: as above.
+                                panel[kk * NR + t] = unsafe { *p.add(kk) };
                             }
                         }
                         continue;
                     }
+                    for t in 0..lanes {
+                        // SAFETY: the caller guarantees the layout's extent.
+                        let src = unsafe {
+                            std::slice::from_raw_parts(self.at_ptr(cols[q * NR + t] + k0), kc)
+                        };
+                        for (kk, v) in src.iter().enumerate() {
+                            panel[kk * NR + t] = *v;
+                        }
+                    }
+                }
+            }
+            Gather::Strided(l) => {
+                // Rows of B are rows of the input (1×1 convolutions): walk each
+                // input row once, left to right, handing its pieces to every
+                // panel. (Panel by panel would sweep the whole K block once per
+                // panel, and a K block of a large layer does not stay in L2.)
+                cols.clear();
+                cols.extend((j0..j0 + nc).map(|j| l.at(ps, 0, j)));
+                let panels = ncp / NR;
+                // Per panel: whether its columns are consecutive in memory.
+                let mut contiguous = [false; COLUMN_BLOCK_MAX / NR + 1];
+                for (q, c) in contiguous[..panels].iter_mut().enumerate() {
+                    let lanes = NR.min(nc - q * NR);
                     let first = cols[q * NR];
-                    let contiguous =
-                        l.col_stride == 1 && cols[q * NR + lanes - 1] == first + lanes - 1;
-                    for kk in 0..kc {
-                        let dst = &mut panel[kk * NR..kk * NR + NR];
-                        let row = (k0 + kk) * l.row_stride;
+                    *c = l.col_stride == 1 && cols[q * NR + lanes - 1] == first + lanes - 1;
+                }
+                for kk in 0..kc {
+                    let row = (k0 + kk) * l.row_stride;
+                    for (q, &contiguous) in contiguous[..panels].iter().enumerate() {
+                        let lanes = NR.min(nc - q * NR);
+                        let dst = &mut out[q * kc * NR + kk * NR..q * kc * NR + kk * NR + NR];
                         if contiguous {
                             // SAFETY: the caller guarantees the layout's extent.
                             let src = unsafe {
-                                std::slice::from_raw_parts(self.at_ptr(first + row), lanes)
+                                std::slice::from_raw_parts(self.at_ptr(cols[q * NR] + row), lanes)
                             };
-                            dst[..lanes].copy_from_slice(src);
+                            // SAFETY: both hold `lanes` floats.
+                            unsafe { copy_short(dst.as_mut_ptr(), src.as_ptr(), lanes) };
                         } else {
                             for (t, d) in dst[..lanes].iter_mut().enumerate() {
                                 // SAFETY: as above.
@@ -297,7 +319,8 @@ impl Problem {
                                 // SAFETY: lanes lo..hi are inside the input row.
                                 let src =
                                     unsafe { std::slice::from_raw_parts(self.at_ptr(at), hi - lo) };
-                                copy_short(&mut d[lo..hi], src);
+                                // SAFETY: both hold hi − lo floats.
+                                unsafe { copy_short(d[lo..].as_mut_ptr(), src.as_ptr(), hi - lo) };
                             } else {
                                 for (i, v) in d[lo..hi].iter_mut().enumerate() {
                                     // SAFETY: as above, every sx-th element.
@@ -389,32 +412,32 @@ fn row_segments(
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short runs of the gathers (at most a
-/// panel's width): fixed-size, possibly overlapping moves instead of a call
-/// to `memmove`.
+/// Copies `n` floats (at most [`NR`]) from `src` to `dst` with at most two
+/// overlapping vector moves, for the gathers' short runs: a `copy_from_slice`
+/// of a run-time length becomes a `memmove` call, which costs more than the
+/// copy.
+///
+/// # Safety
+/// `src` must be readable and `dst` writable for `n` floats, and they must
+/// not overlap.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    assert_eq!(n, src.len());
-    if (8..=16).contains(&n) {
-        let (head, tail): ([f32; 8], [f32; 8]) = (
-            src[..8].try_into().unwrap(),
-            src[n - 8..].try_into().unwrap(),
-        );
-        dst[..8].copy_from_slice(&head);
-        dst[n - 8..].copy_from_slice(&tail);
-    } else if (4..8).contains(&n) {
-        let (head, tail): ([f32; 4], [f32; 4]) = (
-            src[..4].try_into().unwrap(),
-            src[n - 4..].try_into().unwrap(),
-        );
-        dst[..4].copy_from_slice(&head);
-        dst[n - 4..].copy_from_slice(&tail);
-    } else if n < 4 {
-        // Element by element: a `copy_from_slice` here becomes a `memmove` call.
-        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
-    } else {
-        dst.copy_from_slice(src);
+unsafe fn copy_short(dst: *mut f32, src: *const f32, n: usize) {
+    debug_assert!(n <= NR);
+    // SAFETY (all arms): the moves stay within the first n floats of both.
+    unsafe {
+        // Constant-length copies become single vector moves; the two may
+        // write the same lanes twice, with the same values.
+        if n >= 8 {
+            std::ptr::copy_nonoverlapping(src, dst, 8);
+            std::ptr::copy_nonoverlapping(src.add(n - 8), dst.add(n - 8), 8);
+        } else if n >= 4 {
+            std::ptr::copy_nonoverlapping(src, dst, 4);
+            std::ptr::copy_nonoverlapping(src.add(n - 4), dst.add(n - 4), 4);
+        } else {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
+            }
+        }
     }
 }
 
