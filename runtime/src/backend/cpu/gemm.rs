@@ -261,19 +261,8 @@ pub struct TileEpilogue {
     pub residual_ld: usize,
     /// Whether the residual is added before the activation.
     pub residual_first: bool,
-    /// Activation.
-    pub act: TileAct,
-}
-
-/// Activations the fused micro-kernel applies in registers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TileAct {
-    /// None.
-    Identity,
-    /// max(x, 0).
-    Relu,
-    /// min(max(x, 0), 6).
-    Relu6,
+    /// Activation (ReLU and ReLU6 inline; the others from `vmath.rs`).
+    pub act: Option<netc_compiler::ir::Activation>,
 }
 
 impl Kernel {
@@ -454,46 +443,43 @@ mod avx2 {
         out_ld: usize,
         e: &super::TileEpilogue,
     ) {
-        use super::TileAct;
-        let acc = tile_sums(kc, a, b);
-        let zero = _mm256_setzero_ps();
-        let six = _mm256_set1_ps(6.0);
-        let act = |v: __m256| match e.act {
-            TileAct::Identity => v,
-            TileAct::Relu => _mm256_max_ps(v, zero),
-            TileAct::Relu6 => _mm256_min_ps(_mm256_max_ps(v, zero), six),
-        };
-        for (r, row) in acc.iter().enumerate() {
-            let mut v = *row;
+        let mut acc = tile_sums(kc, a, b);
+        for (r, v) in acc.iter_mut().enumerate() {
             if !prior.is_null() {
                 // Earlier K blocks first, as the unfused path adds them.
                 let p = prior.add(r * prior_ld);
-                v = [
+                *v = [
                     _mm256_add_ps(_mm256_loadu_ps(p), v[0]),
                     _mm256_add_ps(_mm256_loadu_ps(p.add(8)), v[1]),
                 ];
             }
             if !e.bias.is_null() {
                 let bv = _mm256_broadcast_ss(&*e.bias.add(r));
-                v = [_mm256_add_ps(v[0], bv), _mm256_add_ps(v[1], bv)];
+                *v = [_mm256_add_ps(v[0], bv), _mm256_add_ps(v[1], bv)];
             }
-            let res = |v: [__m256; 2]| {
-                if e.residual.is_null() {
-                    return v;
-                }
+        }
+        let residual = |acc: &mut [[__m256; 2]; MR]| {
+            if e.residual.is_null() {
+                return;
+            }
+            for (r, v) in acc.iter_mut().enumerate() {
                 let p = e.residual.add(r * e.residual_ld);
-                [
+                *v = [
                     _mm256_add_ps(v[0], _mm256_loadu_ps(p)),
                     _mm256_add_ps(v[1], _mm256_loadu_ps(p.add(8))),
-                ]
-            };
-            if e.residual_first {
-                v = res(v);
-                v = [act(v[0]), act(v[1])];
-            } else {
-                v = [act(v[0]), act(v[1])];
-                v = res(v);
+                ];
             }
+        };
+        if e.residual_first {
+            residual(&mut acc);
+        }
+        if let Some(act) = e.act {
+            crate::backend::cpu::vmath::act_tile(act, acc.as_flattened_mut());
+        }
+        if !e.residual_first {
+            residual(&mut acc);
+        }
+        for (r, v) in acc.iter().enumerate() {
             let d = out.add(r * out_ld);
             _mm256_storeu_ps(d, v[0]);
             _mm256_storeu_ps(d.add(8), v[1]);

@@ -7,6 +7,8 @@
 //! - **activation kernels** over contiguous `f32` runs, in F32X4 with a scalar
 //!   tail: ReLU/ReLU6/hard-sigmoid as compare-and-select, and exp-based
 //!   functions (sigmoid, SiLU, tanh, GELU) as polynomial approximations.
+//!   CPUs with AVX2 and FMA run their eight-lane twins in `vmath.rs` instead
+//!   (same approximations, coefficients shared from here, 2–3× faster).
 //!
 //! The GEMM micro-kernel is not generated here: Cranelift's x86-64 backend
 //! has 128-bit vectors only (≈28 GFLOP/s per core against ≈80 for the AVX2
@@ -25,6 +27,48 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use netc_compiler::ir::Activation;
+
+/// exp's reduction `r = x − n·ln 2` with ln 2 in two parts (Cephes), and
+/// its polynomial (highest coefficient first); shared with `vmath.rs`.
+pub(super) const LN2_PARTS: [f32; 2] = [-0.693_359_4, 2.121_944_4e-4];
+/// See [`LN2_PARTS`].
+pub(super) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+/// Eigen's rational tanh: the input bound, numerator and denominator
+/// polynomials in x² (the numerator is then multiplied by x).
+pub(super) const TANH_LIMIT: f32 = 7.905_311;
+/// See [`TANH_LIMIT`].
+pub(super) const TANH_P: [f32; 7] = [
+    -2.760_768_5e-16,
+    2.000_187_9e-13,
+    -8.604_671_5e-11,
+    5.122_297e-8,
+    1.485_722_4e-5,
+    6.372_619_3e-4,
+    4.893_524_6e-3,
+];
+/// See [`TANH_LIMIT`].
+pub(super) const TANH_Q: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3];
+/// Numerical Recipes' erfc: the polynomial in t = 1/(1 + z/2) whose exp gives
+/// erfc(z) = t·exp(poly(t) − z²).
+pub(super) const ERFC_POLY: [f32; 10] = [
+    0.170_872_77,
+    -0.822_152_23,
+    1.488_515_9,
+    -1.135_203_98,
+    0.278_868_07,
+    -0.186_288_06,
+    0.096_784_18,
+    0.374_091_96,
+    1.000_023_7,
+    -1.265_512_2,
+];
 
 /// An activation kernel: `dst[i] = f(src[i])` for `i < len` (`dst` may be `src`).
 pub type ActFn = unsafe extern "C" fn(src: *const f32, dst: *mut f32, len: usize);
@@ -399,21 +443,11 @@ impl Math<'_, '_> {
         let log2e = self.c(std::f32::consts::LOG2_E);
         let t = self.mul(x, log2e);
         let n = self.b.ins().nearest(t);
-        let c1 = self.c(-0.693_359_4);
-        let c2 = self.c(2.121_944_4e-4);
+        let c1 = self.c(LN2_PARTS[0]);
+        let c2 = self.c(LN2_PARTS[1]);
         let r = self.fma(n, c1, x);
         let r = self.fma(n, c2, r);
-        let p = self.poly(
-            r,
-            &[
-                1.987_569_1e-4,
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                5.000_000_1e-1,
-            ],
-        );
+        let p = self.poly(r, &EXP_POLY);
         let r2 = self.mul(r, r);
         let one = self.c(1.0);
         let p = self.fma(p, r2, r);
@@ -458,29 +492,14 @@ impl Math<'_, '_> {
     /// saturation beyond); keeps relative accuracy near 0, where 1 - 2/(e^2x+1)
     /// would cancel.
     fn tanh(&mut self, x: Value) -> Value {
-        let lim = 7.905_311;
-        let lo = self.c(-lim);
-        let hi = self.c(lim);
+        let lo = self.c(-TANH_LIMIT);
+        let hi = self.c(TANH_LIMIT);
         let x = self.max(x, lo);
         let x = self.min(x, hi);
         let x2 = self.mul(x, x);
-        let p = self.poly(
-            x2,
-            &[
-                -2.760_768_5e-16,
-                2.000_187_9e-13,
-                -8.604_671_5e-11,
-                5.122_297e-8,
-                1.485_722_4e-5,
-                6.372_619_3e-4,
-                4.893_524_6e-3,
-            ],
-        );
+        let p = self.poly(x2, &TANH_P);
         let p = self.mul(p, x);
-        let q = self.poly(
-            x2,
-            &[1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3],
-        );
+        let q = self.poly(x2, &TANH_Q);
         self.div(p, q)
     }
 
@@ -495,21 +514,7 @@ impl Math<'_, '_> {
         let one = self.c(1.0);
         let hz = self.fma(half, z, one);
         let t = self.div(one, hz);
-        let p = self.poly(
-            t,
-            &[
-                0.170_872_77,
-                -0.822_152_23,
-                1.488_515_9,
-                -1.135_203_98,
-                0.278_868_07,
-                -0.186_288_06,
-                0.096_784_18,
-                0.374_091_96,
-                1.000_023_7,
-                -1.265_512_2,
-            ],
-        );
+        let p = self.poly(t, &ERFC_POLY);
         // exp(p - z²) with z² = x²/2 taken as x·x rounded plus its FMA
         // residual, summed once into the argument: for |x| ≤ 3 the sum's
         // rounding is ≤ 2.4e-7 relative in the result, and below -3 the
@@ -585,7 +590,8 @@ impl Math<'_, '_> {
 }
 
 /// `cargo test --release -p netc-runtime activation_throughput -- --ignored --nocapture`:
-/// nanoseconds per element of each generated activation on an L1-resident buffer.
+/// nanoseconds per element of each generated activation on an L1-resident
+/// buffer, and of its AVX2 twin in `vmath.rs`.
 #[cfg(test)]
 mod bench {
     use super::*;
@@ -598,18 +604,37 @@ mod bench {
         let mut y = vec![0f32; x.len()];
         for (a, f) in &kernels {
             let mut best = f64::MAX;
+            // In place, as the kernels run (and as the twin below runs): the
+            // same values pass through both.
             for _ in 0..20 {
+                y.copy_from_slice(&x);
                 let t = std::time::Instant::now();
                 for _ in 0..50 {
-                    // SAFETY: both buffers hold x.len() floats.
-                    unsafe { f(x.as_ptr(), y.as_mut_ptr(), x.len()) };
+                    // SAFETY: the buffer holds y.len() floats.
+                    unsafe { f(y.as_ptr(), y.as_mut_ptr(), y.len()) };
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
             let name = a.map_or("exp", |a| a.name());
+            let mut twin = f64::NAN;
+            #[cfg(target_arch = "x86_64")]
+            if crate::backend::cpu::vmath::available() {
+                twin = f64::MAX;
+                for _ in 0..20 {
+                    y.copy_from_slice(&x);
+                    let t = std::time::Instant::now();
+                    for _ in 0..50 {
+                        // SAFETY: AVX2 and FMA checked.
+                        unsafe { crate::backend::cpu::vmath::apply(*a, &mut y) };
+                    }
+                    twin = twin.min(t.elapsed().as_secs_f64());
+                }
+            }
+            let per = |t: f64| t / (50.0 * x.len() as f64) * 1e9;
             println!(
-                "{name:12} {:.2} ns/element",
-                best / (50.0 * x.len() as f64) * 1e9
+                "{name:12} generated {:.2} ns/element, AVX2 twin {:.2}",
+                per(best),
+                per(twin)
             );
         }
     }

@@ -6,14 +6,15 @@
 //! by the memory plan. Convolutions and linear layers are GEMMs with weights
 //! packed once, at load, for the AVX2 micro-kernel (`gemm.rs`, `conv/`);
 //! their epilogues run on each block of output while it is in cache.
-//! Activations are generated F32X4 code. Work is split across a persistent
+//! Activations are generated F32X4 code, with eight-lane AVX2 twins
+//! (`vmath.rs`) that CPUs with AVX2 run. Work is split across a persistent
 //! pool of threads (`pool.rs`) that meet at a barrier between layers.
 //!
 //! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
 //! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues), `kernels.rs` (every other
 //! layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
-//! optional guard pages).
+//! optional guard pages), `vmath.rs` (AVX2 activations).
 
 pub mod conv;
 pub mod gemm;
@@ -22,6 +23,8 @@ pub mod kernels;
 pub mod lower;
 pub mod memory;
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+pub mod vmath;
 
 use crate::weights::{HostTensor, Weights};
 use memory::Region;
@@ -39,8 +42,9 @@ pub enum Act {
     Relu,
     /// min(max(x, 0), 6), inlined.
     Relu6,
-    /// A generated kernel.
-    Generated(jit::ActFn),
+    /// A smooth activation (`None`: exp, for softmax): its generated kernel,
+    /// or on CPUs with AVX2 and FMA its eight-lane twin in `vmath.rs`.
+    Generated(Option<Activation>, jit::ActFn),
 }
 
 impl std::fmt::Debug for Act {
@@ -48,7 +52,7 @@ impl std::fmt::Debug for Act {
         match self {
             Act::Relu => f.write_str("relu"),
             Act::Relu6 => f.write_str("relu6"),
-            Act::Generated(_) => f.write_str("generated"),
+            Act::Generated(a, _) => f.write_str(a.map_or("exp", |a| a.name())),
         }
     }
 }
@@ -65,8 +69,17 @@ impl Act {
             // to a masked store that stalls the next load.
             Act::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
             Act::Relu6 => x.iter_mut().for_each(|v| *v = v.max(0.0).min(6.0)),
-            // SAFETY: the kernel reads and writes `len` floats.
-            Act::Generated(f) => unsafe { f(x.as_ptr(), x.as_mut_ptr(), x.len()) },
+            Act::Generated(a, f) => {
+                #[cfg(target_arch = "x86_64")]
+                if vmath::available() {
+                    // SAFETY: AVX2 and FMA checked.
+                    unsafe { vmath::apply(a, x) };
+                    return;
+                }
+                let _ = a;
+                // SAFETY: the kernel reads and writes `len` floats.
+                unsafe { f(x.as_ptr(), x.as_mut_ptr(), x.len()) }
+            }
         }
     }
 }
@@ -323,9 +336,9 @@ impl CpuProgram {
         for (a, f) in fns {
             match a {
                 Some(a) => {
-                    acts.insert(a, Act::Generated(f));
+                    acts.insert(a, Act::Generated(Some(a), f));
                 }
-                None => exp = Some(Act::Generated(f)),
+                None => exp = Some(Act::Generated(None, f)),
             }
         }
         let threads = options.threads.max(1);
@@ -350,6 +363,17 @@ impl CpuProgram {
     /// The graph this program runs.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Applies `a`'s generated (Cranelift) kernel to `x` in place, the path of
+    /// CPUs without AVX2 (for accuracy tests; [`CpuProgram::apply_activation`]
+    /// runs what this CPU runs).
+    pub fn apply_generated_activation(&self, a: Activation, x: &mut [f32]) {
+        match self.acts.get(&a) {
+            // SAFETY: the kernel reads and writes `len` floats.
+            Some(Act::Generated(_, f)) => unsafe { f(x.as_ptr(), x.as_mut_ptr(), x.len()) },
+            _ => self.apply_activation(a, x),
+        }
     }
 
     /// Applies the program's kernel for `a` to `x` in place (for accuracy tests).

@@ -2,18 +2,19 @@
 //! of a GEMM, fused into the micro-kernel where it can run them in registers.
 
 use super::{FusedPlan, Layout, Problem, Step};
-use crate::backend::cpu::gemm::{Kernel, TileAct, TileEpilogue, MR, NR};
+use crate::backend::cpu::gemm::{Kernel, TileEpilogue, MR, NR};
 use crate::backend::cpu::Act;
+use netc_compiler::ir::Activation;
 
 impl Problem {
     /// The epilogue as the fused micro-kernel runs it, if it can: an optional
-    /// bias first, then at most one ReLU/ReLU6 and one residual add in
+    /// bias first, then at most one activation and one residual add in
     /// either order.
     pub(super) fn fused_plan(&self) -> Option<FusedPlan> {
         let mut steps = self.epilogue.as_slice();
         let mut plan = FusedPlan {
             bias: std::ptr::null(),
-            act: TileAct::Identity,
+            act: None,
             residual: None,
             residual_first: false,
         };
@@ -23,11 +24,18 @@ impl Problem {
         }
         for step in steps {
             match *step {
-                Step::Act(Act::Relu) if plan.act == TileAct::Identity => plan.act = TileAct::Relu,
-                Step::Act(Act::Relu6) if plan.act == TileAct::Identity => plan.act = TileAct::Relu6,
+                Step::Act(a) if plan.act.is_none() => {
+                    plan.act = Some(match a {
+                        Act::Relu => Activation::Relu,
+                        Act::Relu6 => Activation::Relu6,
+                        Act::Generated(Some(a), _) => a,
+                        // exp is softmax's, never an epilogue's.
+                        Act::Generated(None, _) => return None,
+                    })
+                }
                 Step::Add(l) if plan.residual.is_none() && l.col_stride == 1 => {
                     plan.residual = Some(l);
-                    plan.residual_first = plan.act == TileAct::Identity;
+                    plan.residual_first = plan.act.is_none();
                 }
                 _ => return None,
             }

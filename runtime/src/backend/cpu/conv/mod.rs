@@ -13,7 +13,7 @@
 mod epilogue;
 mod gather;
 
-use super::gemm::{Kernel, TileAct, K_BLOCK, MR, NR};
+use super::gemm::{Kernel, K_BLOCK, MR, NR};
 use super::Act;
 
 /// How a tensor's elements are addressed by (row, column) of a GEMM:
@@ -108,7 +108,7 @@ unsafe impl Sync for Problem {}
 /// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
 struct FusedPlan {
     bias: *const f32,
-    act: TileAct,
+    act: Option<netc_compiler::ir::Activation>,
     residual: Option<Layout>,
     residual_first: bool,
 }

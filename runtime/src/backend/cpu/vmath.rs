@@ -1,0 +1,336 @@
+//! Eight-lane (AVX2 + FMA) twins of the generated activations in `jit.rs`:
+//! the same approximations (Cephes' exp, Eigen's tanh, Numerical Recipes'
+//! erfc), the same operations in the same order, on ymm registers.
+//!
+//! Why they exist beside the generated kernels: Cranelift's x86-64 backend
+//! has 128-bit vectors only, so a generated activation does half the work per
+//! instruction of one written for ymm, and the GEMM epilogue would have to
+//! store each tile and call out to it. [`act_tile`] runs inside the fused
+//! micro-kernel on the accumulators themselves, and [`apply`] is what
+//! [`super::Act::apply`] runs on CPUs with AVX2 and FMA (measured in
+//! `docs/benchmarks.md`). CPUs without them run the generated kernels.
+
+use super::jit::{ERFC_POLY, EXP_POLY, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q};
+use netc_compiler::ir::Activation;
+use std::arch::x86_64::*;
+
+/// Whether this CPU runs the functions of this module.
+#[inline]
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Horner's rule, highest coefficient first.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn poly(x: __m256, coeffs: &[f32]) -> __m256 {
+    let mut acc = _mm256_set1_ps(coeffs[0]);
+    for &k in &coeffs[1..] {
+        acc = _mm256_fmadd_ps(acc, x, _mm256_set1_ps(k));
+    }
+    acc
+}
+
+/// `x < 0 ? neg : pos`, lane by lane.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn select_negative(x: __m256, neg: __m256, pos: __m256) -> __m256 {
+    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+    _mm256_blendv_ps(pos, neg, lt)
+}
+
+/// e^x, as `jit.rs`'s: inputs clamped to [-87, 88] (NaN stays NaN), range
+/// reduction by ln 2 in two parts, a degree-7 polynomial, 2^n through the
+/// exponent bits.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp8(x: __m256) -> __m256 {
+    // max/min return their second operand when either is NaN: the bound
+    // first keeps a NaN input.
+    let x = _mm256_max_ps(_mm256_set1_ps(-87.0), x);
+    let x = _mm256_min_ps(_mm256_set1_ps(88.0), x);
+    let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(LN2_PARTS[0]), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(LN2_PARTS[1]), r);
+    let p = poly(r, &EXP_POLY);
+    let r2 = _mm256_mul_ps(r, r);
+    let p = _mm256_fmadd_ps(p, r2, r);
+    let p = _mm256_add_ps(p, _mm256_set1_ps(1.0));
+    // n is integral and within [-126, 127]: adding 1.5·2^23 leaves it in the
+    // low mantissa bits, and the integer is then n + 0x4B40_0000.
+    let shifted = _mm256_add_ps(n, _mm256_set1_ps(12_582_912.0));
+    let e = _mm256_sub_epi32(
+        _mm256_castps_si256(shifted),
+        _mm256_set1_epi32(0x4B40_0000 - 127),
+    );
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e));
+    _mm256_mul_ps(p, scale)
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn sigmoid8(x: __m256) -> __m256 {
+    let nx = _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
+    let one = _mm256_set1_ps(1.0);
+    _mm256_div_ps(one, _mm256_add_ps(one, exp8(nx)))
+}
+
+/// Eigen's rational tanh, as `jit.rs`'s.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn tanh8(x: __m256) -> __m256 {
+    // Bound first, so that NaN stays NaN (see `exp8`).
+    let x = _mm256_max_ps(_mm256_set1_ps(-TANH_LIMIT), x);
+    let x = _mm256_min_ps(_mm256_set1_ps(TANH_LIMIT), x);
+    let x2 = _mm256_mul_ps(x, x);
+    let p = poly(x2, &TANH_P);
+    let p = _mm256_mul_ps(p, x);
+    let q = poly(x2, &TANH_Q);
+    _mm256_div_ps(p, q)
+}
+
+/// Exact (erf) GELU through erfc, as `jit.rs`'s.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gelu8(x: __m256) -> __m256 {
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let z = _mm256_andnot_ps(_mm256_set1_ps(-0.0), z);
+    let hz = _mm256_fmadd_ps(half, z, one);
+    let t = _mm256_div_ps(one, hz);
+    let p = poly(t, &ERFC_POLY);
+    let x2 = _mm256_mul_ps(x, x);
+    let nx2 = _mm256_xor_ps(x2, _mm256_set1_ps(-0.0));
+    let x2_lo = _mm256_fmadd_ps(x, x, nx2);
+    let e_hi = _mm256_mul_ps(nx2, half);
+    let lo = _mm256_mul_ps(x2_lo, half);
+    let arg_lo = _mm256_sub_ps(p, lo);
+    let arg = _mm256_add_ps(e_hi, arg_lo);
+    let erfc = _mm256_mul_ps(t, exp8(arg));
+    let h = _mm256_mul_ps(half, erfc);
+    let pos = _mm256_sub_ps(one, h);
+    _mm256_mul_ps(x, select_negative(x, h, pos))
+}
+
+/// GELU with the tanh approximation, as x·sigmoid(2u).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gelu_tanh8(x: __m256) -> __m256 {
+    let x2 = _mm256_mul_ps(x, x);
+    let inner = _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x2, _mm256_set1_ps(1.0));
+    let u = _mm256_mul_ps(x, inner);
+    let u2 = _mm256_mul_ps(u, _mm256_set1_ps(2.0 * 0.797_884_6));
+    _mm256_mul_ps(x, sigmoid8(u2))
+}
+
+/// relu6(x + 3) / 6.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hardsigmoid8(x: __m256) -> __m256 {
+    let y = _mm256_add_ps(x, _mm256_set1_ps(3.0));
+    let y = _mm256_max_ps(y, _mm256_setzero_ps());
+    let y = _mm256_min_ps(y, _mm256_set1_ps(6.0));
+    _mm256_mul_ps(y, _mm256_set1_ps(1.0 / 6.0))
+}
+
+/// Expands `$body` once per activation with `$f` bound to its 8-lane
+/// function, so that every loop is specialised to one activation. `None`
+/// is exp (softmax's kernel).
+macro_rules! per_activation {
+    ($a:expr, $f:ident => $body:block) => {
+        match $a {
+            Some(Activation::Relu) => {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                fn $f(x: __m256) -> __m256 {
+                    // NaN maps to 0, as the scalar `max` does.
+                    _mm256_max_ps(x, _mm256_setzero_ps())
+                }
+                $body
+            }
+            Some(Activation::Relu6) => {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                fn $f(x: __m256) -> __m256 {
+                    _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(6.0))
+                }
+                $body
+            }
+            Some(Activation::Hardsigmoid) => {
+                use hardsigmoid8 as $f;
+                $body
+            }
+            Some(Activation::Hardswish) => {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                fn $f(x: __m256) -> __m256 {
+                    _mm256_mul_ps(x, hardsigmoid8(x))
+                }
+                $body
+            }
+            Some(Activation::Sigmoid) => {
+                use sigmoid8 as $f;
+                $body
+            }
+            Some(Activation::Silu) => {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                fn $f(x: __m256) -> __m256 {
+                    _mm256_mul_ps(x, sigmoid8(x))
+                }
+                $body
+            }
+            Some(Activation::Tanh) => {
+                use tanh8 as $f;
+                $body
+            }
+            Some(Activation::GeluTanh) => {
+                use gelu_tanh8 as $f;
+                $body
+            }
+            Some(Activation::Gelu) => {
+                use gelu8 as $f;
+                $body
+            }
+            None => {
+                use exp8 as $f;
+                $body
+            }
+        }
+    };
+}
+
+/// Applies activation `a` (exp for `None`) to `x` in place, sixteen lanes
+/// per step in two independent chains, the tail through a padded vector.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (see [`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn apply(a: Option<Activation>, x: &mut [f32]) {
+    per_activation!(a, f => {
+        let mut pairs = x.chunks_exact_mut(16);
+        for c in &mut pairs {
+            // SAFETY: the chunk holds 16 floats.
+            unsafe {
+                let p = c.as_mut_ptr();
+                let (u, v) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                _mm256_storeu_ps(p, f(u));
+                _mm256_storeu_ps(p.add(8), f(v));
+            }
+        }
+        for c in pairs.into_remainder().chunks_mut(8) {
+            let mut lanes = [0f32; 8];
+            lanes[..c.len()].copy_from_slice(c);
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), f(_mm256_loadu_ps(lanes.as_ptr())));
+            }
+            let n = c.len();
+            c.copy_from_slice(&lanes[..n]);
+        }
+    })
+}
+
+/// Applies activation `a` to every register of a micro-tile, inside the
+/// fused GEMM kernel; lane for lane the same results as [`apply`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (callers compiled with both call it
+/// without `unsafe`).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub fn act_tile(a: Activation, tile: &mut [__m256]) {
+    per_activation!(Some(a), f => {
+        for v in tile.iter_mut() {
+            *v = f(*v);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Same inputs through the generated kernels and these: both implement
+    /// one approximation, so they agree to a few ulp (FMA contraction and
+    /// rounding order may differ by one step).
+    #[test]
+    fn agrees_with_the_generated_kernels() {
+        if !available() {
+            return;
+        }
+        let (_jit, kernels) = super::super::jit::compile_activations().unwrap();
+        let xs: Vec<f32> = (0..20_011)
+            .map(|i| -30.0 + 60.0 * i as f32 / 20_011.0)
+            .chain([0.0, -0.0, 1e-6, -1e-6, 87.0, -87.0, 100.0, -100.0])
+            .collect();
+        for (a, f) in &kernels {
+            let mut want = vec![0f32; xs.len()];
+            // SAFETY: both buffers hold xs.len() floats.
+            unsafe { f(xs.as_ptr(), want.as_mut_ptr(), xs.len()) };
+            let mut got = xs.clone();
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { apply(*a, &mut got) };
+            for ((x, w), g) in xs.iter().zip(&want).zip(&got) {
+                let name = a.map_or("exp", |a| a.name());
+                let tol = 4.0 * f32::EPSILON * w.abs().max(f32::MIN_POSITIVE);
+                assert!((g - w).abs() <= tol, "{name}({x}) = {g}, generated {w}");
+            }
+        }
+    }
+
+    /// NaN in, NaN out, as PyTorch gives, for the exp-based functions.
+    #[test]
+    fn smooth_activations_keep_nan() {
+        if !available() {
+            return;
+        }
+        use Activation::*;
+        for a in [
+            None,
+            Some(Sigmoid),
+            Some(Silu),
+            Some(Tanh),
+            Some(Gelu),
+            Some(GeluTanh),
+        ] {
+            let mut x = [f32::NAN; 3];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { apply(a, &mut x) };
+            assert!(x.iter().all(|v| v.is_nan()), "{a:?}: {x:?}");
+        }
+    }
+
+    /// The fused kernel's path gives exactly [`apply`]'s results.
+    #[test]
+    fn tile_and_slice_paths_are_identical() {
+        if !available() {
+            return;
+        }
+        let xs: Vec<f32> = (0..96).map(|i| (i as f32 - 48.0) / 7.0).collect();
+        for a in Activation::ALL {
+            let mut want = xs.clone();
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { apply(Some(a), &mut want) };
+            // SAFETY: as above; 12 registers of 8 lanes from 96 floats.
+            let got = unsafe {
+                let mut tile: [__m256; 12] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+                act_tile(a, &mut tile);
+                let mut out = vec![0f32; 96];
+                for (i, v) in tile.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *v);
+                }
+                out
+            };
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{}",
+                a.name()
+            );
+        }
+    }
+}
