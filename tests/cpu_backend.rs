@@ -119,11 +119,21 @@ fn case(r: &mut Rng, family: usize) -> String {
             let s = r.range(1, 3);
             let p = r.range(0, k / 2 + 1);
             let d = r.range(1, 2);
-            let (h, w) = (r.range(k * d, 23), r.range(k * d, 29));
-            format!(
-                "input x: [{c}, {h}, {w}]\n    return x -> conv({}, k={k}, stride={s}, pad={p}, dilation={d}, groups={c}, bias=false) -> batch_norm -> {act}",
-                c * mult
-            )
+            // Widths on both sides of the channel-blocked path's limit (28).
+            let (h, w) = (r.range(k * d, 23), r.range(k * d, 45));
+            if mult == 1 && r.range(0, 2) == 0 {
+                // Same-size output and a residual add after the activation.
+                let k = 2 * r.range(0, 2) + 1;
+                format!(
+                    "input x: [{c}, {h}, {w}]\n    a = x -> conv({c}, k={k}, stride=1, pad={}, groups={c}, bias=true) -> {act}\n    s = a + x\n    return s",
+                    k / 2
+                )
+            } else {
+                format!(
+                    "input x: [{c}, {h}, {w}]\n    return x -> conv({}, k={k}, stride={s}, pad={p}, dilation={d}, groups={c}, bias=false) -> batch_norm -> {act}",
+                    c * mult
+                )
+            }
         }
         // Pooling, padding, adaptive pooling.
         3 => {

@@ -156,6 +156,12 @@ impl Ctx<'_> {
     }
 }
 
+/// A strided copy kernel, its views coalesced.
+fn copy(mut src: View, mut dst: View) -> Kernel {
+    k::coalesce(&mut [&mut src, &mut dst]);
+    Kernel::Copy(k::Copy { src, dst })
+}
+
 /// Lowers `ctx.graph`; `inputs` are bound by the caller to the returned values.
 pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
     let g = ctx.graph;
@@ -241,10 +247,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                         dims,
                         strides,
                     };
-                    Some(Kernel::Copy(k::Copy {
-                        src: flat_src,
-                        dst: ctx.view(id, val),
-                    }))
+                    Some(copy(flat_src, ctx.view(id, val)))
                 }
             }
             Op::Conv2d { window, groups, .. } => {
@@ -301,9 +304,10 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                 }))
             }
             Op::Binary(op) => {
-                let out = ctx.view(id, val);
-                let a = Ctx::broadcast(&ctx.view(operands[0], x(0)), &out.dims);
-                let bb = Ctx::broadcast(&ctx.view(operands[1], x(1)), &out.dims);
+                let mut out = ctx.view(id, val);
+                let mut a = Ctx::broadcast(&ctx.view(operands[0], x(0)), &out.dims);
+                let mut bb = Ctx::broadcast(&ctx.view(operands[1], x(1)), &out.dims);
+                k::coalesce(&mut [&mut a, &mut bb, &mut out]);
                 Some(Kernel::Binary(k::Binary {
                     op: *op,
                     a,
@@ -364,10 +368,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                     dims: perm.iter().map(|&p| src.dims[p]).collect(),
                     strides: perm.iter().map(|&p| src.strides[p]).collect(),
                 };
-                Some(Kernel::Copy(k::Copy {
-                    src: permuted,
-                    dst: ctx.view(id, val),
-                }))
+                Some(copy(permuted, ctx.view(id, val)))
             }
             Op::Slice { axis, start, .. } | Op::Select { axis, index: start } => {
                 let src = ctx.view(operands[0], x(0));
@@ -382,10 +383,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                     }
                     _ => dims[*axis] = ctx.dims(id)[*axis],
                 }
-                Some(Kernel::Copy(k::Copy {
-                    src: View { ptr, dims, strides },
-                    dst: ctx.view(id, val),
-                }))
+                Some(copy(View { ptr, dims, strides }, ctx.view(id, val)))
             }
             Op::Concat { axis } => {
                 let out = ctx.view(id, val);
@@ -404,7 +402,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                     if src.ptr == dst.ptr && src.strides == dst.strides {
                         continue;
                     }
-                    parts.push(Kernel::Copy(k::Copy { src, dst }));
+                    parts.push(copy(src, dst));
                 }
                 for p in parts {
                     kernels.push(p);
@@ -415,7 +413,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
             Op::ExpandBatch => {
                 let dst = ctx.view(id, val);
                 let src = Ctx::broadcast(&ctx.view(operands[0], x(0)), &dst.dims);
-                Some(Kernel::Copy(k::Copy { src, dst }))
+                Some(copy(src, dst))
             }
             Op::Softmax { .. } | Op::LayerNorm { .. } => {
                 let dims = ctx.dims(id);
