@@ -13,6 +13,43 @@ pub const NR: usize = 16;
 /// Depth of one K block (A and B panels of this depth stay in L1/L2).
 const KC: usize = 256;
 
+/// Where the micro-kernel finds row `kk` (NR floats) of its B panel.
+pub trait PanelRows: Copy {
+    /// Row `kk`.
+    ///
+    /// # Safety
+    /// `kk` must be below the panel's depth.
+    unsafe fn row(self, kk: usize) -> *const f32;
+}
+
+/// A packed panel: rows NR floats apart.
+impl PanelRows for *const f32 {
+    #[inline(always)]
+    unsafe fn row(self, kk: usize) -> *const f32 {
+        // SAFETY: the caller's bound on kk.
+        unsafe { self.add(kk * NR) }
+    }
+}
+
+/// B read in place, unpacked: row `kk` is the NR floats at
+/// `base + offsets[kk]` (a convolution's padded input, where each tap of a
+/// run of output pixels is a contiguous run).
+#[derive(Clone, Copy, Debug)]
+pub struct Indirect {
+    /// The panel's first column at offset 0.
+    pub base: *const f32,
+    /// Per row of the K block, its offset from `base`.
+    pub offsets: *const usize,
+}
+
+impl PanelRows for Indirect {
+    #[inline(always)]
+    unsafe fn row(self, kk: usize) -> *const f32 {
+        // SAFETY: the caller's bound on kk; offsets are the driver's.
+        unsafe { self.base.add(*self.offsets.add(kk)) }
+    }
+}
+
 /// A row-major matrix view.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -276,11 +313,11 @@ impl Kernel {
     /// epilogue's pointers MR rows of NR floats at their strides (bias: MR).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub unsafe fn run_fused(
+    pub unsafe fn run_fused<B: PanelRows>(
         self,
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: B,
         prior: *const f32,
         prior_ld: usize,
         out: *mut f32,
@@ -294,7 +331,10 @@ impl Kernel {
                 avx2::kernel_fused(kc, a, b, prior, prior_ld, out, out_ld, epilogue);
                 true
             },
-            _ => false,
+            _ => {
+                let _ = (kc, a, b, prior, prior_ld, out, out_ld, epilogue);
+                false
+            }
         }
     }
 }
@@ -331,6 +371,43 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// [`Kernel::run_into_cols`] with B read in place; only the AVX2 kernel
+    /// reads B this way, and on other CPUs this returns false, doing nothing.
+    ///
+    /// # Safety
+    /// As [`Kernel::run_into`], with every row of `b` holding NR floats.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_into_cols_indirect(
+        self,
+        kc: usize,
+        a: *const f32,
+        b: Indirect,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        cols: usize,
+    ) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
+            Kernel::Avx2Fma => unsafe {
+                if cols <= NR / 2 {
+                    avx2::kernel_half_into(kc, a, b, c, ldc, accumulate)
+                } else {
+                    avx2::kernel_into(kc, a, b, c, ldc, accumulate)
+                }
+                true
+            },
+            _ => {
+                let _ = (kc, a, b, c, ldc, accumulate, cols);
+                false
+            }
+        }
+    }
+}
+
 fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
     tile.fill(0.0);
     for kk in 0..kc {
@@ -346,7 +423,7 @@ fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR};
+    use super::{PanelRows, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -375,19 +452,19 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA; `a` must hold `kc*MR` and `b` `kc*NR` floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile_sums(kc: usize, a: *const f32, b: *const f32) -> [[__m256; 2]; MR] {
+    unsafe fn tile_sums<B: PanelRows>(kc: usize, a: *const f32, b: B) -> [[__m256; 2]; MR] {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (r, row) in acc.iter_mut().enumerate() {
+        let mut a = a;
+        for kk in 0..kc {
+            let row = b.row(kk);
+            let b0 = _mm256_loadu_ps(row);
+            let b1 = _mm256_loadu_ps(row.add(8));
+            for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(r));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
             a = a.add(MR);
-            b = b.add(NR);
         }
         acc
     }
@@ -398,23 +475,22 @@ mod avx2 {
     /// # Safety
     /// As [`kernel_into`]; `c` must hold `MR` rows of 8 floats at stride `ldc`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_half_into(
+    pub unsafe fn kernel_half_into<B: PanelRows>(
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: B,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
     ) {
         let mut acc = [_mm256_setzero_ps(); MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
+        let mut a = a;
+        for kk in 0..kc {
+            let b0 = _mm256_loadu_ps(b.row(kk));
             for (r, row) in acc.iter_mut().enumerate() {
                 *row = _mm256_fmadd_ps(_mm256_broadcast_ss(&*a.add(r)), b0, *row);
             }
             a = a.add(MR);
-            b = b.add(NR);
         }
         for (r, row) in acc.iter().enumerate() {
             let d = c.add(r * ldc);
@@ -433,10 +509,10 @@ mod avx2 {
     /// As [`super::Kernel::run_fused`], on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn kernel_fused(
+    pub unsafe fn kernel_fused<B: PanelRows>(
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: B,
         prior: *const f32,
         prior_ld: usize,
         out: *mut f32,
@@ -491,10 +567,10 @@ mod avx2 {
     /// # Safety
     /// As [`kernel`]; `c` must hold `MR` rows of `NR` floats at stride `ldc`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_into(
+    pub unsafe fn kernel_into<B: PanelRows>(
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: B,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,

@@ -2,7 +2,7 @@
 //! of a GEMM, fused into the micro-kernel where it can run them in registers.
 
 use super::{FusedPlan, Layout, Problem, Step};
-use crate::backend::cpu::gemm::{Kernel, TileEpilogue, MR, NR};
+use crate::backend::cpu::gemm::{Kernel, PanelRows, TileEpilogue, MR, NR};
 use crate::backend::cpu::Act;
 use netc_compiler::ir::Activation;
 
@@ -58,7 +58,7 @@ impl Problem {
         kernel: Kernel,
         kc: usize,
         ap: *const f32,
-        bp: *const f32,
+        bp: impl PanelRows,
         (prior, prior_ld): (*const f32, usize),
         r0: usize,
         j: usize,

@@ -78,9 +78,11 @@ impl Problem {
         let col_step = w.stride[1];
         let [h, wd] = w.in_hw;
         let [pt, pl] = w.pad;
-        // Every element is written below, so the buffer only ever grows.
-        if padded.len() < len {
-            padded.resize(len, 0.0);
+        // Every element is written below, so the buffer only ever grows. NR
+        // floats of slack past the end: a micro-kernel reading B in place
+        // reads whole NR-wide rows, and the last may run past the input.
+        if padded.len() < len + NR {
+            padded.resize(len + NR, 0.0);
         }
         for (i, dst) in padded[..len].chunks_exact_mut(row_len).enumerate() {
             let (nc, r) = (i / rows, i % rows);
