@@ -158,7 +158,13 @@ fn case(r: &mut Rng, family: usize) -> String {
         }
         // Token ops: linear (+ residual), layer norm, softmax, permute.
         4 => {
-            let (s, f) = (r.range(1, 19), r.range(1, 37));
+            // Sometimes wider than a 256-row epilogue block.
+            let s = r.range(1, 19);
+            let f = if r.range(0, 3) == 0 {
+                r.range(250, 300)
+            } else {
+                r.range(1, 37)
+            };
             let out = r.range(1, 41);
             format!(
                 "input x: [{s}, {f}]\n    y = x -> linear({f}) -> {act}\n    z = x + y\n    return z -> layer_norm -> linear({out}) -> softmax(axis={}) -> transpose(a=1, b=2)",

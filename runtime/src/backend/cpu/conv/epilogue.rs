@@ -93,9 +93,11 @@ impl Problem {
     }
 
     /// Applies the epilogue to output columns `j..j+nr`, rows `r0..r1`, whose
-    /// sums are at `acc` (rows `ld` apart), one column at a time: for a
-    /// token-major output a column is a contiguous run of features, so bias,
-    /// activation, residual and store are all vector operations.
+    /// sums are at `acc` (rows `ld` apart): for a token-major output a column
+    /// is a contiguous run of features, so bias, activation, residual and
+    /// store are all vector operations. Rows go in blocks of
+    /// [`COLUMN_ROWS`], each transposed into `column` (token-major, L1-sized)
+    /// first.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn epilogue_columns(
@@ -108,37 +110,38 @@ impl Problem {
         ld: usize,
         column: &mut Vec<f32>,
     ) {
-        let rows = r1 - r0;
-        column.clear();
-        column.resize(rows, 0.0);
         let o = &self.out;
-        for (t, (n, p)) in tile_columns(j, nr, self.per_sample).enumerate() {
-            for (i, v) in column.iter_mut().enumerate() {
-                // SAFETY: acc holds `rows` rows at stride ld.
-                *v = unsafe { *acc.add(i * ld + t) };
-            }
-            for step in &self.epilogue {
-                match *step {
-                    Step::Bias(b) => {
-                        // SAFETY: bias holds m floats.
-                        let b = unsafe { std::slice::from_raw_parts(b.add(r0), rows) };
-                        column.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                    }
-                    Step::Act(a) => a.apply(column),
-                    Step::Add(l) => {
-                        let at =
-                            l.base + n * l.sample_stride + p * l.col_stride + r0 * l.row_stride;
-                        for (i, v) in column.iter_mut().enumerate() {
-                            // SAFETY: the residual has the output's extent.
-                            *v += unsafe { *self.at_ptr(at + i * l.row_stride) };
+        column.clear();
+        column.resize(COLUMN_ROWS.min(r1 - r0) * nr, 0.0);
+        for b0 in (r0..r1).step_by(COLUMN_ROWS) {
+            let rows = COLUMN_ROWS.min(r1 - b0);
+            // SAFETY: acc holds rows r0..r1 of at least nr floats at stride ld.
+            unsafe { transpose_into(acc.add((b0 - r0) * ld), ld, rows, nr, column.as_mut_ptr()) };
+            for (t, (n, p)) in tile_columns(j, nr, self.per_sample).enumerate() {
+                let column = &mut column[t * rows..(t + 1) * rows];
+                for step in &self.epilogue {
+                    match *step {
+                        Step::Bias(b) => {
+                            // SAFETY: bias holds m floats.
+                            let b = unsafe { std::slice::from_raw_parts(b.add(b0), rows) };
+                            column.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                        }
+                        Step::Act(a) => a.apply(column),
+                        Step::Add(l) => {
+                            let at =
+                                l.base + n * l.sample_stride + p * l.col_stride + b0 * l.row_stride;
+                            for (i, v) in column.iter_mut().enumerate() {
+                                // SAFETY: the residual has the output's extent.
+                                *v += unsafe { *self.at_ptr(at + i * l.row_stride) };
+                            }
                         }
                     }
                 }
+                let at = o.base + n * o.sample_stride + p * o.col_stride + b0;
+                // SAFETY: the caller guarantees the output's extent; rows are unit-stride.
+                unsafe { std::slice::from_raw_parts_mut(self.at_ptr(at), rows) }
+                    .copy_from_slice(column);
             }
-            let at = o.base + n * o.sample_stride + p * o.col_stride + r0;
-            // SAFETY: the caller guarantees the output's extent; rows are unit-stride.
-            unsafe { std::slice::from_raw_parts_mut(self.at_ptr(at), rows) }
-                .copy_from_slice(column);
         }
     }
 
@@ -235,6 +238,65 @@ impl Problem {
             for r in 0..mr {
                 // SAFETY: the caller guarantees the output's extent.
                 unsafe { *self.at_ptr(at + r * o.row_stride) = buf[r * NR + t] };
+            }
+        }
+    }
+}
+
+/// Rows per block of [`Problem::epilogue_columns`]: 16 columns of 256 rows
+/// are 16 KiB, in L1 with room for the output rows they are stored to.
+const COLUMN_ROWS: usize = 256;
+
+/// `dst[t·rows + r] = src[r·ld + t]` for `r < rows`, `t < cols`: a block of
+/// GEMM sums turned token-major, with 8×8 register transposes where the CPU
+/// has AVX2 (a gather with stride `ld` per element costs more than the GEMM
+/// for a linear layer with a short K).
+///
+/// # Safety
+/// `src` must hold `rows` rows of `cols` floats at stride `ld`, and `dst`
+/// `rows·cols` floats.
+#[inline(always)]
+unsafe fn transpose_into(src: *const f32, ld: usize, rows: usize, cols: usize, dst: *mut f32) {
+    let (mut r8, mut c8) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::detect() == Kernel::Avx2Fma {
+        (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+        // SAFETY: AVX2 checked; blocks stay within both extents.
+        unsafe { transpose_blocks(src, ld, r8, c8, dst, rows) };
+    }
+    for t in 0..cols {
+        // Rows the blocks did not cover: all of them for the last cols % 8
+        // columns, the last rows % 8 for the others.
+        let from = if t < c8 { r8 } else { 0 };
+        for r in from..rows {
+            // SAFETY: as for this function.
+            unsafe { *dst.add(t * rows + r) = *src.add(r * ld + t) };
+        }
+    }
+}
+
+/// The 8×8 blocks of [`transpose_into`]: rows `0..rows8`, columns `0..cols8`
+/// (multiples of 8), `dst` rows `ldd` apart.
+///
+/// # Safety
+/// AVX2; extents as for [`transpose_into`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_blocks(
+    src: *const f32,
+    ld: usize,
+    rows8: usize,
+    cols8: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    use std::arch::x86_64::*;
+    for r in (0..rows8).step_by(8) {
+        for t in (0..cols8).step_by(8) {
+            let v: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add((r + i) * ld + t)) });
+            for (i, c) in super::transpose8(v).iter().enumerate() {
+                unsafe { _mm256_storeu_ps(dst.add((t + i) * ldd + r), *c) };
             }
         }
     }
