@@ -31,6 +31,37 @@ impl PanelRows for *const f32 {
     }
 }
 
+/// Where the micro-kernel finds element (`kk`, `r`) of its A panel.
+pub trait TileRows: Copy {
+    /// Element `r` (below MR) of row `kk`.
+    ///
+    /// # Safety
+    /// `kk` must be below the panel's depth.
+    unsafe fn at(self, kk: usize, r: usize) -> *const f32;
+}
+
+/// A packed panel: rows of MR floats.
+impl TileRows for *const f32 {
+    #[inline(always)]
+    unsafe fn at(self, kk: usize, r: usize) -> *const f32 {
+        // SAFETY: the caller's bound on kk.
+        unsafe { self.add(kk * MR + r) }
+    }
+}
+
+/// A read in place, unpacked: tile row `r` is the run of K floats at
+/// `self.0[r]` (a token's features, for token-major products).
+#[derive(Clone, Copy, Debug)]
+pub struct RowPointers(pub [*const f32; MR]);
+
+impl TileRows for RowPointers {
+    #[inline(always)]
+    unsafe fn at(self, kk: usize, r: usize) -> *const f32 {
+        // SAFETY: the caller's bound on kk; each row holds the panel's depth.
+        unsafe { self.0[r].add(kk) }
+    }
+}
+
 /// B read in place, unpacked: row `kk` is the NR floats at
 /// `base + offsets[kk]` (a convolution's padded input, where each tap of a
 /// run of output pixels is a contiguous run).
@@ -179,19 +210,45 @@ pub fn packed_len(m: usize, k: usize) -> usize {
 
 /// [`pack_weights`] into `out` (of [`packed_len`] floats, zeroed).
 pub fn pack_weights_into(w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    pack_panels::<MR>(w, m, k, out)
+}
+
+/// Pre-packs a row-major `m×k` matrix (a linear layer's weights, `m`
+/// features) as the micro-kernel's *B* operand, for products whose output is
+/// token-major (`out[token, feature] = Σ x[token, k]·w[feature, k]`): for each
+/// K block, `m` rounded up to [`NR`] features as consecutive `kc×NR` panels.
+/// Block `kb` starts at `k0 * m.div_ceil(NR) * NR`.
+pub fn pack_weights_cols(w: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; packed_cols_len(m, k)];
+    pack_weights_cols_into(w, m, k, &mut out);
+    out
+}
+
+/// Floats [`pack_weights_cols`] produces for an `m×k` matrix.
+pub fn packed_cols_len(m: usize, k: usize) -> usize {
+    m.div_ceil(NR) * NR * k
+}
+
+/// [`pack_weights_cols`] into `out` (of [`packed_cols_len`] floats, zeroed).
+pub fn pack_weights_cols_into(w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    pack_panels::<NR>(w, m, k, out)
+}
+
+/// Rows of `w` (`m×k`) into K-blocked `kc×P` panels, `P` rows each.
+fn pack_panels<const P: usize>(w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     assert!(w.len() >= m * k, "weights too short");
-    let mpad = m.div_ceil(MR) * MR;
+    let mpad = m.div_ceil(P) * P;
     assert!(out.len() >= mpad * k, "packed buffer too short");
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        for (p, i0) in (0..m).step_by(MR).enumerate() {
-            let at = k0 * mpad + p * kc * MR;
-            let panel = &mut out[at..at + kc * MR];
+        for (p, i0) in (0..m).step_by(P).enumerate() {
+            let at = k0 * mpad + p * kc * P;
+            let panel = &mut out[at..at + kc * P];
             // Row by row: contiguous reads, strided writes within one panel.
-            for r in 0..MR.min(m - i0) {
+            for r in 0..P.min(m - i0) {
                 let row = &w[(i0 + r) * k + k0..(i0 + r) * k + k0 + kc];
                 for (kk, v) in row.iter().enumerate() {
-                    panel[kk * MR + r] = *v;
+                    panel[kk * P + r] = *v;
                 }
             }
         }
@@ -290,8 +347,12 @@ impl Kernel {
 /// order, so results are bit-identical.
 #[derive(Clone, Copy, Debug)]
 pub struct TileEpilogue {
-    /// Bias of the tile's first row (null: none).
+    /// Bias of the tile's first row (null: none), or with `bias_per_column`
+    /// the NR biases of its columns.
     pub bias: *const f32,
+    /// Whether the bias varies along columns (token-major products, whose
+    /// columns are features) rather than rows.
+    pub bias_per_column: bool,
     /// Residual element (tile row 0, column 0) (null: none).
     pub residual: *const f32,
     /// Distance between the residual's rows.
@@ -313,10 +374,10 @@ impl Kernel {
     /// epilogue's pointers MR rows of NR floats at their strides (bias: MR).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub unsafe fn run_fused<B: PanelRows>(
+    pub unsafe fn run_fused<A: TileRows, B: PanelRows>(
         self,
         kc: usize,
-        a: *const f32,
+        a: A,
         b: B,
         prior: *const f32,
         prior_ld: usize,
@@ -372,6 +433,36 @@ impl Kernel {
 }
 
 impl Kernel {
+    /// [`Kernel::run_into`] with A read in place from `MR` row pointers
+    /// (token-major products); only the AVX2 kernel reads A this way, and on
+    /// other CPUs this returns false, doing nothing.
+    ///
+    /// # Safety
+    /// As [`Kernel::run_into`], with every row of `a` holding `kc` floats.
+    #[inline]
+    pub unsafe fn run_into_rows(
+        self,
+        kc: usize,
+        a: RowPointers,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
+            Kernel::Avx2Fma => unsafe {
+                avx2::kernel_into(kc, a, b, c, ldc, accumulate);
+                true
+            },
+            _ => {
+                let _ = (kc, a, b, c, ldc, accumulate);
+                false
+            }
+        }
+    }
+
     /// [`Kernel::run_into_cols`] with B read in place; only the AVX2 kernel
     /// reads B this way, and on other CPUs this returns false, doing nothing.
     ///
@@ -423,7 +514,7 @@ fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PanelRows, MR, NR};
+    use super::{PanelRows, TileRows, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -452,19 +543,17 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA; `a` must hold `kc*MR` and `b` `kc*NR` floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile_sums<B: PanelRows>(kc: usize, a: *const f32, b: B) -> [[__m256; 2]; MR] {
+    unsafe fn tile_sums<A: TileRows, B: PanelRows>(kc: usize, a: A, b: B) -> [[__m256; 2]; MR] {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let mut a = a;
         for kk in 0..kc {
             let row = b.row(kk);
             let b0 = _mm256_loadu_ps(row);
             let b1 = _mm256_loadu_ps(row.add(8));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
+                let av = _mm256_broadcast_ss(&*a.at(kk, r));
                 acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
-            a = a.add(MR);
         }
         acc
     }
@@ -509,9 +598,9 @@ mod avx2 {
     /// As [`super::Kernel::run_fused`], on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn kernel_fused<B: PanelRows>(
+    pub unsafe fn kernel_fused<A: TileRows, B: PanelRows>(
         kc: usize,
-        a: *const f32,
+        a: A,
         b: B,
         prior: *const f32,
         prior_ld: usize,
@@ -529,7 +618,12 @@ mod avx2 {
                     _mm256_add_ps(_mm256_loadu_ps(p.add(8)), v[1]),
                 ];
             }
-            if !e.bias.is_null() {
+            if e.bias_per_column {
+                *v = [
+                    _mm256_add_ps(v[0], _mm256_loadu_ps(e.bias)),
+                    _mm256_add_ps(v[1], _mm256_loadu_ps(e.bias.add(8))),
+                ];
+            } else if !e.bias.is_null() {
                 let bv = _mm256_broadcast_ss(&*e.bias.add(r));
                 *v = [_mm256_add_ps(v[0], bv), _mm256_add_ps(v[1], bv)];
             }
@@ -567,9 +661,9 @@ mod avx2 {
     /// # Safety
     /// As [`kernel`]; `c` must hold `MR` rows of `NR` floats at stride `ldc`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_into<B: PanelRows>(
+    pub unsafe fn kernel_into<A: TileRows, B: PanelRows>(
         kc: usize,
-        a: *const f32,
+        a: A,
         b: B,
         c: *mut f32,
         ldc: usize,

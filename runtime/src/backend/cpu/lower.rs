@@ -553,6 +553,7 @@ fn conv(
             n: ctx.batch * oh * ow,
             per_sample: oh * ow,
             a: ctx.prepared.packed(id, grp),
+            a_cols: std::ptr::null(),
             b,
             out: Layout {
                 base: oo + grp * cout_g * oh * ow,
@@ -621,13 +622,15 @@ fn linear(
         return Err("linear layer over a value without a batch axis".into());
     }
     let steps = epilogue_steps(ctx, id, operands, vals, epilogue, 0, 0, 1, out_f)?;
+    let (a, a_cols) = ctx.prepared.token_major(id, 0);
     Ok(Kernel::Gemm(k::Gemm {
         problems: vec![Problem {
             m: out_f,
             k: in_f,
             n: ctx.batch * rows,
             per_sample: rows,
-            a: ctx.prepared.packed(id, 0),
+            a,
+            a_cols,
             b: Gather::Strided(Layout {
                 base: ctx.offset(x.ptr)?,
                 sample_stride: x.stride,
@@ -671,12 +674,17 @@ fn attention(
     } else {
         (None, 1, None)
     };
+    let (qkv_w, proj_w) = (
+        ctx.prepared.token_major(id, 0),
+        ctx.prepared.token_major(id, out_w),
+    );
     let qkv = Problem {
         m: 3 * e,
         k: e,
         n: n * s,
         per_sample: s,
-        a: ctx.prepared.packed(id, 0),
+        a: qkv_w.0,
+        a_cols: qkv_w.1,
         b: Gather::Strided(Layout {
             base: ctx.offset(x.ptr)?,
             sample_stride: x.stride,
@@ -697,7 +705,8 @@ fn attention(
         k: e,
         n: n * s,
         per_sample: s,
-        a: ctx.prepared.packed(id, out_w),
+        a: proj_w.0,
+        a_cols: proj_w.1,
         b: Gather::Strided(Layout {
             base: ctx_base,
             sample_stride: s * e,

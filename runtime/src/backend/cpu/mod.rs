@@ -11,7 +11,8 @@
 //! pool of threads (`pool.rs`) that meet at a barrier between layers.
 //!
 //! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
-//! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues), `kernels.rs` (every other
+//! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues,
+//! `token.rs` token-major products), `kernels.rs` (every other
 //! layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
 //! optional guard pages), `vmath.rs` (AVX2 activations).
@@ -58,6 +59,16 @@ impl std::fmt::Debug for Act {
 }
 
 impl Act {
+    /// The activation as the fused GEMM kernels apply it to their registers
+    /// (`None` for exp, which is softmax's and never an epilogue's).
+    pub fn fusable(self) -> Option<Activation> {
+        match self {
+            Act::Relu => Some(Activation::Relu),
+            Act::Relu6 => Some(Activation::Relu6),
+            Act::Generated(a, _) => a,
+        }
+    }
+
     /// Applies the activation in place.
     #[inline(always)]
     // `clamp` would return NaN for NaN, where these map it to 0 like before.
@@ -90,6 +101,8 @@ pub struct Prepared {
     store: Region,
     raw: HashMap<(NodeIndex, usize), usize>,
     packed: HashMap<(NodeIndex, usize), usize>,
+    /// Which packed offsets hold token-major (B-operand) panels.
+    token_major: std::collections::HashSet<usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
 
@@ -103,8 +116,20 @@ impl Prepared {
         enum Job<'a> {
             Copy(&'a [f32]),
             Pack(&'a [f32], usize, usize),
+            PackCols(&'a [f32], usize, usize),
         }
         let mut jobs: Vec<Job<'_>> = Vec::new();
+        // Linear layers and attention projections are token-major products:
+        // with the AVX2 kernel their weights are its B operand (see
+        // `conv/token.rs`), elsewhere its A operand like a convolution's.
+        let cols = gemm::Kernel::detect() == gemm::Kernel::Avx2Fma;
+        let pack_token_major = |w, m, k| {
+            if cols {
+                Job::PackCols(w, m, k)
+            } else {
+                Job::Pack(w, m, k)
+            }
+        };
         let mut raw = HashMap::new();
         let mut packed = HashMap::new();
         let mut affine = HashMap::new();
@@ -144,14 +169,14 @@ impl Prepared {
                 } => {
                     let wt = get(0)?;
                     packed.insert((id, 0), jobs.len());
-                    jobs.push(Job::Pack(&wt.data, wt.shape[0], wt.shape[1]));
+                    jobs.push(pack_token_major(&wt.data, wt.shape[0], wt.shape[1]));
                     packed_slots.push(0);
                 }
                 Op::SelfAttention { bias, .. } => {
                     for slot in [0, if *bias { 2 } else { 1 }] {
                         let wt = get(slot)?;
                         packed.insert((id, slot), jobs.len());
-                        jobs.push(Job::Pack(&wt.data, wt.shape[0], wt.shape[1]));
+                        jobs.push(pack_token_major(&wt.data, wt.shape[0], wt.shape[1]));
                         packed_slots.push(slot);
                     }
                 }
@@ -189,11 +214,13 @@ impl Prepared {
         let len = |j: &Job<'_>| match j {
             Job::Copy(d) => d.len(),
             Job::Pack(_, m, k) => gemm::packed_len(*m, *k),
+            Job::PackCols(_, m, k) => gemm::packed_cols_len(*m, *k),
         };
         let total: usize = jobs.iter().map(len).sum();
         let mut store =
             Region::new(total, guard).map_err(|e| Diagnostic::new("netc::backend", e))?;
         let mut offsets = Vec::with_capacity(jobs.len());
+        let mut cols_at = Vec::new();
         let mut at = 0;
         let data = store.as_mut_slice();
         for j in &jobs {
@@ -201,6 +228,10 @@ impl Prepared {
             match j {
                 Job::Copy(d) => data[at..at + n].copy_from_slice(d),
                 Job::Pack(d, m, k) => gemm::pack_weights_into(d, *m, *k, &mut data[at..at + n]),
+                Job::PackCols(d, m, k) => {
+                    gemm::pack_weights_cols_into(d, *m, *k, &mut data[at..at + n]);
+                    cols_at.push(at);
+                }
             }
             offsets.push(at);
             at += n;
@@ -211,6 +242,7 @@ impl Prepared {
         Ok(Prepared {
             raw: fix(raw),
             packed: fix(packed),
+            token_major: cols_at.into_iter().collect(),
             affine,
             store,
         })
@@ -229,6 +261,17 @@ impl Prepared {
     /// Packed GEMM weights of `node` (group or slot `i`).
     pub fn packed(&self, node: NodeIndex, i: usize) -> *const f32 {
         self.at(self.packed[&(node, i)])
+    }
+
+    /// A token-major product's weights as a [`conv::Problem`] takes them:
+    /// `(a, a_cols)`, one of them null (see [`conv::Problem::a_cols`]).
+    pub fn token_major(&self, node: NodeIndex, i: usize) -> (*const f32, *const f32) {
+        let at = self.packed[&(node, i)];
+        if self.token_major.contains(&at) {
+            (std::ptr::null(), self.at(at))
+        } else {
+            (self.at(at), std::ptr::null())
+        }
     }
 
     /// Per-channel scale and shift of a batch norm or layer scale.

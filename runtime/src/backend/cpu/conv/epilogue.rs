@@ -3,14 +3,23 @@
 
 use super::{FusedPlan, Layout, Problem, Step};
 use crate::backend::cpu::gemm::{Kernel, PanelRows, TileEpilogue, MR, NR};
-use crate::backend::cpu::Act;
-use netc_compiler::ir::Activation;
 
 impl Problem {
     /// The epilogue as the fused micro-kernel runs it, if it can: an optional
     /// bias first, then at most one activation and one residual add in
-    /// either order.
+    /// either order. The tile's rows are channels and its columns positions,
+    /// so the output and the residual must be unit-stride along positions.
     pub(super) fn fused_plan(&self) -> Option<FusedPlan> {
+        self.plan_epilogue(|l| l.col_stride == 1)
+            .filter(|_| self.out.col_stride == 1)
+    }
+
+    /// [`Problem::fused_plan`]'s parsing of the steps, with `residual_fits`
+    /// saying which residual layouts a tile can read as rows.
+    pub(super) fn plan_epilogue(
+        &self,
+        residual_fits: impl Fn(&Layout) -> bool,
+    ) -> Option<FusedPlan> {
         let mut steps = self.epilogue.as_slice();
         let mut plan = FusedPlan {
             bias: std::ptr::null(),
@@ -24,23 +33,15 @@ impl Problem {
         }
         for step in steps {
             match *step {
-                Step::Act(a) if plan.act.is_none() => {
-                    plan.act = Some(match a {
-                        Act::Relu => Activation::Relu,
-                        Act::Relu6 => Activation::Relu6,
-                        Act::Generated(Some(a), _) => a,
-                        // exp is softmax's, never an epilogue's.
-                        Act::Generated(None, _) => return None,
-                    })
-                }
-                Step::Add(l) if plan.residual.is_none() && l.col_stride == 1 => {
+                Step::Act(a) if plan.act.is_none() => plan.act = Some(a.fusable()?),
+                Step::Add(l) if plan.residual.is_none() && residual_fits(&l) => {
                     plan.residual = Some(l);
                     plan.residual_first = plan.act.is_none();
                 }
                 _ => return None,
             }
         }
-        (self.out.col_stride == 1).then_some(plan)
+        Some(plan)
     }
 
     /// Runs the last K block of a full tile (rows `r0..r0+MR`, columns
@@ -81,6 +82,7 @@ impl Problem {
         };
         let e = TileEpilogue {
             bias,
+            bias_per_column: false,
             residual,
             residual_ld,
             residual_first: plan.residual_first,

@@ -12,6 +12,7 @@
 
 mod epilogue;
 mod gather;
+mod token;
 
 use super::gemm::{Indirect, Kernel, K_BLOCK, MR, NR};
 use super::Act;
@@ -88,8 +89,14 @@ pub struct Problem {
     pub n: usize,
     /// Columns per sample.
     pub per_sample: usize,
-    /// Weights packed by [`super::gemm::pack_weights`].
+    /// Weights packed by [`super::gemm::pack_weights`] (null when `a_cols`
+    /// is set).
     pub a: *const f32,
+    /// Or, for token-major products (K-contiguous token rows in, features
+    /// contiguous per token out) on CPUs with AVX2 and FMA, the weights packed
+    /// by [`super::gemm::pack_weights_cols`]: the product then runs with
+    /// tokens as the micro-kernel's rows (`token.rs`). Null otherwise.
+    pub a_cols: *const f32,
     /// The input.
     pub b: Gather,
     /// The output.
@@ -160,6 +167,12 @@ impl Problem {
     /// problem write disjoint parts of it.
     #[inline(always)]
     pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
+        if !self.a_cols.is_null() {
+            // SAFETY: as for this function; the lowering sets `a_cols` only
+            // for token-major products on CPUs with AVX2 and FMA.
+            unsafe { self.run_tokens(tid, threads, scratch) };
+            return;
+        }
         // SAFETY: as for this function.
         scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded) };
         let panels = self.m.div_ceil(MR);
@@ -404,6 +417,7 @@ pub fn split(n: usize, tid: usize, threads: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netc_compiler::ir::Activation;
 
     /// Reading B in place gives the packed path's results bit for bit (same
     /// K blocks, same order of sums), over strides, dilation, several K
@@ -444,6 +458,7 @@ mod tests {
                     n: samples * per,
                     per_sample: per,
                     a: packed.as_ptr(),
+                    a_cols: std::ptr::null(),
                     b: Gather::Window(
                         Layout {
                             base: 0,
@@ -490,6 +505,94 @@ mod tests {
                 run(false),
                 "{cin} {cout} {h}x{w} k{kern} s{stride} p{pad} d{dil}"
             );
+        }
+    }
+
+    /// Token-major products (weights as B) give the feature-major path's
+    /// results bit for bit, over partial tiles both ways, several K blocks,
+    /// tokens of two samples, every fused epilogue and unfused ones.
+    #[test]
+    fn token_major_products_match_feature_major_ones() {
+        if Kernel::detect() != Kernel::Avx2Fma {
+            return;
+        }
+        let (_jit, kernels) = super::super::jit::compile_activations().unwrap();
+        let gelu_fn = kernels
+            .iter()
+            .find(|(a, _)| *a == Some(Activation::Gelu))
+            .unwrap()
+            .1;
+        let gelu = Act::Generated(Some(Activation::Gelu), gelu_fn);
+        // (tokens per sample, in features, out features)
+        for (tokens, kin, kout) in [(13, 40, 37), (98, 300, 64), (5, 7, 300), (200, 520, 16)] {
+            let samples = 2;
+            let (input, output) = (tokens * kin, tokens * kout);
+            let w: Vec<f32> = (0..kout * kin)
+                .map(|i| ((i * 7 % 29) as f32 - 14.0) * 0.01)
+                .collect();
+            let bias: Vec<f32> = (0..kout).map(|i| i as f32 * 0.05 - 0.4).collect();
+            let packed = super::super::gemm::pack_weights(&w, kout, kin);
+            let cols = super::super::gemm::pack_weights_cols(&w, kout, kin);
+            // The residual lives after the output, shaped like it.
+            let res_base = samples * (input + output);
+            for steps in 0..4 {
+                let run = |token_major: bool| {
+                    let mut arena: Vec<f32> = (0..samples * (input + 2 * output))
+                        .map(|i| ((i * 11 % 37) as f32 - 18.0) * 0.05)
+                        .collect();
+                    let out = Layout {
+                        base: samples * input,
+                        sample_stride: output,
+                        row_stride: 1,
+                        col_stride: kout,
+                    };
+                    let residual = Layout {
+                        base: res_base,
+                        ..out
+                    };
+                    let epilogue = match steps {
+                        0 => vec![],
+                        1 => vec![Step::Bias(bias.as_ptr()), Step::Act(gelu)],
+                        2 => vec![
+                            Step::Bias(bias.as_ptr()),
+                            Step::Add(residual),
+                            Step::Act(Act::Relu),
+                        ],
+                        // Two activations: no fused form.
+                        _ => vec![Step::Act(gelu), Step::Act(Act::Relu6), Step::Add(residual)],
+                    };
+                    let p = Problem {
+                        m: kout,
+                        k: kin,
+                        n: samples * tokens,
+                        per_sample: tokens,
+                        a: packed.as_ptr(),
+                        a_cols: if token_major {
+                            cols.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        b: Gather::Strided(Layout {
+                            base: 0,
+                            sample_stride: input,
+                            row_stride: 1,
+                            col_stride: kin,
+                        }),
+                        out,
+                        epilogue,
+                        arena: arena.as_mut_ptr(),
+                    };
+                    let mut s = Scratch::default();
+                    // SAFETY: the arena holds input, output and residual.
+                    unsafe { p.run(0, 1, &mut s) };
+                    arena[samples * input..res_base]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                let (t, f) = (run(true), run(false));
+                assert!(t == f, "{tokens} {kin}>{kout} steps {steps}");
+            }
         }
     }
 }
@@ -552,6 +655,12 @@ mod bench {
             let n = if linear { hw } else { o * o };
             let w: Vec<f32> = (0..cout * k).map(|i| (i % 13) as f32 * 0.01).collect();
             let packed = super::super::gemm::pack_weights(&w, cout, k);
+            // Linear layers as the CPU backend runs them: token-major, with
+            // the weights as B (FEATURE_MAJOR=1 measures the other way).
+            let token_major = linear
+                && Kernel::detect() == Kernel::Avx2Fma
+                && std::env::var("FEATURE_MAJOR").is_err();
+            let cols = super::super::gemm::pack_weights_cols(&w, cout, k);
             let mut arena = vec![0.5f32; input + cout * n];
             let image = Layout {
                 base: 0,
@@ -588,6 +697,11 @@ mod bench {
                 n,
                 per_sample: n,
                 a: packed.as_ptr(),
+                a_cols: if token_major {
+                    cols.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
                 b,
                 out: Layout {
                     base: input,

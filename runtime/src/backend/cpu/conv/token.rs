@@ -1,0 +1,208 @@
+//! Token-major products (linear layers, attention projections):
+//! `out[token, feature] = Σ_k x[token, k] · w[feature, k]`, with tokens as the
+//! micro-kernel's rows and features as its columns. The weights are the
+//! kernel's B operand, packed once at load ([`pack_weights_cols`]); the
+//! tokens, whose K runs are contiguous, are packed per call into 6-row A
+//! panels. A finished tile is then six token rows of sixteen consecutive
+//! features: the epilogue (bias per feature, activation, residual) runs on
+//! the registers and stores contiguous rows, where the feature-major product
+//! would have to turn every block of sums around first.
+//!
+//! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
+
+use super::{grow, split, FusedPlan, Gather, Problem, Scratch, Step};
+use crate::backend::cpu::gemm::{Kernel, RowPointers, TileEpilogue, K_BLOCK, MR, NR};
+
+/// The most token panels per block: 192 tokens, 192 KiB of packed tokens
+/// at K = 256, so that each weight panel serves up to 32 tiles once in L1.
+const TOKEN_PANELS: usize = 32;
+/// The most feature panels per block: 256 features.
+const FEATURE_PANELS: usize = 16;
+
+impl Problem {
+    /// Runs this thread's share of a token-major product: blocks of up to
+    /// [`TOKEN_PANELS`]·MR tokens × [`FEATURE_PANELS`]·NR features, split
+    /// across threads.
+    ///
+    /// # Safety
+    /// As [`Problem::run`]; `self.a_cols` holds the weights packed by
+    /// `pack_weights_cols`, B gathers K-contiguous token rows, the output is
+    /// token-major (`out.row_stride == 1`), and the CPU has AVX2 and FMA.
+    pub(super) unsafe fn run_tokens(&self, tid: usize, threads: usize, s: &mut Scratch) {
+        let Gather::Strided(x) = self.b else {
+            return;
+        };
+        let kernel = Kernel::Avx2Fma;
+        let ps = self.per_sample;
+        let fpanels = self.m.div_ceil(NR);
+        let mpad = fpanels * NR;
+        // Blocks of even size, and enough of them (features cut finer when
+        // tokens are few) that threads get equal shares.
+        let tpanels = self.n.div_ceil(MR);
+        let tblocks = tpanels.div_ceil(TOKEN_PANELS);
+        let tb = tpanels.div_ceil(tblocks) * MR;
+        let mut fb = FEATURE_PANELS;
+        while fb > 1 && tblocks * fpanels.div_ceil(fb) < 4 * threads {
+            fb = fb.div_ceil(2);
+        }
+        let fblocks = fpanels.div_ceil(fb);
+        let fb = fpanels.div_ceil(fblocks);
+        let blocks = self.k.div_ceil(K_BLOCK);
+        let (u0, u1) = split(tblocks * fblocks, tid, threads);
+        let ld = fb * NR;
+        grow(&mut s.acc, tb * ld);
+        // Tile rows are tokens: a residual must be unit-stride along features.
+        let plan = self.plan_epilogue(|l| l.row_stride == 1);
+        let mut rows = std::mem::take(&mut s.cols);
+        let mut tile = [0f32; MR * NR];
+        for u in u0..u1 {
+            let (t0, q0) = (u / fblocks * tb, u % fblocks * fb);
+            if t0 >= self.n || q0 >= fpanels {
+                continue;
+            }
+            let tn = tb.min(self.n - t0);
+            let q1 = (q0 + fb).min(fpanels);
+            // Where each token's features start (one division each, here).
+            rows.clear();
+            rows.extend((t0..t0 + tn).map(|t| x.at(ps, 0, t)));
+            for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
+                let kc = K_BLOCK.min(self.k - k0);
+                let last = kb + 1 == blocks;
+                for q in q0..q1 {
+                    let f0 = q * NR;
+                    let nr = NR.min(self.m - f0);
+                    // SAFETY: the packed weights hold mpad·k floats; block
+                    // k0 starts at k0·mpad.
+                    let bp = unsafe { self.a_cols.add(k0 * mpad + q * kc * NR) };
+                    for p in 0..tn.div_ceil(MR) {
+                        let (j, mr) = (t0 + p * MR, MR.min(tn - p * MR));
+                        // The panel's tokens read in place from K block k0;
+                        // rows past the last token repeat it (their sums
+                        // are not stored).
+                        let ap = RowPointers(std::array::from_fn(|r| {
+                            let t = p * MR + r.min(mr - 1);
+                            self.at_ptr(rows[t] + k0) as *const f32
+                        }));
+                        // SAFETY: acc holds `tb` rows of `ld` floats.
+                        let acc = unsafe { s.acc.as_mut_ptr().add(p * MR * ld + (q - q0) * NR) };
+                        let prior = if kb == 0 {
+                            (std::ptr::null(), 0)
+                        } else {
+                            (acc as *const f32, ld)
+                        };
+                        // SAFETY: panels and tiles as above; the output and
+                        // residual rows are the layer's.
+                        unsafe {
+                            if last && mr == MR && nr == NR && j / ps == (j + MR - 1) / ps {
+                                if let Some(plan) = &plan {
+                                    self.fused_token_tile(plan, kernel, kc, ap, bp, prior, f0, j);
+                                    continue;
+                                }
+                            }
+                            if last && kb == 0 {
+                                kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                self.token_epilogue(f0, nr, j, mr, tile.as_ptr(), NR);
+                            } else {
+                                kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0);
+                                if last {
+                                    self.token_epilogue(f0, nr, j, mr, acc, ld);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        s.cols = rows;
+    }
+
+    /// A full tile (tokens `j..j+MR` of one sample, features `f0..f0+NR`)
+    /// through the fused kernel, straight to the output.
+    ///
+    /// # Safety
+    /// As [`Problem::run_tokens`], for this tile.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn fused_token_tile(
+        &self,
+        plan: &FusedPlan,
+        kernel: Kernel,
+        kc: usize,
+        ap: RowPointers,
+        bp: *const f32,
+        (prior, prior_ld): (*const f32, usize),
+        f0: usize,
+        j: usize,
+    ) {
+        let ps = self.per_sample;
+        let (residual, residual_ld) = match plan.residual {
+            Some(l) => (self.at_ptr(l.at(ps, f0, j)) as *const f32, l.col_stride),
+            None => (std::ptr::null(), 0),
+        };
+        let e = TileEpilogue {
+            // SAFETY: bias holds m floats and f0 + NR <= m.
+            bias: if plan.bias.is_null() {
+                plan.bias
+            } else {
+                unsafe { plan.bias.add(f0) }
+            },
+            bias_per_column: !plan.bias.is_null(),
+            residual,
+            residual_ld,
+            residual_first: plan.residual_first,
+            act: plan.act,
+        };
+        let out = self.at_ptr(self.out.at(ps, f0, j));
+        // SAFETY: the caller's extents; output and residual rows are runs of
+        // NR features of one token each, `col_stride` apart.
+        unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.col_stride, &e) };
+    }
+
+    /// The epilogue of a partial tile (or one the fused kernel cannot run):
+    /// rows are tokens `j..j+mr`, columns features `f0..f0+nr`, sums at `src`
+    /// (rows `ld` apart). The same operations as the fused kernel's, in the
+    /// same order.
+    ///
+    /// # Safety
+    /// As [`Problem::run_tokens`], for this tile.
+    #[inline(always)]
+    unsafe fn token_epilogue(
+        &self,
+        f0: usize,
+        nr: usize,
+        j: usize,
+        mr: usize,
+        src: *const f32,
+        ld: usize,
+    ) {
+        let ps = self.per_sample;
+        for r in 0..mr {
+            let mut row = [0f32; NR];
+            // SAFETY: the tile holds mr rows of nr floats at stride ld.
+            row[..nr].copy_from_slice(unsafe { std::slice::from_raw_parts(src.add(r * ld), nr) });
+            let row = &mut row[..nr];
+            for step in &self.epilogue {
+                match *step {
+                    Step::Bias(b) => {
+                        // SAFETY: bias holds m floats.
+                        let b = unsafe { std::slice::from_raw_parts(b.add(f0), nr) };
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    Step::Act(a) => a.apply(row),
+                    Step::Add(l) => {
+                        let at = l.at(ps, f0, j + r);
+                        for (i, v) in row.iter_mut().enumerate() {
+                            // SAFETY: the residual has the output's extent.
+                            *v += unsafe { *self.at_ptr(at + i * l.row_stride) };
+                        }
+                    }
+                }
+            }
+            // SAFETY: the output's features are contiguous per token.
+            unsafe {
+                std::slice::from_raw_parts_mut(self.at_ptr(self.out.at(ps, f0, j + r)), nr)
+                    .copy_from_slice(row)
+            };
+        }
+    }
+}
