@@ -882,6 +882,23 @@ fn sum_lanes(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest element of `x` (NaN ignored, as `f32::max` does), in sixteen
+/// interleaved running maxima like [`sum_lanes`]; `-inf` for an empty slice.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, v)| *a = a.max(*v));
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Constant padding of `[C, H, W]` images.
 #[derive(Debug)]
 pub struct Pad {
@@ -1132,10 +1149,10 @@ impl Attention {
             }
             sgemm(mat(&q, s, d), mat(&kt, d, s), &mut p, s, false);
             for row in p.chunks_exact_mut(s) {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let m = max_lanes(row);
                 row.iter_mut().for_each(|x| *x -= m);
                 self.exp.apply(row);
-                let r = 1.0 / row.iter().sum::<f32>();
+                let r = 1.0 / sum_lanes(row);
                 row.iter_mut().for_each(|x| *x *= r);
             }
             let v = MatRef {
@@ -1300,6 +1317,16 @@ mod tests {
         let mut one = view(&[1, 1], &[5, 1]);
         coalesce(&mut [&mut one]);
         assert_eq!(one.dims, [1]);
+    }
+
+    #[test]
+    fn lane_maxima_find_the_largest_element() {
+        for n in [0usize, 1, 15, 16, 17, 49, 197] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32).sin()).collect();
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_lanes(&x), want, "{n}");
+        }
+        assert_eq!(max_lanes(&[f32::NAN, 1.0, f32::NAN]), 1.0);
     }
 
     #[test]
