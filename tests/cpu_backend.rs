@@ -254,6 +254,11 @@ fn run_both(model: &mut Model, level: u8, batch: usize, threads: usize, seed: u6
 
 #[test]
 fn every_op_matches_candle_over_random_shapes() {
+    if std::env::var_os("NETC_CPU_BASELINE").is_some() {
+        // Run by `baseline_code_matches_candle_over_random_shapes`.
+        use netc_runtime::backend::cpu::gemm::Kernel;
+        assert_eq!(Kernel::detect(), Kernel::Portable);
+    }
     let mut r = Rng(2026);
     let mut failures = Vec::new();
     let mut worst = 0f64;
@@ -276,6 +281,30 @@ fn every_op_matches_candle_over_random_shapes() {
     }
     eprintln!("{cases} cases, worst relative error {worst:.2e}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The randomized cases again on the code of CPUs without AVX2 and FMA
+/// (portable micro-kernel, baseline kernel entries, generated activations,
+/// feature-major linear layers), forced with `NETC_CPU_BASELINE` in a child
+/// process: the choice is made once per process.
+#[test]
+fn baseline_code_matches_candle_over_random_shapes() {
+    if std::env::var_os("NETC_CPU_BASELINE").is_some() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("NETC_CPU_BASELINE", "1")
+        .args([
+            "--exact",
+            "every_op_matches_candle_over_random_shapes",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
 }
 
 /// Every zoo variant at a reduced resolution, guard pages on: any access

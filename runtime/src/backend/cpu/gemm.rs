@@ -267,11 +267,23 @@ pub enum Kernel {
     Portable,
 }
 
+/// Whether `NETC_CPU_BASELINE` is set: the CPU backend then runs the code of
+/// CPUs without AVX2 and FMA (portable micro-kernel, baseline kernel entries,
+/// generated activations) on any CPU, so that path can be tested where it
+/// is not the natural one. Read once per process.
+pub fn baseline_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("NETC_CPU_BASELINE").is_some())
+}
+
 impl Kernel {
-    /// The best kernel this CPU supports.
+    /// The best kernel this CPU supports (the portable one when
+    /// [`baseline_forced`]).
     pub fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && !baseline_forced()
         {
             return Kernel::Avx2Fma;
         }
@@ -506,7 +518,9 @@ fn portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
         for r in 0..MR {
             let av = a[kk * MR + r];
             for (t, bv) in tile[r * NR..r * NR + NR].iter_mut().zip(bro) {
-                *t = av.mul_add(*bv, *t);
+                // Not `mul_add`: without hardware FMA (the CPUs this kernel
+                // is for) that is a libm call per element.
+                *t += av * bv;
             }
         }
     }

@@ -174,6 +174,20 @@ thread_local! {
 /// Output columns a depthwise row computes at once (two ymm registers).
 const DW_CHUNK: usize = 16;
 
+/// `a·b + c`: one fused multiply-add when `fma` (the AVX2+FMA entries, where
+/// it is one `vfmadd`), else a multiply and an add. `f32::mul_add` without
+/// hardware FMA is a libm call per element, which made the baseline entries
+/// tens of times slower. `fma` is loop-invariant, so each loop is compiled
+/// once per case.
+#[inline(always)]
+fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
+    if fma {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// The widest output map [`Depthwise::run_channel_blocked`] takes: measured
 /// over MobileNetV2's and EfficientNet-B0's layers, it takes 0.3–0.6× the
 /// row path's time at 7–28 columns, about the same at 56, and more at 112,
@@ -194,6 +208,7 @@ impl Depthwise {
         let [c_out, oh, ow] = self.out_chw;
         let [h, w] = self.in_hw;
         let win = &self.window;
+        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
         let [kh, kw] = win.kernel;
         let (s, d, pl) = (win.stride[1], win.dilation[1], win.pad[1]);
         let (sy, dy, pt) = (win.stride[0], win.dilation[0], win.pad[0]);
@@ -300,9 +315,7 @@ impl Depthwise {
                             let at = base + tap + x;
                             let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
                             for (a, v) in acc.iter_mut().zip(v) {
-                                // One vfmadd in the AVX2+FMA entry (a libm call in
-                                // the baseline one, kept only for CPUs without AVX2).
-                                *a = wv.mul_add(*v, *a);
+                                *a = madd(fma, wv, *v, *a);
                             }
                         }
                         row[x..x + DW_CHUNK].copy_from_slice(&acc);
@@ -323,6 +336,7 @@ impl Depthwise {
     #[inline(always)]
     fn run_channel_blocked(&self, tid: usize, threads: usize) {
         const L: usize = 8;
+        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
         let [c_out, oh, ow] = self.out_chw;
         let [h, w] = self.in_hw;
         let win = &self.window;
@@ -395,8 +409,7 @@ impl Depthwise {
                                     *(pp.add(at + (i * sx + kx * dx) * L) as *const [f32; L])
                                 };
                                 for ((a, p), wv) in acc.iter_mut().zip(p).zip(wv) {
-                                    // One vfmadd in the AVX2+FMA entry.
-                                    *a = wv.mul_add(p, *a);
+                                    *a = madd(fma, wv, p, *a);
                                 }
                             }
                         }

@@ -14,10 +14,11 @@ use super::jit::{ERFC_POLY, EXP_POLY, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q};
 use netc_compiler::ir::Activation;
 use std::arch::x86_64::*;
 
-/// Whether this CPU runs the functions of this module.
+/// Whether this CPU runs the functions of this module (not when the
+/// baseline is forced, see `gemm::baseline_forced`).
 #[inline]
 pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
 }
 
 /// Horner's rule, highest coefficient first.
