@@ -50,13 +50,18 @@ impl Problem {
     /// column `c` at `c / s`), so the pixels one kernel tap reads along an
     /// output row are contiguous: the gather is then one short copy per tap
     /// and row segment, with no bounds work. 1×1 windows keep only the pixels
-    /// they read (see [`Problem::padded_window`]). Inputs above 16 Mi floats,
+    /// they read (see [`Problem::padded_window`]). Only samples `wanted` are written
+    /// (the others keep their places, unwritten). Inputs above 16 Mi floats,
     /// or column strides above 4, return false.
     ///
     /// # Safety
     /// The input layout must address memory valid for this problem.
     #[inline(always)]
-    pub(super) unsafe fn pad_input(&self, padded: &mut Vec<f32>) -> bool {
+    pub(super) unsafe fn pad_input(
+        &self,
+        padded: &mut Vec<f32>,
+        wanted: std::ops::Range<usize>,
+    ) -> bool {
         let Gather::Window(l, w) = self.b else {
             return false;
         };
@@ -84,7 +89,14 @@ impl Problem {
         if padded.len() < len + NR {
             padded.resize(len + NR, 0.0);
         }
-        for (i, dst) in padded[..len].chunks_exact_mut(row_len).enumerate() {
+        // Only `wanted` (the samples this thread's columns read); the buffer keeps
+        // every sample's place so offsets stay the same.
+        let per_sample_rows = channels * rows;
+        let first = wanted.start * per_sample_rows;
+        let last = wanted.end.min(samples) * per_sample_rows;
+        let region = &mut padded[first * row_len..last.max(first) * row_len];
+        for (i, dst) in region.chunks_exact_mut(row_len).enumerate() {
+            let i = first + i;
             let (nc, r) = (i / rows, i % rows);
             let (n, c) = (nc / channels, nc % channels);
             let iy = (r * row_step).wrapping_sub(pt);

@@ -173,24 +173,57 @@ impl Problem {
             unsafe { self.run_tokens(tid, threads, scratch) };
             return;
         }
-        // SAFETY: as for this function.
-        scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded) };
         let panels = self.m.div_ceil(MR);
-        if scratch.padded_ready
+        let ps = self.per_sample;
+        // Each thread pads only the samples its share of columns reads.
+        if matches!(self.b, Gather::Window(..))
             && panels <= IN_PLACE_MAX_PANELS
             && Kernel::detect() == Kernel::Avx2Fma
         {
-            // SAFETY: as for this function; the padded copy is ready.
-            unsafe { self.run_in_place(tid, threads, scratch) };
-            return;
+            let share = self.in_place_share(tid, threads);
+            let per = self.in_place_panels_per_sample();
+            let samples = if share.0 < share.1 {
+                share.0 / per..(share.1 - 1) / per + 1
+            } else {
+                0..0
+            };
+            // SAFETY: as for this function.
+            scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded, samples) };
+            if scratch.padded_ready {
+                // SAFETY: as for this function; the padded copy is ready.
+                unsafe { self.run_in_place(share, scratch) };
+                return;
+            }
         }
-        if self.n >= threads * 4 * NR || panels < threads {
+        let (p0, p1, c0, c1) = if self.n >= threads * 4 * NR || panels < threads {
             let (j0, j1) = split(self.n.div_ceil(NR), tid, threads);
-            unsafe { self.run_block(0, panels, j0 * NR, (j1 * NR).min(self.n), scratch) };
+            (0, panels, j0 * NR, (j1 * NR).min(self.n))
         } else {
             let (p0, p1) = split(panels, tid, threads);
-            unsafe { self.run_block(p0, p1, 0, self.n, scratch) };
-        }
+            (p0, p1, 0, self.n)
+        };
+        let samples = if c0 < c1 {
+            c0 / ps..(c1 - 1) / ps + 1
+        } else {
+            0..0
+        };
+        // SAFETY: as for this function.
+        scratch.padded_ready = unsafe { self.pad_input(&mut scratch.padded, samples) };
+        unsafe { self.run_block(p0, p1, c0, c1, scratch) };
+    }
+
+    /// [`Problem::run_in_place`]'s row-aligned panels per sample.
+    fn in_place_panels_per_sample(&self) -> usize {
+        let Gather::Window(_, w) = self.b else {
+            return 1;
+        };
+        self.per_sample / w.out_w * w.out_w.div_ceil(NR)
+    }
+
+    /// This thread's share `[q0, q1)` of [`Problem::run_in_place`]'s panels.
+    fn in_place_share(&self, tid: usize, threads: usize) -> (usize, usize) {
+        let samples = self.n / self.per_sample;
+        split(samples * self.in_place_panels_per_sample(), tid, threads)
     }
 
     /// Row panels `p0..p1`, columns `c0..c1`.
@@ -282,7 +315,7 @@ impl Problem {
     /// # Safety
     /// As [`Problem::run`]; `s.padded` holds this problem's padded input and
     /// the CPU has AVX2 and FMA.
-    unsafe fn run_in_place(&self, tid: usize, threads: usize, s: &mut Scratch) {
+    unsafe fn run_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
         let Gather::Window(_, window) = self.b else {
             return;
         };
@@ -305,8 +338,6 @@ impl Problem {
         let ow = w.out_w;
         let oh = self.per_sample / ow;
         let per_row = ow.div_ceil(NR);
-        let total = self.n / self.per_sample * oh * per_row;
-        let (q0, q1) = split(total, tid, threads);
         let panels = self.m.div_ceil(MR);
         let mpad = panels * MR;
         let blocks = self.k.div_ceil(K_BLOCK);
@@ -487,10 +518,10 @@ mod tests {
                 let mut s = Scratch::default();
                 // SAFETY: the arena holds both samples' input and output.
                 unsafe {
-                    s.padded_ready = p.pad_input(&mut s.padded);
+                    s.padded_ready = p.pad_input(&mut s.padded, 0..samples);
                     assert!(s.padded_ready);
                     if in_place {
-                        p.run_in_place(0, 1, &mut s);
+                        p.run_in_place(p.in_place_share(0, 1), &mut s);
                     } else {
                         p.run_block(0, cout.div_ceil(MR), 0, p.n, &mut s);
                     }
