@@ -446,11 +446,12 @@ impl Kernel {
 
 impl Kernel {
     /// [`Kernel::run_into`] with A read in place from `MR` row pointers
-    /// (token-major products); only the AVX2 kernel reads A this way, and on
-    /// other CPUs this returns false, doing nothing.
+    /// (token-major products). The AVX2 kernel reads them directly; the
+    /// portable one from a packed copy.
     ///
     /// # Safety
-    /// As [`Kernel::run_into`], with every row of `a` holding `kc` floats.
+    /// As [`Kernel::run_into`], with every row of `a` holding `kc` floats
+    /// (`kc` at most [`K_BLOCK`]).
     #[inline]
     pub unsafe fn run_into_rows(
         self,
@@ -460,26 +461,32 @@ impl Kernel {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
-    ) -> bool {
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
-            Kernel::Avx2Fma => unsafe {
-                avx2::kernel_into(kc, a, b, c, ldc, accumulate);
-                true
-            },
+            Kernel::Avx2Fma => unsafe { avx2::kernel_into(kc, a, b, c, ldc, accumulate) },
             _ => {
-                let _ = (kc, a, b, c, ldc, accumulate);
-                false
+                assert!(kc <= KC);
+                let mut panel = [0f32; KC * MR];
+                for kk in 0..kc {
+                    for r in 0..MR {
+                        // SAFETY: row r holds kc floats.
+                        panel[kk * MR + r] = unsafe { *a.at(kk, r) };
+                    }
+                }
+                // SAFETY: the panel holds kc·MR floats; the rest is the caller's.
+                unsafe { self.run_into(kc, panel.as_ptr(), b, c, ldc, accumulate) }
             }
         }
     }
 
-    /// [`Kernel::run_into_cols`] with B read in place; only the AVX2 kernel
-    /// reads B this way, and on other CPUs this returns false, doing nothing.
+    /// [`Kernel::run_into_cols`] with B read in place. The AVX2 kernel reads
+    /// it directly; the portable one from a packed copy.
     ///
     /// # Safety
-    /// As [`Kernel::run_into`], with every row of `b` holding NR floats.
+    /// As [`Kernel::run_into`], with every row of `b` holding NR floats (`kc`
+    /// at most [`K_BLOCK`]).
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_into_cols_indirect(
@@ -491,7 +498,7 @@ impl Kernel {
         ldc: usize,
         accumulate: bool,
         cols: usize,
-    ) -> bool {
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
@@ -501,11 +508,17 @@ impl Kernel {
                 } else {
                     avx2::kernel_into(kc, a, b, c, ldc, accumulate)
                 }
-                true
             },
             _ => {
-                let _ = (kc, a, b, c, ldc, accumulate, cols);
-                false
+                assert!(kc <= KC);
+                let mut panel = [0f32; KC * NR];
+                for kk in 0..kc {
+                    // SAFETY: row kk holds NR floats.
+                    let row = unsafe { std::slice::from_raw_parts(b.row(kk), NR) };
+                    panel[kk * NR..(kk + 1) * NR].copy_from_slice(row);
+                }
+                // SAFETY: the panel holds kc·NR floats; the rest is the caller's.
+                unsafe { self.run_into_cols(kc, a, panel.as_ptr(), c, ldc, accumulate, cols) }
             }
         }
     }
@@ -793,6 +806,43 @@ mod tests {
             for r in 0..MR {
                 assert_eq!(full[r * NR..r * NR + 8], half[r * NR..r * NR + 8]);
             }
+        }
+    }
+
+    #[test]
+    fn operands_read_in_place_give_the_packed_results() {
+        let kc = 37;
+        let a: Vec<f32> = (0..kc * MR).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..kc * NR).map(|i| (i % 5) as f32 - 2.0).collect();
+        // A as six rows of kc (row r, step kk at r·kc + kk).
+        let rows: Vec<f32> = (0..MR * kc).map(|i| a[(i % kc) * MR + i / kc]).collect();
+        let ptrs = RowPointers(std::array::from_fn(|r| rows[r * kc..].as_ptr()));
+        // B rows scattered with a gap of 3 floats between them.
+        let spread: Vec<f32> = (0..kc * (NR + 3))
+            .map(|i| {
+                if i % (NR + 3) < NR {
+                    b[i / (NR + 3) * NR + i % (NR + 3)]
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect();
+        let offsets: Vec<usize> = (0..kc).map(|kk| kk * (NR + 3)).collect();
+        let ind = Indirect {
+            base: spread.as_ptr(),
+            offsets: offsets.as_ptr(),
+        };
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            let mut want = [0f32; MR * NR];
+            Kernel::Portable.run(kc, &a, &b, &mut want);
+            let (mut t1, mut t2) = ([0f32; MR * NR], [0f32; MR * NR]);
+            // SAFETY: every operand holds kc steps; the tiles MR×NR.
+            unsafe {
+                kernel.run_into_rows(kc, ptrs, b.as_ptr(), t1.as_mut_ptr(), NR, false);
+                kernel.run_into_cols_indirect(kc, a.as_ptr(), ind, t2.as_mut_ptr(), NR, false, NR);
+            }
+            assert_eq!(t1, want, "{kernel:?} rows");
+            assert_eq!(t2, want, "{kernel:?} indirect");
         }
     }
 

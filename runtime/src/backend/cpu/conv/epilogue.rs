@@ -250,56 +250,19 @@ impl Problem {
 const COLUMN_ROWS: usize = 256;
 
 /// `dst[t·rows + r] = src[r·ld + t]` for `r < rows`, `t < cols`: a block of
-/// GEMM sums turned token-major, with 8×8 register transposes where the CPU
-/// has AVX2 (a gather with stride `ld` per element costs more than the GEMM
-/// for a linear layer with a short K).
+/// GEMM sums turned token-major. (This feature-major path for linear layers
+/// runs on CPUs without AVX2 only; with AVX2 they are token-major products,
+/// `token.rs`.)
 ///
 /// # Safety
 /// `src` must hold `rows` rows of `cols` floats at stride `ld`, and `dst`
 /// `rows·cols` floats.
 #[inline(always)]
 unsafe fn transpose_into(src: *const f32, ld: usize, rows: usize, cols: usize, dst: *mut f32) {
-    let (mut r8, mut c8) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx2Fma {
-        (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
-        // SAFETY: AVX2 checked; blocks stay within both extents.
-        unsafe { transpose_blocks(src, ld, r8, c8, dst, rows) };
-    }
     for t in 0..cols {
-        // Rows the blocks did not cover: all of them for the last cols % 8
-        // columns, the last rows % 8 for the others.
-        let from = if t < c8 { r8 } else { 0 };
-        for r in from..rows {
+        for r in 0..rows {
             // SAFETY: as for this function.
             unsafe { *dst.add(t * rows + r) = *src.add(r * ld + t) };
-        }
-    }
-}
-
-/// The 8×8 blocks of [`transpose_into`]: rows `0..rows8`, columns `0..cols8`
-/// (multiples of 8), `dst` rows `ldd` apart.
-///
-/// # Safety
-/// AVX2; extents as for [`transpose_into`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_blocks(
-    src: *const f32,
-    ld: usize,
-    rows8: usize,
-    cols8: usize,
-    dst: *mut f32,
-    ldd: usize,
-) {
-    use std::arch::x86_64::*;
-    for r in (0..rows8).step_by(8) {
-        for t in (0..cols8).step_by(8) {
-            let v: [__m256; 8] =
-                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add((r + i) * ld + t)) });
-            for (i, c) in super::transpose8(v).iter().enumerate() {
-                unsafe { _mm256_storeu_ps(dst.add((t + i) * ldd + r), *c) };
-            }
         }
     }
 }

@@ -313,27 +313,30 @@ impl Problem {
     /// split the panels.
     ///
     /// # Safety
-    /// As [`Problem::run`]; `s.padded` holds this problem's padded input and
-    /// the CPU has AVX2 and FMA.
+    /// As [`Problem::run`]; `s.padded` holds this problem's padded input.
     unsafe fn run_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
         let Gather::Window(_, window) = self.b else {
             return;
         };
-        let kernel = Kernel::Avx2Fma;
+        let kernel = Kernel::detect();
         let (rows, phase_len, channels) = self.padded_geometry(&window);
         let w = self.padded_window(&window);
         let (sy, sx) = (w.stride[0], w.stride[1]);
         let row_len = sx * phase_len;
         let plane = rows * row_len;
         let (kh, kw) = (w.kernel[0], w.kernel[1]);
-        // Every K row's offset from a panel's window corner, as `pack_b` computes it.
+        // Every K row's offset from a panel's window corner, as `pack_b`
+        // computes it: the taps of one channel once, then shifted per channel.
         let mut offsets = std::mem::take(&mut s.cols);
         offsets.clear();
-        offsets.extend((0..self.k).map(|kidx| {
-            let (c, r) = (kidx / (kh * kw), kidx % (kh * kw));
+        offsets.extend((0..kh * kw).map(|r| {
             let dx = (r % kw) * w.dilation[1];
-            c * plane + (r / kw) * w.dilation[0] * row_len + (dx % sx) * phase_len + dx / sx
+            (r / kw) * w.dilation[0] * row_len + (dx % sx) * phase_len + dx / sx
         }));
+        for i in kh * kw..self.k {
+            let o = offsets[i - kh * kw] + plane;
+            offsets.push(o);
+        }
         let reach = offsets.iter().max().copied().unwrap_or(0) + NR;
         let ow = w.out_w;
         let oh = self.per_sample / ow;
@@ -397,41 +400,6 @@ impl Problem {
         }
         s.cols = offsets;
     }
-}
-
-/// Transposes an 8×8 block held as eight row vectors into eight column
-/// vectors.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
-    use std::arch::x86_64::*;
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(u0, u4),
-        _mm256_permute2f128_ps::<0x20>(u1, u5),
-        _mm256_permute2f128_ps::<0x20>(u2, u6),
-        _mm256_permute2f128_ps::<0x20>(u3, u7),
-        _mm256_permute2f128_ps::<0x31>(u0, u4),
-        _mm256_permute2f128_ps::<0x31>(u1, u5),
-        _mm256_permute2f128_ps::<0x31>(u2, u6),
-        _mm256_permute2f128_ps::<0x31>(u3, u7),
-    ]
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -687,10 +655,8 @@ mod bench {
             let w: Vec<f32> = (0..cout * k).map(|i| (i % 13) as f32 * 0.01).collect();
             let packed = super::super::gemm::pack_weights(&w, cout, k);
             // Linear layers as the CPU backend runs them: token-major, with
-            // the weights as B (FEATURE_MAJOR=1 measures the other way).
-            let token_major = linear
-                && Kernel::detect() == Kernel::Avx2Fma
-                && std::env::var("FEATURE_MAJOR").is_err();
+            // the weights as B, where the CPU has AVX2.
+            let token_major = linear && Kernel::detect() == Kernel::Avx2Fma;
             let cols = super::super::gemm::pack_weights_cols(&w, cout, k);
             let mut arena = vec![0.5f32; input + cout * n];
             let image = Layout {

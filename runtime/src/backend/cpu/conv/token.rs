@@ -27,12 +27,12 @@ impl Problem {
     /// # Safety
     /// As [`Problem::run`]; `self.a_cols` holds the weights packed by
     /// `pack_weights_cols`, B gathers K-contiguous token rows, the output is
-    /// token-major (`out.row_stride == 1`), and the CPU has AVX2 and FMA.
+    /// token-major (`out.row_stride == 1`).
     pub(super) unsafe fn run_tokens(&self, tid: usize, threads: usize, s: &mut Scratch) {
         let Gather::Strided(x) = self.b else {
             return;
         };
-        let kernel = Kernel::Avx2Fma;
+        let kernel = Kernel::detect();
         let ps = self.per_sample;
         let fpanels = self.m.div_ceil(NR);
         let mpad = fpanels * NR;
@@ -95,8 +95,10 @@ impl Problem {
                         unsafe {
                             if last && mr == MR && nr == NR && j / ps == (j + MR - 1) / ps {
                                 if let Some(plan) = &plan {
-                                    self.fused_token_tile(plan, kernel, kc, ap, bp, prior, f0, j);
-                                    continue;
+                                    if self.fused_token_tile(plan, kernel, kc, ap, bp, prior, f0, j)
+                                    {
+                                        continue;
+                                    }
                                 }
                             }
                             if last && kb == 0 {
@@ -117,7 +119,8 @@ impl Problem {
     }
 
     /// A full tile (tokens `j..j+MR` of one sample, features `f0..f0+NR`)
-    /// through the fused kernel, straight to the output.
+    /// through the fused kernel, straight to the output; false, doing
+    /// nothing, where the CPU has no fused kernel.
     ///
     /// # Safety
     /// As [`Problem::run_tokens`], for this tile.
@@ -133,7 +136,7 @@ impl Problem {
         (prior, prior_ld): (*const f32, usize),
         f0: usize,
         j: usize,
-    ) {
+    ) -> bool {
         let ps = self.per_sample;
         let (residual, residual_ld) = match plan.residual {
             Some(l) => (self.at_ptr(l.at(ps, f0, j)) as *const f32, l.col_stride),
@@ -155,7 +158,7 @@ impl Problem {
         let out = self.at_ptr(self.out.at(ps, f0, j));
         // SAFETY: the caller's extents; output and residual rows are runs of
         // NR features of one token each, `col_stride` apart.
-        unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.col_stride, &e) };
+        unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.col_stride, &e) }
     }
 
     /// The epilogue of a partial tile (or one the fused kernel cannot run):
