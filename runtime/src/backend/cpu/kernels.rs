@@ -66,8 +66,9 @@ pub struct Images {
 }
 
 impl Images {
+    /// Sample `n`.
     #[inline]
-    fn at(&self, n: usize) -> *mut f32 {
+    pub(super) fn at(&self, n: usize) -> *mut f32 {
         // SAFETY: the lowering checked every sample against its buffer.
         unsafe { self.ptr.add(n * self.sample_stride) }
     }
@@ -88,7 +89,7 @@ thread_local! {
 /// inside `with`'s closure, which is compiled without the entry's AVX2/FMA
 /// features.
 #[inline(always)]
-fn take_buffers<const N: usize>(lens: [usize; N]) -> [Vec<f32>; N] {
+pub(super) fn take_buffers<const N: usize>(lens: [usize; N]) -> [Vec<f32>; N] {
     let mut pool = BUFFERS.take();
     let bufs = lens.map(|len| {
         let mut b = pool.pop().unwrap_or_default();
@@ -101,7 +102,7 @@ fn take_buffers<const N: usize>(lens: [usize; N]) -> [Vec<f32>; N] {
 
 /// Returns buffers from [`take_buffers`] for the next call.
 #[inline(always)]
-fn put_buffers<const N: usize>(bufs: [Vec<f32>; N]) {
+pub(super) fn put_buffers<const N: usize>(bufs: [Vec<f32>; N]) {
     let mut pool = BUFFERS.take();
     pool.extend(bufs);
     BUFFERS.set(pool);
@@ -139,48 +140,13 @@ impl Gemm {
     }
 }
 
-/// A convolution with one input channel per group (depthwise), computed directly.
-#[derive(Debug)]
-pub struct Depthwise {
-    /// Input images `[C, H, W]`.
-    pub x: Images,
-    /// Output images `[Cout, OH, OW]`.
-    pub out: Images,
-    /// Input (h, w).
-    pub in_hw: [usize; 2],
-    /// Output channels, height, width.
-    pub out_chw: [usize; 3],
-    /// Output channels per input channel.
-    pub multiplier: usize,
-    /// Kernel, stride, (top, left) padding, dilation.
-    pub window: netc_compiler::ir::Window,
-    /// `[Cout, 1, kh, kw]`.
-    pub weights: *const f32,
-    /// Epilogue; layouts are relative to `arena`.
-    pub epilogue: Vec<conv::Step>,
-    /// Base of the epilogue's layouts.
-    pub arena: *mut f32,
-    /// Batch.
-    pub batch: usize,
-}
-
-thread_local! {
-    /// A depthwise convolution's zero-padded, phase-split input plane, one
-    /// output row, and its geometry (phase ranges, tap offsets).
-    static DEPTHWISE_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
-
-/// Output columns a depthwise row computes at once (two ymm registers).
-const DW_CHUNK: usize = 16;
-
 /// `a·b + c`: one fused multiply-add when `fma` (the AVX2+FMA entries, where
 /// it is one `vfmadd`), else a multiply and an add. `f32::mul_add` without
 /// hardware FMA is a libm call per element, which made the baseline entries
 /// tens of times slower. `fma` is loop-invariant, so each loop is compiled
 /// once per case.
 #[inline(always)]
-fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
     if fma {
         a.mul_add(b, c)
     } else {
@@ -188,315 +154,7 @@ fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// The widest output map [`Depthwise::run_channel_blocked`] takes: measured
-/// over MobileNetV2's and EfficientNet-B0's layers, it takes 0.3–0.6× the
-/// row path's time at 7–28 columns, about the same at 56, and more at 112,
-/// where the row path's chunks are full and the interleaved plane leaves L1.
-const DW_BLOCKED_MAX_WIDTH: usize = 28;
-
-impl Depthwise {
-    /// Per channel: the input plane is copied once into a zero-padded buffer
-    /// whose columns are split into `stride` phases, so that every kernel tap
-    /// reads a contiguous run; then each chunk of [`DW_CHUNK`] output columns
-    /// sums all taps in registers and is stored once.
-    #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
-        if self.multiplier == 1 && self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH {
-            self.run_channel_blocked(tid, threads);
-            return;
-        }
-        let [c_out, oh, ow] = self.out_chw;
-        let [h, w] = self.in_hw;
-        let win = &self.window;
-        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
-        let [kh, kw] = win.kernel;
-        let (s, d, pl) = (win.stride[1], win.dilation[1], win.pad[1]);
-        let (sy, dy, pt) = (win.stride[0], win.dilation[0], win.pad[0]);
-        let owc = ow.div_ceil(DW_CHUNK) * DW_CHUNK;
-        // Padded rows and the length of one phase of a padded row.
-        let rows = (oh - 1) * sy + (kh - 1) * dy + 1;
-        let plen = ((owc - 1) * s + (kw - 1) * d + 1).div_ceil(s);
-        let (lo, hi) = split(self.batch * c_out, tid, threads);
-        // Out of the thread-local, not inside `with`'s closure (which would
-        // be compiled without the caller's AVX2/FMA features).
-        let mut scratch = DEPTHWISE_SCRATCH.take();
-        {
-            let (plane, row, geometry) = &mut scratch;
-            plane.clear();
-            plane.resize(s * rows * plen, 0.0);
-            row.clear();
-            row.resize(owc, 0.0);
-            // Everything with a division, computed once: per phase p, the
-            // in-bounds range [first, end) of its indices (index i holds input
-            // column i·s + p − pl) and the input column of `first`; then per
-            // tap, its offset in the plane.
-            geometry.clear();
-            for p in 0..s {
-                let first = pl.saturating_sub(p).div_ceil(s).min(plen);
-                let end = ((w + pl).saturating_sub(p)).div_ceil(s).clamp(first, plen);
-                geometry.extend([first, end, (first * s + p).saturating_sub(pl)]);
-            }
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let o = kx * d;
-                    geometry.push(((o % s) * rows + ky * dy) * plen + o / s);
-                }
-            }
-            let (phases, taps) = geometry.split_at(3 * s);
-            for unit in lo..hi {
-                let (n, oc) = (unit / c_out, unit % c_out);
-                let ic = oc / self.multiplier;
-                // SAFETY: extents checked at lowering.
-                let xin =
-                    unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
-                let wk =
-                    unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
-                for r in 0..rows {
-                    let iy = r.wrapping_sub(pt);
-                    if s == 2 && iy < h {
-                        // Both phases in one pass over the row: pairs of
-                        // input columns go one to each phase, a loop the
-                        // compiler turns into vector shuffles.
-                        let (p0, p1) = plane.split_at_mut(rows * plen);
-                        let (d0, d1) = (&mut p0[r * plen..][..plen], &mut p1[r * plen..][..plen]);
-                        d0.fill(0.0);
-                        d1.fill(0.0);
-                        let used = w.min((2 * plen).saturating_sub(pl));
-                        let src = &xin[iy * w..iy * w + used];
-                        // Input column x lands in phase (x + pl) % 2 at (x + pl) / 2.
-                        let (da, db, oa, ob) = if pl % 2 == 0 {
-                            (d0, d1, pl / 2, pl / 2)
-                        } else {
-                            (d1, d0, (pl - 1) / 2, pl.div_ceil(2))
-                        };
-                        let pairs = used / 2;
-                        for ((a, b), pr) in da[oa..oa + pairs]
-                            .iter_mut()
-                            .zip(&mut db[ob..ob + pairs])
-                            .zip(src.chunks_exact(2))
-                        {
-                            *a = pr[0];
-                            *b = pr[1];
-                        }
-                        if used % 2 == 1 {
-                            da[oa + pairs] = src[used - 1];
-                        }
-                        continue;
-                    }
-                    for (p, ph) in phases.chunks_exact(3).enumerate() {
-                        let dst = &mut plane[(p * rows + r) * plen..][..plen];
-                        if iy >= h {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &xin[iy * w..iy * w + w];
-                        let (first, end, x0) = (ph[0], ph[1], ph[2]);
-                        dst[..first].fill(0.0);
-                        dst[end..].fill(0.0);
-                        let dst = &mut dst[first..end];
-                        match s {
-                            1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
-                            2 => dst
-                                .iter_mut()
-                                .zip(src[x0..].iter().step_by(2))
-                                .for_each(|(d, v)| *d = *v),
-                            _ => dst
-                                .iter_mut()
-                                .zip(src[x0..].iter().step_by(s))
-                                .for_each(|(d, v)| *d = *v),
-                        }
-                    }
-                }
-                for oy in 0..oh {
-                    let base = oy * sy * plen;
-                    for x in (0..owc).step_by(DW_CHUNK) {
-                        let mut acc = [0f32; DW_CHUNK];
-                        for (&tap, &wv) in taps.iter().zip(wk) {
-                            let at = base + tap + x;
-                            let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
-                            for (a, v) in acc.iter_mut().zip(v) {
-                                *a = madd(fma, wv, *v, *a);
-                            }
-                        }
-                        row[x..x + DW_CHUNK].copy_from_slice(&acc);
-                    }
-                    self.finish(n, oc, oy, &mut row[..ow]);
-                }
-            }
-        }
-        DEPTHWISE_SCRATCH.set(scratch);
-    }
-
-    /// Small maps, where rows of [`DW_CHUNK`] outputs would leave lanes
-    /// idle: eight channels at a time, their padded planes interleaved
-    /// (`[row][column][channel]`) so that one vector holds one pixel of eight
-    /// channels and every output is a sum of `taps` vector multiply-adds with
-    /// no idle lane. Taps are summed in the same order as in
-    /// [`Depthwise::run`]'s row path, so both give the same bits.
-    #[inline(always)]
-    fn run_channel_blocked(&self, tid: usize, threads: usize) {
-        const L: usize = 8;
-        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
-        let [c_out, oh, ow] = self.out_chw;
-        let [h, w] = self.in_hw;
-        let win = &self.window;
-        let [kh, kw] = win.kernel;
-        let taps = kh * kw;
-        let [sy, sx] = win.stride;
-        let [dy, dx] = win.dilation;
-        let (pt, pl) = (win.pad[0], win.pad[1]);
-        // The padded rows and columns the outputs read.
-        let hp = (oh - 1) * sy + (kh - 1) * dy + 1;
-        let wp = (ow - 1) * sx + (kw - 1) * dx + 1;
-        let blocks = c_out.div_ceil(L);
-        let (lo, hi) = split(self.batch * blocks, tid, threads);
-        let [mut plane, mut wts, mut out, mut row] =
-            take_buffers([hp * wp * L, taps * L, oh * ow * L, ow]);
-        for unit in lo..hi {
-            let (n, c0) = (unit / blocks, unit % blocks * L);
-            let lanes = L.min(c_out - c0);
-            plane.fill(0.0);
-            for l in 0..lanes {
-                // SAFETY: extents checked at lowering.
-                let src = unsafe {
-                    std::slice::from_raw_parts(self.x.at(n).add((c0 + l) * h * w), h * w)
-                };
-                // SAFETY: as above.
-                let wk =
-                    unsafe { std::slice::from_raw_parts(self.weights.add((c0 + l) * taps), taps) };
-                for (t, &v) in wk.iter().enumerate() {
-                    wts[t * L + l] = v;
-                }
-                for (iy, line) in src.chunks_exact(w).enumerate() {
-                    let py = iy + pt;
-                    if py >= hp {
-                        break;
-                    }
-                    let dst = &mut plane[py * wp * L..(py + 1) * wp * L];
-                    for (ix, &v) in line.iter().enumerate().take(wp.saturating_sub(pl)) {
-                        dst[(ix + pl) * L + l] = v;
-                    }
-                }
-            }
-            for l in lanes..L {
-                for t in 0..taps {
-                    wts[t * L + l] = 0.0;
-                }
-            }
-            // Four outputs at a time: four independent chains of multiply-adds
-            // (one chain would wait on each FMA's latency), one weight load
-            // for four of them.
-            const X: usize = 4;
-            assert!(
-                plane.len() >= hp * wp * L && wts.len() >= taps * L && out.len() >= oh * ow * L
-            );
-            let (pp, wq, op) = (plane.as_ptr(), wts.as_ptr(), out.as_mut_ptr());
-            for oy in 0..oh {
-                let mut ox = 0;
-                while ox < ow {
-                    let xs = X.min(ow - ox);
-                    let mut acc = [[0f32; L]; X];
-                    for ky in 0..kh {
-                        let at = ((oy * sy + ky * dy) * wp + ox * sx) * L;
-                        for kx in 0..kw {
-                            // SAFETY: tap (ky, kx) of outputs ox..ox+xs reads
-                            // padded row oy·sy + ky·dy < hp and columns below
-                            // wp; the weights hold taps·L floats.
-                            let wv: [f32; L] =
-                                unsafe { *(wq.add((ky * kw + kx) * L) as *const [f32; L]) };
-                            for (i, acc) in acc.iter_mut().enumerate().take(xs) {
-                                let p: [f32; L] = unsafe {
-                                    *(pp.add(at + (i * sx + kx * dx) * L) as *const [f32; L])
-                                };
-                                for ((a, p), wv) in acc.iter_mut().zip(p).zip(wv) {
-                                    *a = madd(fma, wv, p, *a);
-                                }
-                            }
-                        }
-                    }
-                    for (i, acc) in acc.iter().enumerate().take(xs) {
-                        // SAFETY: output (oy, ox + i) is inside `out`.
-                        unsafe { *(op.add((oy * ow + ox + i) * L) as *mut [f32; L]) = *acc };
-                    }
-                    ox += xs;
-                }
-            }
-            // Bias and activation on the interleaved block (one vector per
-            // pixel, one activation call per block); a residual needs the
-            // row path.
-            let simple = self
-                .epilogue
-                .iter()
-                .all(|s| matches!(s, conv::Step::Bias(_) | conv::Step::Act(_)));
-            if !simple {
-                for l in 0..lanes {
-                    for oy in 0..oh {
-                        for (ox, r) in row.iter_mut().enumerate() {
-                            *r = out[(oy * ow + ox) * L + l];
-                        }
-                        self.finish(n, c0 + l, oy, &mut row);
-                    }
-                }
-                continue;
-            }
-            let block = &mut out[..oh * ow * L];
-            for step in &self.epilogue {
-                match *step {
-                    conv::Step::Bias(b) => {
-                        let mut bias = [0f32; L];
-                        // SAFETY: bias holds Cout floats; lanes ≤ Cout − c0.
-                        bias[..lanes].copy_from_slice(unsafe {
-                            std::slice::from_raw_parts(b.add(c0), lanes)
-                        });
-                        for px in block.chunks_exact_mut(L) {
-                            px.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
-                        }
-                    }
-                    conv::Step::Act(a) => a.apply(block),
-                    conv::Step::Add(_) => unreachable!("handled above"),
-                }
-            }
-            let ps = oh * ow;
-            for l in 0..lanes {
-                // SAFETY: extents checked at lowering.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(self.out.at(n).add((c0 + l) * ps), ps)
-                };
-                for (d, px) in dst.iter_mut().zip(block.chunks_exact(L)) {
-                    *d = px[l];
-                }
-            }
-        }
-        put_buffers([plane, wts, out, row]);
-    }
-
-    #[inline(always)]
-    fn finish(&self, n: usize, oc: usize, oy: usize, row: &mut [f32]) {
-        let [_, oh, ow] = self.out_chw;
-        let ps = oh * ow;
-        let j = n * ps + oy * ow;
-        for step in &self.epilogue {
-            match *step {
-                conv::Step::Bias(b) => {
-                    // SAFETY: bias holds Cout floats.
-                    let b = unsafe { *b.add(oc) };
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-                conv::Step::Act(a) => a.apply(row),
-                conv::Step::Add(l) => {
-                    let at = l.base + n * l.sample_stride + oc * l.row_stride + (j - n * ps);
-                    for (t, v) in row.iter_mut().enumerate() {
-                        // SAFETY: the residual has the output's extent.
-                        *v += unsafe { *self.arena.add(at + t) };
-                    }
-                }
-            }
-        }
-        // SAFETY: extents checked at lowering.
-        let dst = unsafe { self.out.at(n).add(oc * ps + oy * ow) };
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, ow) };
-    }
-}
+pub use super::depthwise::Depthwise;
 
 /// `y = x·scale[c] + shift[c]` over `[outer, channels, inner]` per sample
 /// (inference batch norm, layer scale).

@@ -12,12 +12,13 @@
 //!
 //! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
 //! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues,
-//! `token.rs` token-major products), `kernels.rs` (every other
-//! layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
+//! `token.rs` token-major products), `depthwise.rs` (depthwise
+//! convolution), `kernels.rs` (every other layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
 //! optional guard pages), `vmath.rs` (AVX2 activations).
 
 pub mod conv;
+pub mod depthwise;
 pub mod gemm;
 pub mod jit;
 pub mod kernels;

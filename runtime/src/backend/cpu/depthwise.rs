@@ -1,0 +1,1040 @@
+//! Depthwise convolution (one input channel per group), computed directly
+//! rather than as a GEMM: each output is a sum over the kernel's taps of one
+//! input channel, too little work per weight for a packed product.
+//!
+//! Two paths, chosen by output width:
+//! - wide maps: per channel, the input plane is copied into a zero-padded,
+//!   stride-phase-split buffer so every tap reads a contiguous run, and rows
+//!   of outputs are summed in registers ([`Depthwise::run`]);
+//! - narrow maps (rows would leave lanes idle): eight channels at a time,
+//!   interleaved so that one vector holds one pixel of eight channels
+//!   ([`Depthwise::run_channel_blocked`]).
+//!
+//! Both sum the taps in the same order, so they give the same bits.
+
+use super::conv::{self, split};
+use super::kernels::{madd, put_buffers, take_buffers, Images};
+use std::cell::RefCell;
+
+/// A convolution with one input channel per group (depthwise), computed directly.
+#[derive(Debug)]
+pub struct Depthwise {
+    /// Input images `[C, H, W]`.
+    pub x: Images,
+    /// Output images `[Cout, OH, OW]`.
+    pub out: Images,
+    /// Input (h, w).
+    pub in_hw: [usize; 2],
+    /// Output channels, height, width.
+    pub out_chw: [usize; 3],
+    /// Output channels per input channel.
+    pub multiplier: usize,
+    /// Kernel, stride, (top, left) padding, dilation.
+    pub window: netc_compiler::ir::Window,
+    /// `[Cout, 1, kh, kw]`.
+    pub weights: *const f32,
+    /// Epilogue; layouts are relative to `arena`.
+    pub epilogue: Vec<conv::Step>,
+    /// Base of the epilogue's layouts.
+    pub arena: *mut f32,
+    /// Batch.
+    pub batch: usize,
+}
+
+thread_local! {
+    /// A depthwise convolution's zero-padded, phase-split input plane, one
+    /// output row, and its geometry (phase ranges, tap offsets).
+    static DEPTHWISE_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Output columns a depthwise row computes at once (two ymm registers).
+const DW_CHUNK: usize = 16;
+
+/// The widest output map [`Depthwise::run_channel_blocked`] takes. Measured
+/// with `depthwise_throughput` (two threads, AVX2 paths): at 14 columns it
+/// takes half the row path's time; at 56 the same for 3×3 kernels and 1.13×
+/// for 7×7; at 112, 1.25×, the row path's vectors full and the interleaved
+/// plane out of L1.
+const DW_BLOCKED_MAX_WIDTH: usize = 28;
+
+/// The channel-blocked paths' geometry.
+struct Blocked {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// Top and left padding.
+    pad: [usize; 2],
+    /// The padded rows and columns the outputs read.
+    padded: [usize; 2],
+}
+
+impl Depthwise {
+    fn blocked(&self) -> Blocked {
+        let netc_compiler::ir::Window {
+            kernel,
+            stride,
+            dilation,
+            pad,
+        } = self.window;
+        let [_, oh, ow] = self.out_chw;
+        let extent =
+            |a: usize, out: usize| (out - 1) * stride[a] + (kernel[a] - 1) * dilation[a] + 1;
+        Blocked {
+            kernel,
+            stride,
+            dilation,
+            pad: [pad[0], pad[1]],
+            padded: [extent(0, oh), extent(1, ow)],
+        }
+    }
+
+    /// Runs this thread's share of the channels. On the row path, per
+    /// channel: the input plane is copied once into a zero-padded buffer
+    /// whose columns are split into `stride` phases, so that every kernel tap
+    /// reads a contiguous run; then each chunk of output columns sums all
+    /// taps in registers (on AVX2, blocks of up to eight vectors, with bias
+    /// and activation applied there) and is stored once.
+    #[inline(always)]
+    pub(super) fn run(&self, tid: usize, threads: usize) {
+        let blocked = self.multiplier == 1 && self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH;
+        self.run_path(tid, threads, blocked);
+    }
+
+    /// [`Depthwise::run`] on the channel-blocked path or the row path.
+    #[inline(always)]
+    fn run_path(&self, tid: usize, threads: usize, channel_blocked: bool) {
+        if channel_blocked {
+            #[cfg(target_arch = "x86_64")]
+            if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
+                && avx2::fusable(&self.epilogue)
+            {
+                // SAFETY: AVX2 and FMA checked; extents checked at lowering.
+                unsafe { self.run_channel_blocked_avx2(tid, threads) };
+                return;
+            }
+            self.run_channel_blocked(tid, threads);
+            return;
+        }
+        let [c_out, oh, ow] = self.out_chw;
+        let [h, w] = self.in_hw;
+        let win = &self.window;
+        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
+        let [kh, kw] = win.kernel;
+        let (s, d, pl) = (win.stride[1], win.dilation[1], win.pad[1]);
+        let (sy, dy, pt) = (win.stride[0], win.dilation[0], win.pad[0]);
+        let owc = ow.div_ceil(DW_CHUNK) * DW_CHUNK;
+        // Padded rows and the length of one phase of a padded row.
+        let rows = (oh - 1) * sy + (kh - 1) * dy + 1;
+        let plen = ((owc - 1) * s + (kw - 1) * d + 1).div_ceil(s);
+        let (lo, hi) = split(self.batch * c_out, tid, threads);
+        // Out of the thread-local, not inside `with`'s closure (which would
+        // be compiled without the caller's AVX2/FMA features).
+        let mut scratch = DEPTHWISE_SCRATCH.take();
+        {
+            let (plane, row, geometry) = &mut scratch;
+            plane.clear();
+            plane.resize(s * rows * plen, 0.0);
+            row.clear();
+            row.resize(owc, 0.0);
+            // Everything with a division, computed once: per phase p, the
+            // in-bounds range [first, end) of its indices (index i holds input
+            // column i·s + p − pl) and the input column of `first`; then per
+            // tap, its offset in the plane.
+            geometry.clear();
+            for p in 0..s {
+                let first = pl.saturating_sub(p).div_ceil(s).min(plen);
+                let end = ((w + pl).saturating_sub(p)).div_ceil(s).clamp(first, plen);
+                geometry.extend([first, end, (first * s + p).saturating_sub(pl)]);
+            }
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let o = kx * d;
+                    geometry.push(((o % s) * rows + ky * dy) * plen + o / s);
+                }
+            }
+            let (phases, taps) = geometry.split_at(3 * s);
+            // Bias and activations run on the registers before the store.
+            let fused = fma && avx2::fusable(&self.epilogue);
+            for unit in lo..hi {
+                let (n, oc) = (unit / c_out, unit % c_out);
+                let ic = oc / self.multiplier;
+                // SAFETY: extents checked at lowering.
+                let xin =
+                    unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
+                let wk =
+                    unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
+                for r in 0..rows {
+                    let iy = r.wrapping_sub(pt);
+                    if s == 2 && iy < h {
+                        // Both phases in one pass over the row: pairs of
+                        // input columns go one to each phase, a loop the
+                        // compiler turns into vector shuffles.
+                        let (p0, p1) = plane.split_at_mut(rows * plen);
+                        let (d0, d1) = (&mut p0[r * plen..][..plen], &mut p1[r * plen..][..plen]);
+                        d0.fill(0.0);
+                        d1.fill(0.0);
+                        let used = w.min((2 * plen).saturating_sub(pl));
+                        let src = &xin[iy * w..iy * w + used];
+                        // Input column x lands in phase (x + pl) % 2 at (x + pl) / 2.
+                        let (da, db, oa, ob) = if pl % 2 == 0 {
+                            (d0, d1, pl / 2, pl / 2)
+                        } else {
+                            (d1, d0, (pl - 1) / 2, pl.div_ceil(2))
+                        };
+                        let pairs = used / 2;
+                        for ((a, b), pr) in da[oa..oa + pairs]
+                            .iter_mut()
+                            .zip(&mut db[ob..ob + pairs])
+                            .zip(src.chunks_exact(2))
+                        {
+                            *a = pr[0];
+                            *b = pr[1];
+                        }
+                        if used % 2 == 1 {
+                            da[oa + pairs] = src[used - 1];
+                        }
+                        continue;
+                    }
+                    for (p, ph) in phases.chunks_exact(3).enumerate() {
+                        let dst = &mut plane[(p * rows + r) * plen..][..plen];
+                        if iy >= h {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &xin[iy * w..iy * w + w];
+                        let (first, end, x0) = (ph[0], ph[1], ph[2]);
+                        dst[..first].fill(0.0);
+                        dst[end..].fill(0.0);
+                        let dst = &mut dst[first..end];
+                        match s {
+                            1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
+                            2 => dst
+                                .iter_mut()
+                                .zip(src[x0..].iter().step_by(2))
+                                .for_each(|(d, v)| *d = *v),
+                            _ => dst
+                                .iter_mut()
+                                .zip(src[x0..].iter().step_by(s))
+                                .for_each(|(d, v)| *d = *v),
+                        }
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    // SAFETY: extents checked at lowering.
+                    let out = unsafe { self.out.at(n).add(oc * oh * ow) };
+                    for oy in 0..oh {
+                        // A finished row goes straight to the output when the
+                        // whole vectors' overrun lands in later rows of this
+                        // channel (written after it, by this thread), else
+                        // through `row`.
+                        let direct = fused && oy * ow + ow.next_multiple_of(8) <= oh * ow;
+                        let dst = if direct {
+                            // SAFETY: checked just above.
+                            unsafe { out.add(oy * ow) }
+                        } else {
+                            row.as_mut_ptr()
+                        };
+                        // SAFETY: every read is inside the plane (its phase
+                        // rows hold `plen ≥ owc` columns past each tap's
+                        // offset); `dst` holds ow rounded up to 8 floats.
+                        unsafe {
+                            avx2::row(
+                                plane.as_ptr().add(oy * sy * plen),
+                                taps,
+                                wk,
+                                fused.then_some((self.epilogue.as_slice(), oc)),
+                                dst,
+                                ow,
+                            )
+                        };
+                        if direct {
+                            continue;
+                        }
+                        if fused {
+                            self.store_row(n, oc, oy, &row[..ow]);
+                        } else {
+                            self.finish(n, oc, oy, &mut row[..ow]);
+                        }
+                    }
+                    continue;
+                }
+                for oy in 0..oh {
+                    let base = oy * sy * plen;
+                    for x in (0..owc).step_by(DW_CHUNK) {
+                        let mut acc = [0f32; DW_CHUNK];
+                        for (&tap, &wv) in taps.iter().zip(wk) {
+                            let at = base + tap + x;
+                            let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
+                            for (a, v) in acc.iter_mut().zip(v) {
+                                *a = madd(fma, wv, *v, *a);
+                            }
+                        }
+                        row[x..x + DW_CHUNK].copy_from_slice(&acc);
+                    }
+                    self.finish(n, oc, oy, &mut row[..ow]);
+                }
+            }
+        }
+        DEPTHWISE_SCRATCH.set(scratch);
+    }
+
+    /// Small maps, where rows of [`DW_CHUNK`] outputs would leave lanes
+    /// idle: eight channels at a time, their padded planes interleaved
+    /// (`[row][column][channel]`) so that one vector holds one pixel of eight
+    /// channels and every output is a sum of `taps` vector multiply-adds with
+    /// no idle lane. Taps are summed in the same order as in
+    /// [`Depthwise::run`]'s row path, so both give the same bits.
+    #[inline(always)]
+    fn run_channel_blocked(&self, tid: usize, threads: usize) {
+        const L: usize = 8;
+        let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
+        let [c_out, oh, ow] = self.out_chw;
+        let [h, w] = self.in_hw;
+        let Blocked {
+            kernel: [kh, kw],
+            stride: [sy, sx],
+            dilation: [dy, dx],
+            pad: [pt, pl],
+            padded: [hp, wp],
+        } = self.blocked();
+        let taps = kh * kw;
+        let blocks = c_out.div_ceil(L);
+        let (lo, hi) = split(self.batch * blocks, tid, threads);
+        let [mut plane, mut wts, mut out, mut row] =
+            take_buffers([hp * wp * L, taps * L, oh * ow * L, ow]);
+        for unit in lo..hi {
+            let (n, c0) = (unit / blocks, unit % blocks * L);
+            let lanes = L.min(c_out - c0);
+            plane.fill(0.0);
+            for l in 0..lanes {
+                // SAFETY: extents checked at lowering.
+                let src = unsafe {
+                    std::slice::from_raw_parts(self.x.at(n).add((c0 + l) * h * w), h * w)
+                };
+                // SAFETY: as above.
+                let wk =
+                    unsafe { std::slice::from_raw_parts(self.weights.add((c0 + l) * taps), taps) };
+                for (t, &v) in wk.iter().enumerate() {
+                    wts[t * L + l] = v;
+                }
+                for (iy, line) in src.chunks_exact(w).enumerate() {
+                    let py = iy + pt;
+                    if py >= hp {
+                        break;
+                    }
+                    let dst = &mut plane[py * wp * L..(py + 1) * wp * L];
+                    for (ix, &v) in line.iter().enumerate().take(wp.saturating_sub(pl)) {
+                        dst[(ix + pl) * L + l] = v;
+                    }
+                }
+            }
+            for l in lanes..L {
+                for t in 0..taps {
+                    wts[t * L + l] = 0.0;
+                }
+            }
+            // Four outputs at a time: four independent chains of multiply-adds
+            // (one chain would wait on each FMA's latency), one weight load
+            // for four of them.
+            const X: usize = 4;
+            assert!(
+                plane.len() >= hp * wp * L && wts.len() >= taps * L && out.len() >= oh * ow * L
+            );
+            let (pp, wq, op) = (plane.as_ptr(), wts.as_ptr(), out.as_mut_ptr());
+            for oy in 0..oh {
+                let mut ox = 0;
+                while ox < ow {
+                    let xs = X.min(ow - ox);
+                    let mut acc = [[0f32; L]; X];
+                    for ky in 0..kh {
+                        let at = ((oy * sy + ky * dy) * wp + ox * sx) * L;
+                        for kx in 0..kw {
+                            // SAFETY: tap (ky, kx) of outputs ox..ox+xs reads
+                            // padded row oy·sy + ky·dy < hp and columns below
+                            // wp; the weights hold taps·L floats.
+                            let wv: [f32; L] =
+                                unsafe { *(wq.add((ky * kw + kx) * L) as *const [f32; L]) };
+                            for (i, acc) in acc.iter_mut().enumerate().take(xs) {
+                                let p: [f32; L] = unsafe {
+                                    *(pp.add(at + (i * sx + kx * dx) * L) as *const [f32; L])
+                                };
+                                for ((a, p), wv) in acc.iter_mut().zip(p).zip(wv) {
+                                    *a = madd(fma, wv, p, *a);
+                                }
+                            }
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate().take(xs) {
+                        // SAFETY: output (oy, ox + i) is inside `out`.
+                        unsafe { *(op.add((oy * ow + ox + i) * L) as *mut [f32; L]) = *acc };
+                    }
+                    ox += xs;
+                }
+            }
+            // Bias and activation on the interleaved block (one vector per
+            // pixel, one activation call per block); a residual needs the
+            // row path.
+            let simple = self
+                .epilogue
+                .iter()
+                .all(|s| matches!(s, conv::Step::Bias(_) | conv::Step::Act(_)));
+            if !simple {
+                for l in 0..lanes {
+                    for oy in 0..oh {
+                        for (ox, r) in row.iter_mut().enumerate() {
+                            *r = out[(oy * ow + ox) * L + l];
+                        }
+                        self.finish(n, c0 + l, oy, &mut row);
+                    }
+                }
+                continue;
+            }
+            let block = &mut out[..oh * ow * L];
+            for step in &self.epilogue {
+                match *step {
+                    conv::Step::Bias(b) => {
+                        let mut bias = [0f32; L];
+                        // SAFETY: bias holds Cout floats; lanes ≤ Cout − c0.
+                        bias[..lanes].copy_from_slice(unsafe {
+                            std::slice::from_raw_parts(b.add(c0), lanes)
+                        });
+                        for px in block.chunks_exact_mut(L) {
+                            px.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                        }
+                    }
+                    conv::Step::Act(a) => a.apply(block),
+                    conv::Step::Add(_) => unreachable!("handled above"),
+                }
+            }
+            let ps = oh * ow;
+            for l in 0..lanes {
+                // SAFETY: extents checked at lowering.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(self.out.at(n).add((c0 + l) * ps), ps)
+                };
+                for (d, px) in dst.iter_mut().zip(block.chunks_exact(L)) {
+                    *d = px[l];
+                }
+            }
+        }
+        put_buffers([plane, wts, out, row]);
+    }
+
+    /// Stores a finished output row.
+    #[inline(always)]
+    fn store_row(&self, n: usize, oc: usize, oy: usize, row: &[f32]) {
+        let [_, oh, ow] = self.out_chw;
+        debug_assert_eq!(row.len(), ow);
+        // SAFETY: extents checked at lowering.
+        let dst = unsafe { self.out.at(n).add((oc * oh + oy) * ow) };
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, ow) };
+    }
+
+    /// [`Depthwise::run_channel_blocked`] on AVX2 registers, for epilogues
+    /// of bias and activations: 8×8 transposes interleave eight channels'
+    /// rows into pixel vectors and take each output row back apart; each
+    /// output pixel vector sums its taps in its own chain, eight pixels at a
+    /// time, and gets its bias and activation before it leaves the register.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; extents as checked at lowering.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_channel_blocked_avx2(&self, tid: usize, threads: usize) {
+        use std::arch::x86_64::*;
+        const L: usize = 8;
+        let [c_out, oh, ow] = self.out_chw;
+        let [h, w] = self.in_hw;
+        let Blocked {
+            kernel: [kh, kw],
+            stride: [sy, sx],
+            dilation: [dy, dx],
+            pad: [pt, pl],
+            padded: [hp, wp],
+        } = self.blocked();
+        let taps = kh * kw;
+        // Input columns that land inside the padded row.
+        let cols = w.min(wp.saturating_sub(pl));
+        let blocks = c_out.div_ceil(L);
+        let (lo, hi) = split(self.batch * blocks, tid, threads);
+        let [mut plane, mut wts, mut row] =
+            take_buffers([hp * wp * L, taps * L, ow.next_multiple_of(L) * L]);
+        let geometry = avx2::Taps {
+            kh,
+            kw,
+            row: dy * wp * L,
+            col: dx * L,
+            step: sx * L,
+        };
+        let ps = oh * ow;
+        for unit in lo..hi {
+            let (n, c0) = (unit / blocks, unit % blocks * L);
+            let lanes = L.min(c_out - c0);
+            wts.fill(0.0);
+            for l in 0..lanes {
+                for t in 0..taps {
+                    // SAFETY: the weights hold Cout·taps floats.
+                    wts[t * L + l] = unsafe { *self.weights.add((c0 + l) * taps + t) };
+                }
+            }
+            plane.fill(0.0);
+            // SAFETY (this block): channels c0..c0 + lanes of sample n are
+            // inside the input and output images; plane rows hold wp pixels
+            // and only pixels pl..pl + cols are written; `row` holds ow
+            // rounded up to 8 pixels.
+            unsafe {
+                let src = self.x.at(n).add(c0 * h * w);
+                for iy in 0..h.min(hp.saturating_sub(pt)) {
+                    let dst = plane.as_mut_ptr().add(((iy + pt) * wp + pl) * L);
+                    let mut ix = 0;
+                    while ix < cols {
+                        let m = (cols - ix).min(L);
+                        let mut r = [_mm256_setzero_ps(); L];
+                        for (l, r) in r.iter_mut().enumerate().take(lanes) {
+                            *r = avx2::load_first(src.add(l * h * w + iy * w + ix), m);
+                        }
+                        let px = crate::backend::cpu::vmath::transpose8(r);
+                        for (i, v) in px.iter().enumerate().take(m) {
+                            _mm256_storeu_ps(dst.add((ix + i) * L), *v);
+                        }
+                        ix += m;
+                    }
+                }
+                let out = self.out.at(n).add(c0 * ps);
+                let epilogue = (self.epilogue.as_slice(), c0, lanes);
+                for oy in 0..oh {
+                    let base = plane.as_ptr().add(oy * sy * wp * L);
+                    let mut ox = 0;
+                    while ox < ow {
+                        let c = (ow - ox).min(L);
+                        let (b, d) = (base.add(ox * sx * L), row.as_mut_ptr().add(ox * L));
+                        let wq = wts.as_ptr();
+                        match c {
+                            8 => avx2::pixels::<8>(b, wq, &geometry, epilogue, d),
+                            7 => avx2::pixels::<7>(b, wq, &geometry, epilogue, d),
+                            6 => avx2::pixels::<6>(b, wq, &geometry, epilogue, d),
+                            5 => avx2::pixels::<5>(b, wq, &geometry, epilogue, d),
+                            4 => avx2::pixels::<4>(b, wq, &geometry, epilogue, d),
+                            3 => avx2::pixels::<3>(b, wq, &geometry, epilogue, d),
+                            2 => avx2::pixels::<2>(b, wq, &geometry, epilogue, d),
+                            _ => avx2::pixels::<1>(b, wq, &geometry, epilogue, d),
+                        }
+                        ox += c;
+                    }
+                    // Pixel vectors back into channel rows.
+                    let mut ox = 0;
+                    while ox < ow {
+                        let m = (ow - ox).min(L);
+                        let mut r = [_mm256_setzero_ps(); L];
+                        for (i, r) in r.iter_mut().enumerate().take(m) {
+                            *r = _mm256_loadu_ps(row.as_ptr().add((ox + i) * L));
+                        }
+                        let ch = crate::backend::cpu::vmath::transpose8(r);
+                        // Whole vectors where the overrun lands in later rows
+                        // of the same channel, written after this one (AMD's
+                        // masked stores are microcoded and slow).
+                        let whole = oy * ow + ox + L <= ps;
+                        for (l, v) in ch.iter().enumerate().take(lanes) {
+                            let d = out.add(l * ps + oy * ow + ox);
+                            if whole {
+                                _mm256_storeu_ps(d, *v);
+                            } else {
+                                avx2::store_first(d, *v, m);
+                            }
+                        }
+                        ox += m;
+                    }
+                }
+            }
+        }
+        put_buffers([plane, wts, row]);
+    }
+
+    #[inline(always)]
+    fn finish(&self, n: usize, oc: usize, oy: usize, row: &mut [f32]) {
+        let [_, oh, ow] = self.out_chw;
+        let ps = oh * ow;
+        let j = n * ps + oy * ow;
+        for step in &self.epilogue {
+            match *step {
+                conv::Step::Bias(b) => {
+                    // SAFETY: bias holds Cout floats.
+                    let b = unsafe { *b.add(oc) };
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+                conv::Step::Act(a) => a.apply(row),
+                conv::Step::Add(l) => {
+                    let at = l.base + n * l.sample_stride + oc * l.row_stride + (j - n * ps);
+                    for (t, v) in row.iter_mut().enumerate() {
+                        // SAFETY: the residual has the output's extent.
+                        *v += unsafe { *self.arena.add(at + t) };
+                    }
+                }
+            }
+        }
+        // SAFETY: extents checked at lowering.
+        let dst = unsafe { self.out.at(n).add(oc * ps + oy * ow) };
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, ow) };
+    }
+}
+
+/// The depthwise row path's arithmetic on AVX2: blocks of up to eight
+/// vectors of outputs, one broadcast weight per tap feeding every vector's
+/// chain (eight independent chains hide the FMA latency, and each input
+/// vector is an FMA's memory operand), taps summed in the portable loop's
+/// order so both give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::conv::Step;
+    use super::super::Act;
+    use std::arch::x86_64::*;
+
+    /// Whether every step can run on registers (bias and activations).
+    pub fn fusable(epilogue: &[Step]) -> bool {
+        epilogue.iter().all(|s| match s {
+            Step::Bias(_) => true,
+            Step::Act(a) => a.fusable().is_some(),
+            Step::Add(_) => false,
+        })
+    }
+
+    /// One output row of `ow` outputs into `dst` (rounded up to whole
+    /// vectors): output x sums `w[t] · src[taps[t] + x]` over the taps. With
+    /// `epilogue` (steps [`fusable`] accepts, and the output channel), they
+    /// are applied before the store.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `src + taps[t]` must hold
+    /// `ow` rounded up to 8 floats for every tap, `dst` as many.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row(
+        src: *const f32,
+        taps: &[usize],
+        w: &[f32],
+        epilogue: Option<(&[Step], usize)>,
+        dst: *mut f32,
+        ow: usize,
+    ) {
+        let vectors = ow.div_ceil(8);
+        let mut x = 0;
+        while x < vectors {
+            let c = (vectors - x).min(8);
+            // SAFETY: the caller's extents cover vectors x..x + c.
+            unsafe {
+                let (s, d) = (src.add(8 * x), dst.add(8 * x));
+                match c {
+                    8 => block::<8>(s, taps, w, epilogue, d),
+                    7 => block::<7>(s, taps, w, epilogue, d),
+                    6 => block::<6>(s, taps, w, epilogue, d),
+                    5 => block::<5>(s, taps, w, epilogue, d),
+                    4 => block::<4>(s, taps, w, epilogue, d),
+                    3 => block::<3>(s, taps, w, epilogue, d),
+                    2 => block::<2>(s, taps, w, epilogue, d),
+                    _ => block::<1>(s, taps, w, epilogue, d),
+                }
+            }
+            x += c;
+        }
+    }
+
+    /// The first `m` (1..=8) floats at `p`, zeros after.
+    ///
+    /// # Safety
+    /// AVX2; `p` must hold `m` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn load_first(p: *const f32, m: usize) -> __m256 {
+        // SAFETY: the caller's extent; masked lanes are not read.
+        unsafe {
+            if m >= 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, first_lanes(m))
+            }
+        }
+    }
+
+    /// Stores the first `m` (1..=8) lanes of `v` at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p` must hold `m` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn store_first(p: *mut f32, v: __m256, m: usize) {
+        // SAFETY: the caller's extent.
+        unsafe {
+            if m >= 8 {
+                _mm256_storeu_ps(p, v)
+            } else {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                for (i, x) in lanes.iter().enumerate().take(m) {
+                    *p.add(i) = *x;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn first_lanes(m: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(m as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// Where the taps of an interleaved plane are, in floats.
+    pub struct Taps {
+        /// Kernel height and width.
+        pub kh: usize,
+        /// See `kh`.
+        pub kw: usize,
+        /// Between kernel rows.
+        pub row: usize,
+        /// Between kernel columns.
+        pub col: usize,
+        /// Between consecutive outputs.
+        pub step: usize,
+    }
+
+    /// `P` consecutive output pixels of eight interleaved channels: pixel `i`
+    /// sums `w[t] · base[i·step + t's offset]` over the taps (weights `L`
+    /// floats per tap), then the epilogue (steps, first channel, channels
+    /// present) runs on the registers, and the pixel vectors go to `dst`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; every tap of every pixel inside the plane; `dst` holds
+    /// `P` vectors; bias steps hold the channels present.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn pixels<const P: usize>(
+        base: *const f32,
+        w: *const f32,
+        g: &Taps,
+        (steps, c0, lanes): (&[Step], usize, usize),
+        dst: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); P];
+        // SAFETY (this block): the caller's extents.
+        unsafe {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let wv = _mm256_loadu_ps(w.add((ky * g.kw + kx) * 8));
+                    let p = base.add(ky * g.row + kx * g.col);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(i * g.step)), *a);
+                    }
+                }
+            }
+            for step in steps {
+                match *step {
+                    Step::Bias(b) => {
+                        let b = load_first(b.add(c0), lanes);
+                        acc.iter_mut().for_each(|a| *a = _mm256_add_ps(*a, b));
+                    }
+                    Step::Act(a) => act(a, &mut acc),
+                    Step::Add(_) => {}
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * 8), *a);
+            }
+        }
+    }
+
+    /// An activation on registers: the clamps inline, the others (whose
+    /// cost dwarfs a call) through `vmath`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn act(a: Act, acc: &mut [__m256]) {
+        match a {
+            Act::Relu => {
+                let z = _mm256_setzero_ps();
+                acc.iter_mut().for_each(|a| *a = _mm256_max_ps(*a, z));
+            }
+            Act::Relu6 => {
+                let (z, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+                acc.iter_mut()
+                    .for_each(|a| *a = _mm256_min_ps(_mm256_max_ps(*a, z), six));
+            }
+            a => {
+                if let Some(a) = a.fusable() {
+                    crate::backend::cpu::vmath::act_tile(a, acc);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const C: usize>(
+        src: *const f32,
+        taps: &[usize],
+        w: &[f32],
+        epilogue: Option<(&[Step], usize)>,
+        dst: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (&t, &wv) in taps.iter().zip(w) {
+            let wv = _mm256_set1_ps(wv);
+            // SAFETY: the caller's extents.
+            let p = unsafe { src.add(t) };
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(p.add(8 * i)) }, *a);
+            }
+        }
+        if let Some((steps, oc)) = epilogue {
+            for step in steps {
+                match *step {
+                    Step::Bias(b) => {
+                        // SAFETY: bias holds one float per output channel.
+                        let b = _mm256_set1_ps(unsafe { *b.add(oc) });
+                        acc.iter_mut().for_each(|a| *a = _mm256_add_ps(*a, b));
+                    }
+                    Step::Act(a) => act(a, &mut acc),
+                    Step::Add(_) => {}
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: the caller's extents.
+            unsafe { _mm256_storeu_ps(dst.add(8 * i), *a) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::pool::Barrier;
+    use crate::backend::cpu::Act;
+    use netc_compiler::ir::Window;
+
+    /// Runs `k` as `threads` threads would, one after another.
+    fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
+        for tid in 0..threads {
+            k.run_path(tid, threads, channel_blocked);
+        }
+    }
+
+    /// Over random shapes (kernel sizes, strides, dilations, asymmetric
+    /// padding, partial channel blocks, ragged widths, two samples, one and
+    /// two threads): the row path and the channel-blocked path give the same
+    /// bits, and both match a direct sum in f64.
+    #[test]
+    fn row_and_channel_blocked_paths_agree_bit_for_bit() {
+        let mut seed = 0x5eed_u64;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        for case in 0..300 {
+            let c = 1 + rnd(19);
+            let kernel = [1 + rnd(7), 1 + rnd(7)];
+            let stride = [1 + rnd(3), 1 + rnd(3)];
+            let dilation = [1 + rnd(2), 1 + rnd(2)];
+            let pad = [
+                rnd(kernel[0]),
+                rnd(kernel[1]),
+                rnd(kernel[0]),
+                rnd(kernel[1]),
+            ];
+            let span = [0, 1].map(|a| (kernel[a] - 1) * dilation[a] + 1);
+            let (h, w) = (span[0] + rnd(20), span[1] + rnd(40));
+            let oh = (h + pad[0] + pad[2] - span[0]) / stride[0] + 1;
+            let ow = (w + pad[1] + pad[3] - span[1]) / stride[1] + 1;
+            let batch = 1 + rnd(2);
+            let (input, output) = (c * h * w, c * oh * ow);
+            let x: Vec<f32> = (0..batch * input)
+                .map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.05)
+                .collect();
+            let taps = kernel[0] * kernel[1];
+            let weights: Vec<f32> = (0..c * taps)
+                .map(|i| ((i * 31 % 23) as f32 - 11.0) * 0.04)
+                .collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 0.5).collect();
+            let act = [None, Some(Act::Relu), Some(Act::Relu6)][rnd(3)];
+            let mut epilogue = vec![conv::Step::Bias(bias.as_ptr())];
+            epilogue.extend(act.map(conv::Step::Act));
+            let threads = 1 + rnd(2);
+            let results = [false, true].map(|blocked| {
+                let mut arena = x.clone();
+                arena.resize(batch * (input + output), f32::NAN);
+                let base = arena.as_mut_ptr();
+                let k = Depthwise {
+                    x: Images {
+                        ptr: base,
+                        sample_stride: input,
+                    },
+                    // SAFETY: the arena holds the inputs, then the outputs.
+                    out: Images {
+                        ptr: unsafe { base.add(batch * input) },
+                        sample_stride: output,
+                    },
+                    in_hw: [h, w],
+                    out_chw: [c, oh, ow],
+                    multiplier: 1,
+                    window: Window {
+                        kernel,
+                        stride,
+                        pad,
+                        dilation,
+                    },
+                    weights: weights.as_ptr(),
+                    epilogue: epilogue.clone(),
+                    arena: base,
+                    batch,
+                };
+                run(&k, threads, blocked);
+                arena.split_off(batch * input)
+            });
+            let what = format!(
+                "case {case}: c {c} {h}x{w} k {kernel:?} s {stride:?} d {dilation:?} pad {pad:?} batch {batch} threads {threads}"
+            );
+            for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{what}: output {i}: rows {a}, channel-blocked {b}"
+                );
+            }
+            for (i, &got) in results[0].iter().enumerate() {
+                let (n, rest) = (i / output, i % output);
+                let (ch, oy, ox) = (rest / (oh * ow), rest / ow % oh, rest % ow);
+                let mut sum = 0f64;
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        let iy = (oy * stride[0] + ky * dilation[0]).wrapping_sub(pad[0]);
+                        let ix = (ox * stride[1] + kx * dilation[1]).wrapping_sub(pad[1]);
+                        if iy < h && ix < w {
+                            sum += f64::from(weights[ch * taps + ky * kernel[1] + kx])
+                                * f64::from(x[n * input + (ch * h + iy) * w + ix]);
+                        }
+                    }
+                }
+                sum += f64::from(bias[ch]);
+                let want = match act {
+                    Some(Act::Relu) => sum.max(0.0),
+                    Some(Act::Relu6) => sum.clamp(0.0, 6.0),
+                    _ => sum,
+                };
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{what}: output {i} is {got}, want {want}"
+                );
+            }
+        }
+    }
+
+    /// A kernel shared with the measurement's threads (as the pool shares them).
+    #[derive(Clone, Copy)]
+    struct Shared<'a>(&'a Depthwise);
+    // SAFETY: the threads write disjoint parts of the output.
+    unsafe impl Send for Shared<'_> {}
+    impl Shared<'_> {
+        fn run(self, tid: usize, threads: usize) {
+            self.0.run(tid, threads)
+        }
+    }
+
+    /// `cargo test --release -p netc-runtime depthwise_throughput -- --ignored --nocapture`
+    /// (`THREADS=2` for two threads, `SHAPE=` to pick): depthwise layers of
+    /// MobileNetV2, EfficientNet-B0 and ConvNeXt-T with bias and ReLU6.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn depthwise_throughput() {
+        // (name, channels, input size, kernel, stride)
+        const SHAPES: &[(&str, usize, usize, usize, usize)] = &[
+            ("mb 3x3 32@112", 32, 112, 3, 1),
+            ("mb 3x3/2 96@112", 96, 112, 3, 2),
+            ("mb 3x3 144@56", 144, 56, 3, 1),
+            ("mb 3x3/2 144@56", 144, 56, 3, 2),
+            ("mb 3x3 192@28", 192, 28, 3, 1),
+            ("mb 3x3 576@14", 576, 14, 3, 1),
+            ("ef 5x5/2 144@56", 144, 56, 5, 2),
+            ("ef 5x5 240@28", 240, 28, 5, 1),
+            ("cn 7x7 96@56", 96, 56, 7, 1),
+            ("cn 7x7 384@14", 384, 14, 7, 1),
+        ];
+        let only = std::env::var("SHAPE").unwrap_or_default();
+        let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
+        const RUNS: usize = 300;
+        let mut total = 0.0;
+        for &(name, c, hw, kern, stride) in SHAPES {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let pad = kern / 2;
+            let o = (hw + 2 * pad - kern) / stride + 1;
+            let (input, output) = (c * hw * hw, c * o * o);
+            let mut arena: Vec<f32> = (0..input + output)
+                .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+                .collect();
+            let weights: Vec<f32> = (0..c * kern * kern).map(|i| (i % 7) as f32 * 0.1).collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
+            let base = arena.as_mut_ptr();
+            let k = Depthwise {
+                x: Images {
+                    ptr: base,
+                    sample_stride: input,
+                },
+                // SAFETY: the arena holds input and output.
+                out: Images {
+                    ptr: unsafe { base.add(input) },
+                    sample_stride: output,
+                },
+                in_hw: [hw, hw],
+                out_chw: [c, o, o],
+                multiplier: 1,
+                window: netc_compiler::ir::Window {
+                    kernel: [kern, kern],
+                    stride: [stride, stride],
+                    pad: [pad; 4],
+                    dilation: [1, 1],
+                },
+                weights: weights.as_ptr(),
+                epilogue: vec![conv::Step::Bias(bias.as_ptr()), conv::Step::Act(Act::Relu6)],
+                arena: base,
+                batch: 1,
+            };
+            // Persistent threads meeting at a barrier after each run, as the
+            // network function's layers do.
+            let barrier = Barrier::new(threads);
+            let mut best = f64::MAX;
+            std::thread::scope(|sc| {
+                for tid in 1..threads {
+                    let (k, barrier) = (Shared(&k), &barrier);
+                    sc.spawn(move || {
+                        for _ in 0..=RUNS {
+                            barrier.wait();
+                            k.run(tid, threads);
+                        }
+                        barrier.wait();
+                    });
+                }
+                barrier.wait();
+                for _ in 0..RUNS {
+                    let t = std::time::Instant::now();
+                    k.run(0, threads);
+                    barrier.wait();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                k.run(0, threads);
+                barrier.wait();
+            });
+            total += best;
+            let macs = (output * kern * kern) as f64;
+            println!(
+                "{name:16} {:7.1} us {:6.2} GMAC/s",
+                best * 1e6,
+                macs / best / 1e9
+            );
+        }
+        println!("total {:.1} us", total * 1e6);
+    }
+}
