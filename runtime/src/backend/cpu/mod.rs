@@ -541,17 +541,41 @@ impl CpuProgram {
                     .run(Arc::new(move |tid| unsafe { network(tid, threads) }));
             }
             Some(entries) => {
-                for (k, &node) in c.lowered.kernels.iter().zip(&c.lowered.origins) {
-                    let (f, d) = k.entry();
-                    let (f, d) = (f as usize, d as usize);
-                    let threads = self.pool.threads();
-                    let t = Instant::now();
-                    self.pool.run(Arc::new(move |tid| {
+                // One job for the whole run, the threads meeting at a barrier
+                // after each layer as in the network function: a job per
+                // layer would add the pool's wake-up (tens of microseconds,
+                // erratic) to every layer's time.
+                let layers: Vec<(usize, usize)> = c
+                    .lowered
+                    .kernels
+                    .iter()
+                    .map(|k| {
+                        let (f, d) = k.entry();
+                        (f as usize, d as usize)
+                    })
+                    .collect();
+                let threads = self.pool.threads();
+                let barrier = Arc::new(pool::Barrier::new(threads));
+                let times = Arc::new(Mutex::new(Vec::with_capacity(layers.len())));
+                let shared = times.clone();
+                self.pool.run(Arc::new(move |tid| {
+                    let mut own = Vec::with_capacity(layers.len());
+                    barrier.wait();
+                    for &(f, d) in &layers {
+                        let t = Instant::now();
                         // SAFETY: as above; `d` is the kernel's descriptor.
                         let f: jit::LayerFn = unsafe { std::mem::transmute(f) };
-                        unsafe { f(d as *const u8, tid, threads) }
-                    }));
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                        unsafe { f(d as *const u8, tid, threads) };
+                        barrier.wait();
+                        own.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    if tid == 0 {
+                        *shared.lock().unwrap_or_else(|e| e.into_inner()) = own;
+                    }
+                }));
+                let times = std::mem::take(&mut *times.lock().unwrap_or_else(|e| e.into_inner()));
+                for ((k, &node), ms) in c.lowered.kernels.iter().zip(&c.lowered.origins).zip(times)
+                {
                     let n = self.graph.node(node);
                     let operands: Vec<_> = self
                         .graph
