@@ -135,13 +135,41 @@ pub struct Scratch {
     padded_ready: bool,
 }
 
-/// The most row panels for which windowed convolutions read B in place
-/// ([`Problem::run_in_place`]) rather than pack it. Measured single-thread
+/// The most row panels for which convolutions read B in place
+/// ([`Problem::run_in_place`], [`Problem::run_strided_in_place`]) rather
+/// than pack it. Measured single-thread
 /// (`conv_throughput`, interleaved): 0.76× time for ResNet's 7×7 stem and
 /// 0.85× for DenseNet's 3×3 growth convolutions (6 and 11 panels), even at
 /// 11 (ResNet's 64-channel 3×3), 1.05–1.25× at 43–86 panels, where one packed
 /// panel serves enough tiles to pay for itself.
 const IN_PLACE_MAX_PANELS: usize = 11;
+
+/// Whether a B panel of a 1×1 convolution read in place (NR floats of each
+/// of up to [`K_BLOCK`] channels, `l.row_stride` apart) stays in a 32 KiB,
+/// 8-way L1 (64 sets) while every row panel reads it: at most half of L1's
+/// lines (two per row when rows are not 64-byte aligned), spread over at
+/// least 16 sets. Measured on MobileNetV2 (two threads, profiles of
+/// interleaved runs): its 144→24 projection at 56×56 (144 aligned lines, 16
+/// sets) took 0.59–0.67× the packed path's time; its 32→16 at 112×112
+/// (planes a multiple of 1 KiB apart: 4 sets) 1.17×, and its 384→64 at
+/// 14×14 (512 unaligned lines) about 1.1×.
+fn panel_stays_in_l1(l: &Layout, k: usize) -> bool {
+    let aligned = [l.base, l.row_stride, l.sample_stride]
+        .iter()
+        .all(|v| (v * 4).is_multiple_of(64));
+    let lines = k.min(K_BLOCK) * if aligned { 1 } else { 2 };
+    // Rows `step` lines apart fall into 64 / gcd(step, 64) sets.
+    let sets = if !(l.row_stride * 4).is_multiple_of(64) {
+        64
+    } else {
+        let (mut a, mut b) = ((l.row_stride * 4 / 64) % 64, 64);
+        while a != 0 {
+            (a, b) = (b % a, a);
+        }
+        64 / b
+    };
+    lines <= 256 && sets >= 16
+}
 
 /// The most columns [`column_block`] gives.
 const COLUMN_BLOCK_MAX: usize = 512;
@@ -192,6 +220,18 @@ impl Problem {
             if scratch.padded_ready {
                 // SAFETY: as for this function; the padded copy is ready.
                 unsafe { self.run_in_place(share, scratch) };
+                return;
+            }
+        }
+        if let Gather::Strided(l) = self.b {
+            if l.col_stride == 1
+                && panels <= IN_PLACE_MAX_PANELS
+                && panel_stays_in_l1(&l, self.k)
+                && Kernel::detect() == Kernel::Avx2Fma
+            {
+                let share = split(self.n / ps * ps.div_ceil(NR), tid, threads);
+                // SAFETY: as for this function.
+                unsafe { self.run_strided_in_place(share, scratch) };
                 return;
             }
         }
@@ -341,12 +381,8 @@ impl Problem {
         let ow = w.out_w;
         let oh = self.per_sample / ow;
         let per_row = ow.div_ceil(NR);
-        let panels = self.m.div_ceil(MR);
-        let mpad = panels * MR;
-        let blocks = self.k.div_ceil(K_BLOCK);
-        grow(&mut s.acc, mpad * NR);
+        grow(&mut s.acc, self.m.div_ceil(MR) * MR * NR);
         let plan = self.fused_plan();
-        let mut tile = [0f32; MR * NR];
         for q in q0..q1 {
             let (n, rest) = (q / (oh * per_row), q % (oh * per_row));
             let (oy, ox0) = (rest / per_row, rest % per_row * NR);
@@ -356,49 +392,126 @@ impl Problem {
             // Every row the kernel reads (NR floats, past `nr` into the next
             // padded row or the buffer's slack) is inside `padded`.
             assert!(corner + reach <= s.padded.len());
-            // SAFETY: checked just above.
-            let base = unsafe { s.padded.as_ptr().add(corner) };
-            for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
-                let kc = K_BLOCK.min(self.k - k0);
-                let last = kb + 1 == blocks;
-                // SAFETY: offsets holds k entries.
-                let b = Indirect {
-                    base,
-                    offsets: unsafe { offsets.as_ptr().add(k0) },
-                };
-                for p in 0..panels {
-                    let r0 = p * MR;
-                    let mr = MR.min(self.m - r0);
-                    // SAFETY: the packed weights hold mpad·k floats; acc holds
-                    // mpad × NR; the tile's rows are checked above.
-                    unsafe {
-                        let ap = self.a.add(k0 * mpad + p * kc * MR);
-                        let acc = s.acc.as_mut_ptr().add(p * MR * NR);
-                        if last && mr == MR {
-                            let prior = if kb == 0 {
-                                (std::ptr::null(), 0)
-                            } else {
-                                (acc as *const f32, NR)
-                            };
-                            if self.try_fused(&plan, kernel, kc, ap, b, prior, r0, j, nr) {
-                                continue;
-                            }
-                        }
-                        if last && kb == 0 {
-                            let t = tile.as_mut_ptr();
-                            kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr);
-                            self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
+            // SAFETY: checked just above; offsets holds k entries.
+            unsafe {
+                let base = s.padded.as_ptr().add(corner);
+                self.in_place_panel(kernel, base, &offsets, j, nr, &mut s.acc, &plan);
+            }
+        }
+        s.cols = offsets;
+    }
+
+    /// A 1×1 stride-1 convolution with few row panels, for the reason
+    /// [`Problem::run_in_place`] gives: the micro-kernel reads B straight
+    /// from the input, a run of NR pixels of each channel. Panels follow
+    /// samples; a sample's last, narrower panel is copied out first (a read
+    /// of NR floats there could leave the tensor). Threads split the panels.
+    ///
+    /// # Safety
+    /// As [`Problem::run`]; `self.b` is `Strided` with unit column stride.
+    unsafe fn run_strided_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
+        let Gather::Strided(l) = self.b else {
+            return;
+        };
+        let kernel = Kernel::detect();
+        let ps = self.per_sample;
+        let per_sample = ps.div_ceil(NR);
+        // Channel rows of the input, then of the copied-out tail panel.
+        let mut offsets = std::mem::take(&mut s.cols);
+        offsets.clear();
+        offsets.extend((0..self.k).map(|kk| kk * l.row_stride));
+        offsets.extend((0..self.k).map(|kk| kk * NR));
+        let (rows, packed) = offsets.split_at(self.k);
+        grow(&mut s.acc, self.m.div_ceil(MR) * MR * NR);
+        grow(&mut s.bpack, self.k * NR);
+        let plan = self.fused_plan();
+        for q in q0..q1 {
+            let (n, c0) = (q / per_sample, q % per_sample * NR);
+            let nr = NR.min(ps - c0);
+            let j = n * ps + c0;
+            let first = self.at_ptr(l.base + n * l.sample_stride + c0) as *const f32;
+            // SAFETY: channel kk's run of nr pixels from c0 is inside the
+            // input (the lowering checked its extent); with nr == NR the
+            // kernel reads only those.
+            unsafe {
+                if nr == NR {
+                    self.in_place_panel(kernel, first, rows, j, nr, &mut s.acc, &plan);
+                    continue;
+                }
+                for (kk, &o) in rows.iter().enumerate() {
+                    let dst = &mut s.bpack[kk * NR..(kk + 1) * NR];
+                    std::ptr::copy_nonoverlapping(first.add(o), dst.as_mut_ptr(), nr);
+                    dst[nr..].fill(0.0);
+                }
+                let base = s.bpack.as_ptr();
+                self.in_place_panel(kernel, base, packed, j, nr, &mut s.acc, &plan);
+            }
+        }
+        s.cols = offsets;
+    }
+
+    /// One column panel of B read in place (row `kk` at `base + offsets[kk]`)
+    /// through every K block and row panel, finished by the epilogue.
+    ///
+    /// # Safety
+    /// Every row the kernel reads (NR floats from each `base + offsets[kk]`)
+    /// must be readable; `offsets` holds `k` entries; `acc` at least
+    /// `m` rounded up to MR rows of NR floats.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn in_place_panel(
+        &self,
+        kernel: Kernel,
+        base: *const f32,
+        offsets: &[usize],
+        j: usize,
+        nr: usize,
+        acc: &mut [f32],
+        plan: &Option<FusedPlan>,
+    ) {
+        let panels = self.m.div_ceil(MR);
+        let mpad = panels * MR;
+        let blocks = self.k.div_ceil(K_BLOCK);
+        let mut tile = [0f32; MR * NR];
+        for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
+            let kc = K_BLOCK.min(self.k - k0);
+            let last = kb + 1 == blocks;
+            // SAFETY: offsets holds k entries.
+            let b = Indirect {
+                base,
+                offsets: unsafe { offsets.as_ptr().add(k0) },
+            };
+            for p in 0..panels {
+                let r0 = p * MR;
+                let mr = MR.min(self.m - r0);
+                // SAFETY: the packed weights hold mpad·k floats; acc holds
+                // mpad × NR; the panel's rows are the caller's.
+                unsafe {
+                    let ap = self.a.add(k0 * mpad + p * kc * MR);
+                    let acc = acc.as_mut_ptr().add(p * MR * NR);
+                    if last && mr == MR {
+                        let prior = if kb == 0 {
+                            (std::ptr::null(), 0)
                         } else {
-                            kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr);
-                            if last {
-                                self.epilogue_tile(r0, mr, j, nr, acc, NR);
-                            }
+                            (acc as *const f32, NR)
+                        };
+                        if self.try_fused(plan, kernel, kc, ap, b, prior, r0, j, nr) {
+                            continue;
+                        }
+                    }
+                    if last && kb == 0 {
+                        let t = tile.as_mut_ptr();
+                        kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr);
+                        self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
+                    } else {
+                        kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr);
+                        if last {
+                            self.epilogue_tile(r0, mr, j, nr, acc, NR);
                         }
                     }
                 }
             }
         }
-        s.cols = offsets;
     }
 }
 
@@ -504,6 +617,67 @@ mod tests {
                 run(false),
                 "{cin} {cout} {h}x{w} k{kern} s{stride} p{pad} d{dil}"
             );
+        }
+    }
+
+    /// 1×1 convolutions reading B in place give the packed path's results
+    /// bit for bit, over samples whose last panel is narrower, several K
+    /// blocks and partial row panels.
+    #[test]
+    fn reading_1x1_b_in_place_matches_packing_it() {
+        if Kernel::detect() != Kernel::Avx2Fma {
+            return;
+        }
+        // (cin, cout, pixels per sample)
+        for (cin, cout, per) in [(5, 13, 63), (300, 7, 16), (40, 64, 111), (3, 2, 1)] {
+            let samples = 2;
+            let input = cin * per;
+            let wts: Vec<f32> = (0..cout * cin)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.01)
+                .collect();
+            let packed = super::super::gemm::pack_weights(&wts, cout, cin);
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let run = |in_place: bool| {
+                let mut arena: Vec<f32> = (0..samples * (input + cout * per))
+                    .map(|i| ((i * 13 % 31) as f32 - 15.0) * 0.1)
+                    .collect();
+                let p = Problem {
+                    m: cout,
+                    k: cin,
+                    n: samples * per,
+                    per_sample: per,
+                    a: packed.as_ptr(),
+                    a_cols: std::ptr::null(),
+                    b: Gather::Strided(Layout {
+                        base: 0,
+                        sample_stride: input,
+                        row_stride: per,
+                        col_stride: 1,
+                    }),
+                    out: Layout {
+                        base: samples * input,
+                        sample_stride: cout * per,
+                        row_stride: per,
+                        col_stride: 1,
+                    },
+                    epilogue: vec![Step::Bias(bias.as_ptr()), Step::Act(Act::Relu)],
+                    arena: arena.as_mut_ptr(),
+                };
+                let mut s = Scratch::default();
+                // SAFETY: the arena holds both samples' input and output.
+                unsafe {
+                    if in_place {
+                        p.run_strided_in_place((0, samples * per.div_ceil(NR)), &mut s);
+                    } else {
+                        p.run_block(0, cout.div_ceil(MR), 0, p.n, &mut s);
+                    }
+                }
+                arena[samples * input..]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(run(true), run(false), "{cin} {cout} {per}");
         }
     }
 
