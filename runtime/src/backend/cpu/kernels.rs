@@ -401,38 +401,100 @@ fn nan_max(m: f32, v: f32) -> f32 {
     }
 }
 
+/// `acc[i] = nan_max(acc[i], v[i])` over `acc`'s length (`v` at least as
+/// long; NaN payloads may differ). On AVX2 with whole-vector stores: the
+/// compiler turns the scalar loop into masked stores, which AMD microcodes
+/// and which stall the next row's loads.
+#[inline(always)]
+fn nan_max_into(acc: &mut [f32], v: &[f32]) {
+    let v = &v[..acc.len()];
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma {
+        // SAFETY: AVX2 checked; both slices hold acc.len() floats.
+        unsafe { nan_max_into_avx2(acc, v) };
+        return;
+    }
+    for (m, v) in acc.iter_mut().zip(v) {
+        *m = nan_max(*m, *v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nan_max_into_avx2(acc: &mut [f32], v: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = acc.len().min(v.len());
+    if n < 8 {
+        for (m, v) in acc.iter_mut().zip(v) {
+            *m = nan_max(*m, *v);
+        }
+        return;
+    }
+    let (a, b) = (acc.as_mut_ptr(), v.as_ptr());
+    let step = |i: usize| {
+        // SAFETY: the callers below keep i + 8 <= n.
+        unsafe {
+            // maxps(m, x) is x when either is NaN, which keeps a NaN x; a
+            // NaN m is or-ed back in (still a NaN). No blend: a blend with
+            // the value loaded from the store's address becomes a masked
+            // store.
+            let (m, x) = (_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)));
+            let m_nan = _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(m, m), m);
+            _mm256_storeu_ps(a.add(i), _mm256_or_ps(_mm256_max_ps(m, x), m_nan));
+        }
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        step(i);
+        i += 8;
+    }
+    if i < n {
+        // The last eight again, overlapping: nan_max(nan_max(m, v), v) is
+        // nan_max(m, v), and there is no masked store.
+        step(n - 8);
+    }
+}
+
 impl Pool {
     /// One channel plane of a max pool, separably: for each output row the
     /// valid input rows of its window are reduced into one padded row (whole
     /// rows at a time, vectorized), then each output takes the max of its
     /// window's columns in that row, with padding as -inf instead of tests.
     #[inline(always)]
-    fn max_plane(&self, src: &[f32], dst: &mut [f32], row: &mut Vec<f32>) {
+    fn max_plane(&self, src: &[f32], dst: &mut [f32], row: &mut Vec<f32>, across: &mut Vec<f32>) {
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
         let win = &self.window;
         let (pl, sx, dx, kw) = (win.pad[1], win.stride[1], win.dilation[1], win.kernel[1]);
-        let len = (pl + w).max((ow - 1) * sx + (kw - 1) * dx + 1);
+        let span = (ow - 1) * sx + 1;
+        let len = (pl + w).max(span + (kw - 1) * dx);
         row.clear();
         row.resize(len, f32::NEG_INFINITY);
+        across.clear();
+        across.resize(span, f32::NEG_INFINITY);
         for oy in 0..oh {
             let vals = &mut row[pl..pl + w];
             vals.fill(f32::NEG_INFINITY);
             for ky in 0..win.kernel[0] {
                 let iy = (oy * win.stride[0] + ky * win.dilation[0]).wrapping_sub(win.pad[0]);
                 if iy < h {
-                    for (m, v) in vals.iter_mut().zip(&src[iy * w..iy * w + w]) {
-                        *m = nan_max(*m, *v);
-                    }
+                    nan_max_into(vals, &src[iy * w..iy * w + w]);
                 }
             }
-            for (ox, d) in dst[oy * ow..oy * ow + ow].iter_mut().enumerate() {
-                let taps = &row[ox * sx..];
-                let mut m = f32::NEG_INFINITY;
-                for kx in 0..kw {
-                    m = nan_max(m, taps[kx * dx]);
+            // The window's max at every column (contiguous, so vectorized),
+            // then every stride-th of them: the same chain of `nan_max` per
+            // output as one loop per output, without its strided reads.
+            across.fill(f32::NEG_INFINITY);
+            for kx in 0..kw {
+                nan_max_into(across, &row[kx * dx..kx * dx + span]);
+            }
+            let out = &mut dst[oy * ow..oy * ow + ow];
+            if sx == 1 {
+                out.copy_from_slice(&across[..ow]);
+            } else {
+                for (d, m) in out.iter_mut().zip(across.iter().step_by(sx)) {
+                    *d = *m;
                 }
-                *d = m;
             }
         }
     }
@@ -451,9 +513,9 @@ impl Pool {
             if let PoolKind::Max = self.kind {
                 // SAFETY: the output plane is inside the output images.
                 let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
-                let [mut row] = take_buffers([0]);
-                self.max_plane(src, dst, &mut row);
-                put_buffers([row]);
+                let [mut row, mut across] = take_buffers([0, 0]);
+                self.max_plane(src, dst, &mut row, &mut across);
+                put_buffers([row, across]);
                 continue;
             }
             for oy in 0..oh {
@@ -988,6 +1050,85 @@ mod tests {
         let mut one = view(&[1, 1], &[5, 1]);
         coalesce(&mut [&mut one]);
         assert_eq!(one.dims, [1]);
+    }
+
+    /// `cargo test --release -p netc-runtime pool_throughput -- --ignored --nocapture`:
+    /// ResNet's and DenseNet's stem max pool (64 channels, 112×112 → 56×56,
+    /// 3×3, stride 2, padding 1), one thread.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn pool_throughput() {
+        let (c, hw, o) = (64, 112, 56);
+        let mut arena: Vec<f32> = (0..c * hw * hw + c * o * o)
+            .map(|i| ((i * 7919) % 101) as f32 * 0.01)
+            .collect();
+        let base = arena.as_mut_ptr();
+        let k = Kernel::Pool(Pool {
+            kind: PoolKind::Max,
+            x: Images {
+                ptr: base,
+                sample_stride: c * hw * hw,
+            },
+            // SAFETY: the arena holds input and output.
+            out: Images {
+                ptr: unsafe { base.add(c * hw * hw) },
+                sample_stride: c * o * o,
+            },
+            batch: 1,
+            channels: c,
+            in_hw: [hw, hw],
+            out_hw: [o, o],
+            window: netc_compiler::ir::Window {
+                kernel: [3, 3],
+                stride: [2, 2],
+                pad: [1; 4],
+                dilation: [1, 1],
+            },
+            count_include_pad: false,
+        });
+        let mut best = f64::MAX;
+        for _ in 0..200 {
+            let t = std::time::Instant::now();
+            k.run(0, 1);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("max pool 64x112x112 3x3/2: {:.1} us", best * 1e6);
+    }
+
+    /// The vector max pool step agrees with the scalar one at every length
+    /// (whole vectors, the overlapping last one, short rows), NaN from
+    /// either side included.
+    #[test]
+    fn vector_nan_max_matches_the_scalar_one() {
+        for n in 0..40usize {
+            let acc: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 11 == 3 {
+                        f32::NAN
+                    } else {
+                        ((i * 37 % 19) as f32).cos()
+                    }
+                })
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 7 == 5 {
+                        f32::NAN
+                    } else {
+                        ((i * 53 % 23) as f32).sin()
+                    }
+                })
+                .collect();
+            let mut got = acc.clone();
+            nan_max_into(&mut got, &v);
+            for (i, g) in got.iter().enumerate() {
+                let want = nan_max(acc[i], v[i]);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "{n}: element {i} is {g}, want {want}"
+                );
+            }
+        }
     }
 
     #[test]
