@@ -413,10 +413,11 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// [`Kernel::run_into`] for a panel whose columns past `cols` are padding:
-    /// with `cols <= NR / 2` only the first half of the tile is computed
-    /// (half the multiply-adds), and only `cols` columns of `c` are
-    /// guaranteed written.
+    /// [`Kernel::run_into`] for a panel whose columns past `cols` and rows
+    /// past `rows` are padding: with `cols <= NR / 2` only the first half of
+    /// the tile is computed (half the multiply-adds), with fewer than MR
+    /// rows only those rows, and only `cols` columns of `rows` rows of `c`
+    /// are guaranteed written.
     ///
     /// # Safety
     /// As [`Kernel::run_into`].
@@ -431,12 +432,13 @@ impl Kernel {
         ldc: usize,
         accumulate: bool,
         cols: usize,
+        rows: usize,
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
-            Kernel::Avx2Fma if cols <= NR / 2 => unsafe {
-                avx2::kernel_half_into(kc, a, b, c, ldc, accumulate)
+            Kernel::Avx2Fma => unsafe {
+                avx2::kernel_part_into(kc, a, b, c, ldc, accumulate, cols, rows)
             },
             // SAFETY: as above.
             _ => unsafe { self.run_into(kc, a, b, c, ldc, accumulate) },
@@ -498,16 +500,13 @@ impl Kernel {
         ldc: usize,
         accumulate: bool,
         cols: usize,
+        rows: usize,
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
             Kernel::Avx2Fma => unsafe {
-                if cols <= NR / 2 {
-                    avx2::kernel_half_into(kc, a, b, c, ldc, accumulate)
-                } else {
-                    avx2::kernel_into(kc, a, b, c, ldc, accumulate)
-                }
+                avx2::kernel_part_into(kc, a, b, c, ldc, accumulate, cols, rows)
             },
             _ => {
                 assert!(kc <= KC);
@@ -518,7 +517,8 @@ impl Kernel {
                     panel[kk * NR..(kk + 1) * NR].copy_from_slice(row);
                 }
                 // SAFETY: the panel holds kc·NR floats; the rest is the caller's.
-                unsafe { self.run_into_cols(kc, a, panel.as_ptr(), c, ldc, accumulate, cols) }
+                let p = panel.as_ptr();
+                unsafe { self.run_into_cols(kc, a, p, c, ldc, accumulate, cols, rows) }
             }
         }
     }
@@ -564,14 +564,19 @@ mod avx2 {
         }
     }
 
-    /// The MR×NR sums of one K block in twelve ymm accumulators.
+    /// The R×NR sums (the first R rows of the MR-row panel) of one K block,
+    /// two ymm accumulators per row.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `a` must hold `kc*MR` and `b` `kc*NR` floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile_sums<A: TileRows, B: PanelRows>(kc: usize, a: A, b: B) -> [[__m256; 2]; MR] {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    unsafe fn tile_sums<const R: usize, A: TileRows, B: PanelRows>(
+        kc: usize,
+        a: A,
+        b: B,
+    ) -> [[__m256; 2]; R] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for kk in 0..kc {
             let row = b.row(kk);
             let b0 = _mm256_loadu_ps(row);
@@ -619,6 +624,39 @@ mod avx2 {
         }
     }
 
+    /// The kernel for a tile with `cols` columns and `rows` rows that are
+    /// not padding: the half-width kernel for at most NR/2 columns, else
+    /// one computing only the rows present.
+    ///
+    /// # Safety
+    /// As [`kernel_into`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn kernel_part_into<B: PanelRows>(
+        kc: usize,
+        a: *const f32,
+        b: B,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        cols: usize,
+        rows: usize,
+    ) {
+        // SAFETY: the caller's extents.
+        unsafe {
+            match rows {
+                _ if cols <= NR / 2 => kernel_half_into(kc, a, b, c, ldc, accumulate),
+                1 => kernel_rows_into::<1, _, _>(kc, a, b, c, ldc, accumulate),
+                2 => kernel_rows_into::<2, _, _>(kc, a, b, c, ldc, accumulate),
+                3 => kernel_rows_into::<3, _, _>(kc, a, b, c, ldc, accumulate),
+                4 => kernel_rows_into::<4, _, _>(kc, a, b, c, ldc, accumulate),
+                5 => kernel_rows_into::<5, _, _>(kc, a, b, c, ldc, accumulate),
+                _ => kernel_into(kc, a, b, c, ldc, accumulate),
+            }
+        }
+    }
+
     /// The fused kernel behind [`super::Kernel::run_fused`].
     ///
     /// # Safety
@@ -635,7 +673,7 @@ mod avx2 {
         out_ld: usize,
         e: &super::TileEpilogue,
     ) {
-        let mut acc = tile_sums(kc, a, b);
+        let mut acc = tile_sums::<MR, _, _>(kc, a, b);
         for (r, v) in acc.iter_mut().enumerate() {
             if !prior.is_null() {
                 // Earlier K blocks first, as the unfused path adds them.
@@ -696,7 +734,24 @@ mod avx2 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let acc = tile_sums(kc, a, b);
+        unsafe { kernel_rows_into::<MR, A, B>(kc, a, b, c, ldc, accumulate) }
+    }
+
+    /// As [`kernel_into`] for the first `R` rows of the panel only (a last,
+    /// partial row panel: no multiply-adds for its padding rows).
+    ///
+    /// # Safety
+    /// As [`kernel_into`]; `c` must hold `R` rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_rows_into<const R: usize, A: TileRows, B: PanelRows>(
+        kc: usize,
+        a: A,
+        b: B,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let acc = tile_sums::<R, _, _>(kc, a, b);
         for (r, row) in acc.iter().enumerate() {
             let d = c.add(r * ldc);
             if accumulate {
@@ -775,14 +830,15 @@ mod tests {
         }
     }
 
+    /// The kernels for partial tiles (half width; fewer rows) give the full
+    /// kernel's bits on the columns and rows they own.
     #[test]
-    fn half_width_kernel_matches_the_full_one_on_its_columns() {
-        let a: Vec<f32> = (0..37 * MR).map(|i| (i % 7) as f32 - 3.0).collect();
-        let b: Vec<f32> = (0..37 * NR).map(|i| (i % 5) as f32 - 2.0).collect();
+    fn partial_tile_kernels_match_the_full_one_on_their_part() {
+        let a: Vec<f32> = (0..37 * MR).map(|i| (i % 7) as f32 * 0.3 - 0.9).collect();
+        let b: Vec<f32> = (0..37 * NR).map(|i| (i % 5) as f32 * 0.7 - 1.3).collect();
         let kernel = Kernel::detect();
         for accumulate in [false, true] {
-            let mut full = vec![1f32; MR * NR];
-            let mut half = vec![1f32; MR * NR];
+            let mut full = vec![1.5f32; MR * NR];
             // SAFETY: panels of 37 steps, tiles of MR×NR.
             unsafe {
                 kernel.run_into(
@@ -792,19 +848,30 @@ mod tests {
                     full.as_mut_ptr(),
                     NR,
                     accumulate,
-                );
-                kernel.run_into_cols(
-                    37,
-                    a.as_ptr(),
-                    b.as_ptr(),
-                    half.as_mut_ptr(),
-                    NR,
-                    accumulate,
-                    5,
-                );
-            }
-            for r in 0..MR {
-                assert_eq!(full[r * NR..r * NR + 8], half[r * NR..r * NR + 8]);
+                )
+            };
+            for (cols, rows) in [(5, MR), (8, 3), (16, 1), (9, 2), (16, 3), (12, 4), (16, 5)] {
+                let mut part = vec![1.5f32; MR * NR];
+                // SAFETY: as above.
+                unsafe {
+                    kernel.run_into_cols(
+                        37,
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        part.as_mut_ptr(),
+                        NR,
+                        accumulate,
+                        cols,
+                        rows,
+                    )
+                };
+                for r in 0..rows {
+                    assert_eq!(
+                        full[r * NR..r * NR + cols],
+                        part[r * NR..r * NR + cols],
+                        "{cols} columns, {rows} rows, row {r}"
+                    );
+                }
             }
         }
     }
@@ -839,7 +906,16 @@ mod tests {
             // SAFETY: every operand holds kc steps; the tiles MR×NR.
             unsafe {
                 kernel.run_into_rows(kc, ptrs, b.as_ptr(), t1.as_mut_ptr(), NR, false);
-                kernel.run_into_cols_indirect(kc, a.as_ptr(), ind, t2.as_mut_ptr(), NR, false, NR);
+                kernel.run_into_cols_indirect(
+                    kc,
+                    a.as_ptr(),
+                    ind,
+                    t2.as_mut_ptr(),
+                    NR,
+                    false,
+                    NR,
+                    MR,
+                );
             }
             assert_eq!(t1, want, "{kernel:?} rows");
             assert_eq!(t2, want, "{kernel:?} indirect");

@@ -318,11 +318,20 @@ impl Problem {
                             }
                             if last && kb == 0 && !by_column {
                                 // One K block: straight from registers to the epilogue.
-                                kernel.run_into_cols(kc, ap, bp, tile.as_mut_ptr(), NR, false, nr);
+                                kernel.run_into_cols(
+                                    kc,
+                                    ap,
+                                    bp,
+                                    tile.as_mut_ptr(),
+                                    NR,
+                                    false,
+                                    nr,
+                                    mr,
+                                );
                                 self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
                             } else {
                                 let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + q * NR);
-                                kernel.run_into_cols(kc, ap, bp, c, ncp, kb > 0, nr);
+                                kernel.run_into_cols(kc, ap, bp, c, ncp, kb > 0, nr, mr);
                                 if last && !by_column {
                                     self.epilogue_tile(r0, mr, j, nr, c, ncp);
                                 }
@@ -501,10 +510,10 @@ impl Problem {
                     }
                     if last && kb == 0 {
                         let t = tile.as_mut_ptr();
-                        kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr);
+                        kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr, mr);
                         self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR);
                     } else {
-                        kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr);
+                        kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr, mr);
                         if last {
                             self.epilogue_tile(r0, mr, j, nr, acc, NR);
                         }
