@@ -13,7 +13,7 @@
 //! Both sum the taps in the same order, so they give the same bits.
 
 use super::conv::{self, split};
-use super::kernels::{madd, put_buffers, take_buffers, Images};
+use super::kernels::{madd, put_buffers, split_stride2, take_buffers, Images};
 use std::cell::RefCell;
 
 /// A convolution with one input channel per group (depthwise), computed directly.
@@ -167,33 +167,9 @@ impl Depthwise {
                 for r in 0..rows {
                     let iy = r.wrapping_sub(pt);
                     if s == 2 && iy < h {
-                        // Both phases in one pass over the row: pairs of
-                        // input columns go one to each phase, a loop the
-                        // compiler turns into vector shuffles.
                         let (p0, p1) = plane.split_at_mut(rows * plen);
                         let (d0, d1) = (&mut p0[r * plen..][..plen], &mut p1[r * plen..][..plen]);
-                        d0.fill(0.0);
-                        d1.fill(0.0);
-                        let used = w.min((2 * plen).saturating_sub(pl));
-                        let src = &xin[iy * w..iy * w + used];
-                        // Input column x lands in phase (x + pl) % 2 at (x + pl) / 2.
-                        let (da, db, oa, ob) = if pl % 2 == 0 {
-                            (d0, d1, pl / 2, pl / 2)
-                        } else {
-                            (d1, d0, (pl - 1) / 2, pl.div_ceil(2))
-                        };
-                        let pairs = used / 2;
-                        for ((a, b), pr) in da[oa..oa + pairs]
-                            .iter_mut()
-                            .zip(&mut db[ob..ob + pairs])
-                            .zip(src.chunks_exact(2))
-                        {
-                            *a = pr[0];
-                            *b = pr[1];
-                        }
-                        if used % 2 == 1 {
-                            da[oa + pairs] = src[used - 1];
-                        }
+                        split_stride2(&xin[iy * w..iy * w + w], pl, d0, d1);
                         continue;
                     }
                     for (p, ph) in phases.chunks_exact(3).enumerate() {

@@ -154,6 +154,48 @@ pub(super) fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// Writes an input row into the two column phases of its zero-padded,
+/// stride-2 copy in one pass: padded column `x + pad_left` (input column
+/// `x`) goes to phase `(x + pad_left) % 2` at `(x + pad_left) / 2`; every
+/// other element of both phases is zero. Pairs of input columns go one to
+/// each phase, a loop the compiler turns into vector shuffles (a strided
+/// gather per phase is a scalar load and store per element).
+#[inline(always)]
+pub(super) fn split_stride2(src: &[f32], pad_left: usize, even: &mut [f32], odd: &mut [f32]) {
+    even.fill(0.0);
+    odd.fill(0.0);
+    let len = even.len().min(odd.len());
+    let used = src.len().min((2 * len).saturating_sub(pad_left));
+    let src = &src[..used];
+    let (da, db, oa, ob) = if pad_left.is_multiple_of(2) {
+        (even, odd, pad_left / 2, pad_left / 2)
+    } else {
+        (odd, even, (pad_left - 1) / 2, pad_left.div_ceil(2))
+    };
+    // The second phase's pairs may end one short of the first's.
+    let pairs = (used / 2)
+        .min(da.len().saturating_sub(oa))
+        .min(db.len().saturating_sub(ob));
+    if pairs > 0 {
+        for ((a, b), pr) in da[oa..oa + pairs]
+            .iter_mut()
+            .zip(&mut db[ob..ob + pairs])
+            .zip(src.chunks_exact(2))
+        {
+            *a = pr[0];
+            *b = pr[1];
+        }
+    }
+    for (x, &v) in src.iter().enumerate().skip(2 * pairs) {
+        let p = x + pad_left;
+        if p % 2 == pad_left % 2 {
+            da[oa + x / 2] = v;
+        } else {
+            db[ob + (x - 1) / 2] = v;
+        }
+    }
+}
+
 pub use super::depthwise::Depthwise;
 
 /// `y = x·scale[c] + shift[c]` over `[outer, channels, inner]` per sample
@@ -1127,6 +1169,30 @@ mod tests {
                     g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
                     "{n}: element {i} is {g}, want {want}"
                 );
+            }
+        }
+    }
+
+    /// The one-pass stride-2 split puts every input column where a
+    /// per-element mapping does and zeros elsewhere, for any left padding,
+    /// row length and phase length (including phases too short for the row).
+    #[test]
+    fn stride2_split_matches_the_per_column_mapping() {
+        for pad in 0..4usize {
+            for n in 0..21usize {
+                for len in 0..14usize {
+                    let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+                    let (mut even, mut odd) = (vec![-1f32; len], vec![-1f32; len]);
+                    split_stride2(&src, pad, &mut even, &mut odd);
+                    let mut want = [vec![0f32; len], vec![0f32; len]];
+                    for (x, &v) in src.iter().enumerate() {
+                        let p = x + pad;
+                        if p / 2 < len {
+                            want[p % 2][p / 2] = v;
+                        }
+                    }
+                    assert_eq!([even, odd], want, "pad {pad}, {n} columns, phases of {len}");
+                }
             }
         }
     }

@@ -107,6 +107,11 @@ impl Problem {
             let at = l.base + n * l.sample_stride + c * l.row_stride + iy * wd;
             // SAFETY: row iy of channel c of sample n is inside the input.
             let src = unsafe { std::slice::from_raw_parts(self.at_ptr(at), wd) };
+            if col_step == 2 && phases == 2 {
+                let (even, odd) = dst.split_at_mut(phase_len);
+                super::super::kernels::split_stride2(src, pl, even, odd);
+                continue;
+            }
             for (ph, d) in dst.chunks_exact_mut(phase_len).enumerate() {
                 // Lanes lo..hi read input columns inside the row.
                 let first = ph as isize - pl as isize;
