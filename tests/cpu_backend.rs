@@ -233,7 +233,7 @@ fn run_both(model: &mut Model, level: u8, batch: usize, threads: usize, seed: u6
         .unwrap_or_else(|e| panic!("{e}"))
         .run(&inputs)
         .unwrap_or_else(|e| panic!("{e}"));
-    let cpu = model
+    let session = model
         .session_with(
             &weights,
             &Backend::Cpu(CpuOptions {
@@ -241,9 +241,19 @@ fn run_both(model: &mut Model, level: u8, batch: usize, threads: usize, seed: u6
                 guard_pages: true,
             }),
         )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .run(&inputs)
         .unwrap_or_else(|e| panic!("{e}"));
+    let cpu = session.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
+    // A second run gives the same bits: nothing a run leaves behind (work
+    // queues, padded copies, scratch) changes the next one.
+    let again = session.run(&inputs).unwrap_or_else(|e| panic!("{e}"));
+    for (a, b) in cpu.iter().zip(&again) {
+        let same = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "a second run differs");
+    }
     let mut worst = 0f64;
     for (a, b) in cpu.iter().zip(&reference) {
         assert_eq!(a.shape, b.shape);

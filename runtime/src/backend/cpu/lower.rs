@@ -4,7 +4,7 @@
 //! and every node becomes a kernel descriptor with its shapes, strides,
 //! addresses and epilogue fixed.
 
-use super::conv::{Gather, Layout, Problem, Step, Window as ConvWindow};
+use super::conv::{Gather, Layout, Problem, Step, Window as ConvWindow, WorkQueue};
 use super::kernels::{self as k, Images, Kernel, View};
 use super::pool::Barrier;
 use super::{Act, Prepared};
@@ -563,6 +563,7 @@ fn conv(
             },
             epilogue: steps(grp * cout_g, oh * ow)?,
             arena: ctx.arena,
+            queue: WorkQueue::default(),
         });
     }
     Ok(Kernel::Gemm(k::Gemm { problems }))
@@ -645,6 +646,7 @@ fn linear(
             },
             epilogue: steps,
             arena: ctx.arena,
+            queue: WorkQueue::default(),
         }],
     }))
 }
@@ -699,6 +701,7 @@ fn attention(
         },
         epilogue: in_b.map(Step::Bias).into_iter().collect(),
         arena: ctx.arena,
+        queue: WorkQueue::default(),
     };
     let proj = Problem {
         m: e,
@@ -721,6 +724,7 @@ fn attention(
         },
         epilogue: out_b.map(Step::Bias).into_iter().collect(),
         arena: ctx.arena,
+        queue: WorkQueue::default(),
     };
     Ok(Kernel::Attention(Box::new(k::Attention {
         qkv,

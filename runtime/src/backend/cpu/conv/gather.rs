@@ -56,6 +56,17 @@ impl Problem {
     ///
     /// # Safety
     /// The input layout must address memory valid for this problem.
+    /// Whether [`Problem::pad_input`] takes this problem's input (it is
+    /// windowed, its column stride at most 4 and it at most 16 Mi floats).
+    pub(super) fn paddable(&self) -> bool {
+        let Gather::Window(_, w) = self.b else {
+            return false;
+        };
+        let (rows, phase_len, channels) = self.padded_geometry(&w);
+        let row_len = self.padded_window(&w).stride[1] * phase_len;
+        w.stride[1] <= 4 && (self.n / self.per_sample) * channels * rows * row_len <= 1 << 24
+    }
+
     #[inline(always)]
     pub(super) unsafe fn pad_input(
         &self,
