@@ -239,9 +239,17 @@ fn panel_stays_in_l1(l: &Layout, k: usize) -> bool {
 /// The most columns [`column_block`] gives.
 const COLUMN_BLOCK_MAX: usize = 512;
 
-/// Columns per block such that the partial sums of `rows` rows stay near 256 KiB.
+/// Columns per block such that the partial sums of `rows` rows stay near
+/// 64 KiB, so that they, the packed B block and the weights' K block share a
+/// 512 KiB L2 rather than spilling to L3, which this machine shares with
+/// other tenants. Whole-model medians, 4 interleaved rounds at each of three
+/// times (`netc bench --threads 2`): with 256 KiB, in two busy periods,
+/// DenseNet-121 59.4 / 70 ms, ResNet-50 73.0 / 85, ResNeXt-50 99.1 against
+/// 56.0 / 62, 65.3 / 75, 72.4 with 64 KiB; in a quiet one the same within
+/// 2–5% either way (DenseNet 52.3 → 49.5, ResNet-50 60.6 → 60.9). 32 KiB
+/// was slower on ResNet-50.
 fn column_block(rows: usize) -> usize {
-    ((64 * 1024 / rows.max(1)) / NR * NR).clamp(NR, COLUMN_BLOCK_MAX)
+    ((16 * 1024 / rows.max(1)) / NR * NR).clamp(NR, COLUMN_BLOCK_MAX)
 }
 
 impl Problem {
