@@ -517,6 +517,10 @@ impl CpuProgram {
             e.insert(self.compile(batch)?);
         }
         let c = &compiled[&batch];
+        c.lowered
+            .kernels
+            .iter()
+            .for_each(kernels::Kernel::reset_work_queues);
         for (inp, t) in self.graph.inputs.iter().zip(inputs) {
             let v = c.lowered.vals[&inp.node];
             let per = t.data.len() / batch;

@@ -158,13 +158,18 @@ impl WorkQueue {
         }
     }
 
+    /// Empties the queue (only while no thread is running the problem).
+    pub fn reset(&self) {
+        self.next.store(0, Ordering::Relaxed);
+        self.left.store(0, Ordering::Relaxed);
+    }
+
     /// Called by each of the `threads` threads once `claim` has returned
     /// `None`: the last one resets the queue for the next run, before it
     /// reaches the barrier that every thread passes before that run.
     fn leave(&self, threads: usize) {
         if self.left.fetch_add(1, Ordering::AcqRel) + 1 == threads {
-            self.next.store(0, Ordering::Relaxed);
-            self.left.store(0, Ordering::Relaxed);
+            self.reset();
         }
     }
 }
@@ -730,6 +735,34 @@ mod tests {
                 "{cin} {cout} {h}x{w} k{kern} s{stride} p{pad} d{dil}"
             );
         }
+    }
+
+    /// A work queue hands out every unit exactly once, in chunks that do not
+    /// grow, is ready again once every thread has left, and `reset` empties
+    /// one left half-claimed (a run that panicked).
+    #[test]
+    fn work_queue_hands_out_every_unit_once_per_run() {
+        let q = WorkQueue::default();
+        for units in [0usize, 1, 7, 13, 196] {
+            for _run in 0..2 {
+                let mut seen = vec![0u32; units];
+                let mut last = usize::MAX;
+                while let Some((lo, hi)) = q.claim(units, 2, 1) {
+                    assert!(lo < hi && hi - lo <= last, "{units}: chunk {lo}..{hi}");
+                    last = hi - lo;
+                    seen[lo..hi].iter_mut().for_each(|s| *s += 1);
+                }
+                q.leave(2);
+                // The other thread finds nothing left, leaves, and the queue
+                // is ready for the next run.
+                assert_eq!(q.claim(units, 2, 1), None);
+                q.leave(2);
+                assert!(seen.iter().all(|&s| s == 1), "{units}: {seen:?}");
+            }
+        }
+        let _ = q.claim(10, 2, 1);
+        q.reset();
+        assert_eq!(q.claim(10, 2, 1), Some((0, 2)));
     }
 
     /// 1×1 convolutions reading B in place give the packed path's results
