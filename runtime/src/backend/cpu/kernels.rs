@@ -541,6 +541,58 @@ impl Pool {
         }
     }
 
+    /// Whether every window lies inside the input (no padding, no window
+    /// past the edge, no dilation): then every average divides by kh·kw.
+    fn windows_inside(&self) -> bool {
+        let win = &self.window;
+        let ([h, w], [oh, ow]) = (self.in_hw, self.out_hw);
+        win.pad == [0; 4]
+            && win.dilation == [1, 1]
+            && (oh - 1) * win.stride[0] + win.kernel[0] <= h
+            && (ow - 1) * win.stride[1] + win.kernel[1] <= w
+    }
+
+    /// One channel plane of an average pool whose windows all lie inside
+    /// ([`Pool::windows_inside`]), separably like [`Pool::max_plane`]: the
+    /// window's rows summed into one row, then the window's sum at every
+    /// column, then every stride-th divided by kh·kw (DenseNet's transition
+    /// pools took 5.7× ONNX Runtime's time one output at a time).
+    #[inline(always)]
+    fn avg_plane_inside(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        row: &mut Vec<f32>,
+        across: &mut Vec<f32>,
+    ) {
+        let [_, w] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let ([kh, kw], [sy, sx]) = (self.window.kernel, self.window.stride);
+        let span = (ow - 1) * sx + 1;
+        let div = (kh * kw) as f32;
+        row.clear();
+        row.resize(w, 0.0);
+        across.clear();
+        across.resize(span, 0.0);
+        for oy in 0..oh {
+            let y0 = oy * sy;
+            row.copy_from_slice(&src[y0 * w..y0 * w + w]);
+            for ky in 1..kh {
+                let line = &src[(y0 + ky) * w..(y0 + ky) * w + w];
+                row.iter_mut().zip(line).for_each(|(r, v)| *r += *v);
+            }
+            across.copy_from_slice(&row[..span]);
+            for kx in 1..kw {
+                let taps = &row[kx..kx + span];
+                across.iter_mut().zip(taps).for_each(|(a, v)| *a += *v);
+            }
+            let out = &mut dst[oy * ow..oy * ow + ow];
+            for (d, a) in out.iter_mut().zip(across.iter().step_by(sx)) {
+                *d = *a / div;
+            }
+        }
+    }
+
     #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
         let [h, w] = self.in_hw;
@@ -557,6 +609,14 @@ impl Pool {
                 let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
                 let [mut row, mut across] = take_buffers([0, 0]);
                 self.max_plane(src, dst, &mut row, &mut across);
+                put_buffers([row, across]);
+                continue;
+            }
+            if self.windows_inside() {
+                // SAFETY: the output plane is inside the output images.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst, oh * ow) };
+                let [mut row, mut across] = take_buffers([0, 0]);
+                self.avg_plane_inside(src, dst, &mut row, &mut across);
                 put_buffers([row, across]);
                 continue;
             }
