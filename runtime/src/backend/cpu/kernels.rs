@@ -1216,25 +1216,20 @@ mod tests {
     /// either side included.
     #[test]
     fn vector_nan_max_matches_the_scalar_one() {
+        // A pattern with a NaN every `every` elements.
+        let values = |n: usize, every: usize, f: fn(f32) -> f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    if i % every == every / 2 {
+                        f32::NAN
+                    } else {
+                        f((i % 19) as f32)
+                    }
+                })
+                .collect()
+        };
         for n in 0..40usize {
-            let acc: Vec<f32> = (0..n)
-                .map(|i| {
-                    if i % 11 == 3 {
-                        f32::NAN
-                    } else {
-                        ((i * 37 % 19) as f32).cos()
-                    }
-                })
-                .collect();
-            let v: Vec<f32> = (0..n)
-                .map(|i| {
-                    if i % 7 == 5 {
-                        f32::NAN
-                    } else {
-                        ((i * 53 % 23) as f32).sin()
-                    }
-                })
-                .collect();
+            let (acc, v) = (values(n, 11, f32::cos), values(n, 7, f32::sin));
             let mut got = acc.clone();
             nan_max_into(&mut got, &v);
             for (i, g) in got.iter().enumerate() {

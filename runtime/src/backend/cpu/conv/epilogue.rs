@@ -2,7 +2,7 @@
 //! of a GEMM, fused into the micro-kernel where it can run them in registers.
 
 use super::{FusedPlan, Layout, Problem, Step};
-use crate::backend::cpu::gemm::{Kernel, PanelRows, TileEpilogue, MR, NR};
+use crate::backend::cpu::gemm::{Kernel, PanelRows, MR, NR};
 
 impl Problem {
     /// The epilogue as the fused micro-kernel runs it, if it can: an optional
@@ -70,24 +70,11 @@ impl Problem {
         if nr != NR || j / ps != (j + NR - 1) / ps {
             return false;
         }
-        let (residual, residual_ld) = match plan.residual {
-            Some(l) => (self.at_ptr(l.at(ps, r0, j)) as *const f32, l.row_stride),
-            None => (std::ptr::null(), 0),
-        };
-        let bias = if plan.bias.is_null() {
-            plan.bias
-        } else {
-            // SAFETY: bias holds m floats and r0 + MR <= m.
-            unsafe { plan.bias.add(r0) }
-        };
-        let e = TileEpilogue {
-            bias,
-            bias_per_column: false,
-            residual,
-            residual_ld,
-            residual_first: plan.residual_first,
-            act: plan.act,
-        };
+        let residual = plan
+            .residual
+            .map(|l| (self.at_ptr(l.at(ps, r0, j)) as *const f32, l.row_stride));
+        // SAFETY: bias holds m floats and r0 + MR <= m.
+        let e = unsafe { plan.tile(r0, false, residual) };
         let out = self.at_ptr(self.out.at(ps, r0, j));
         // SAFETY: the caller's extents; the output and residual rows of the
         // tile are unit-stride runs of NR inside their tensors.

@@ -43,19 +43,6 @@ impl Problem {
         )
     }
 
-    /// For a windowed convolution, writes its input with the padding made
-    /// explicit into `padded` (each thread its own copy: the copy is
-    /// `1/(M·taps)` of the convolution's work) and returns true. Each padded
-    /// row is split into `stride_w` column phases (phase `c % s` holds padded
-    /// column `c` at `c / s`), so the pixels one kernel tap reads along an
-    /// output row are contiguous: the gather is then one short copy per tap
-    /// and row segment, with no bounds work. 1×1 windows keep only the pixels
-    /// they read (see [`Problem::padded_window`]). Only samples `wanted` are written
-    /// (the others keep their places, unwritten). Inputs above 16 Mi floats,
-    /// or column strides above 4, return false.
-    ///
-    /// # Safety
-    /// The input layout must address memory valid for this problem.
     /// Whether [`Problem::pad_input`] takes this problem's input (it is
     /// windowed, its column stride at most 4 and it at most 16 Mi floats).
     pub(super) fn paddable(&self) -> bool {
@@ -67,6 +54,19 @@ impl Problem {
         w.stride[1] <= 4 && (self.n / self.per_sample) * channels * rows * row_len <= 1 << 24
     }
 
+    /// For a windowed convolution, writes its input with the padding made
+    /// explicit into `padded` (each thread its own copy: the copy is
+    /// `1/(M·taps)` of the convolution's work) and returns true. Each padded
+    /// row is split into `stride_w` column phases (phase `c % s` holds padded
+    /// column `c` at `c / s`), so the pixels one kernel tap reads along an
+    /// output row are contiguous: the gather is then one short copy per tap
+    /// and row segment, with no bounds work. 1×1 windows keep only the pixels
+    /// they read (see [`Problem::padded_window`]). Only samples `wanted` are written
+    /// (the others keep their places, unwritten). Returns false, writing
+    /// nothing, when the problem is not [`Problem::paddable`].
+    ///
+    /// # Safety
+    /// The input layout must address memory valid for this problem.
     #[inline(always)]
     pub(super) unsafe fn pad_input(
         &self,
@@ -76,7 +76,7 @@ impl Problem {
         let Gather::Window(l, w) = self.b else {
             return false;
         };
-        if w.stride[1] > 4 {
+        if !self.paddable() {
             return false;
         }
         let pw = self.padded_window(&w);
@@ -85,9 +85,6 @@ impl Problem {
         let row_len = phases * phase_len;
         let samples = self.n / self.per_sample;
         let len = samples * channels * rows * row_len;
-        if len > 1 << 24 {
-            return false;
-        }
         // Padded row r is input row r·row_step − pad_top; element i of column
         // phase ph is input column i·col_step + ph − pad_left.
         let row_step = w.stride[0] / pw.stride[0];

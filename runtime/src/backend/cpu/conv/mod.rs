@@ -187,6 +187,37 @@ struct FusedPlan {
     residual_first: bool,
 }
 
+impl FusedPlan {
+    /// The fused kernel's epilogue for a tile whose bias starts at element
+    /// `first` (its rows, or with `per_column` its columns) and whose
+    /// residual, if any, starts at the given element with rows that far
+    /// apart.
+    ///
+    /// # Safety
+    /// The bias must hold the tile's rows (or columns) from `first`.
+    unsafe fn tile(
+        &self,
+        first: usize,
+        per_column: bool,
+        residual: Option<(*const f32, usize)>,
+    ) -> super::gemm::TileEpilogue {
+        let (residual, residual_ld) = residual.unwrap_or((std::ptr::null(), 0));
+        super::gemm::TileEpilogue {
+            bias: if self.bias.is_null() {
+                self.bias
+            } else {
+                // SAFETY: the caller's.
+                unsafe { self.bias.add(first) }
+            },
+            bias_per_column: per_column && !self.bias.is_null(),
+            residual,
+            residual_ld,
+            residual_first: self.residual_first,
+            act: self.act,
+        }
+    }
+}
+
 /// Per-thread scratch: packed B and the partial sums of one column block.
 #[derive(Default)]
 pub struct Scratch {
@@ -264,8 +295,10 @@ impl Problem {
         unsafe { self.arena.add(offset) }
     }
 
-    /// Runs this thread's share of the problem: column ranges when there are
-    /// enough columns for every thread, otherwise row panels.
+    /// Runs this thread's part of the problem: chunks of column panels (or of
+    /// in-place panels) claimed from [`Problem::queue`] as the thread is free,
+    /// or, when columns are too few for every thread, an even share of the
+    /// row panels. Every thread running the problem must call this.
     ///
     /// # Safety
     /// Every layout must address memory valid for the extents of this problem;
@@ -647,6 +680,52 @@ mod tests {
     use super::*;
     use netc_compiler::ir::Activation;
 
+    /// Runs a feature-major problem (`cout` outputs, depth `k`, `per` columns
+    /// per sample, `samples` samples of `input` floats, read through `b`;
+    /// bias and ReLU epilogue; fixed patterns for weights, bias and input)
+    /// with `go`, returning the output's bits.
+    fn run_feature_major(
+        cout: usize,
+        k: usize,
+        per: usize,
+        samples: usize,
+        input: usize,
+        b: Gather,
+        go: impl FnOnce(&Problem, &mut Scratch),
+    ) -> Vec<u32> {
+        let wts: Vec<f32> = (0..cout * k)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.01)
+            .collect();
+        let packed = super::super::gemm::pack_weights(&wts, cout, k);
+        let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let mut arena: Vec<f32> = (0..samples * (input + cout * per))
+            .map(|i| ((i * 13 % 31) as f32 - 15.0) * 0.1)
+            .collect();
+        let p = Problem {
+            m: cout,
+            k,
+            n: samples * per,
+            per_sample: per,
+            a: packed.as_ptr(),
+            a_cols: std::ptr::null(),
+            b,
+            out: Layout {
+                base: samples * input,
+                sample_stride: cout * per,
+                row_stride: per,
+                col_stride: 1,
+            },
+            epilogue: vec![Step::Bias(bias.as_ptr()), Step::Act(Act::Relu)],
+            arena: arena.as_mut_ptr(),
+            queue: WorkQueue::default(),
+        };
+        go(&p, &mut Scratch::default());
+        arena[samples * input..]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
     /// Reading B in place gives the packed path's results bit for bit (same
     /// K blocks, same order of sums), over strides, dilation, several K
     /// blocks, partial panels, row ends and two samples.
@@ -671,63 +750,35 @@ mod tests {
             );
             let (samples, k, per) = (2, cin * kern * kern, oh * ow);
             let input = cin * h * w;
-            let wts: Vec<f32> = (0..cout * k)
-                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.01)
-                .collect();
-            let packed = super::super::gemm::pack_weights(&wts, cout, k);
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let b = Gather::Window(
+                Layout {
+                    base: 0,
+                    sample_stride: input,
+                    row_stride: h * w,
+                    col_stride: 1,
+                },
+                Window {
+                    in_hw: [h, w],
+                    out_w: ow,
+                    kernel: [kern, kern],
+                    stride: [stride, stride],
+                    pad: [pad, pad],
+                    dilation: [dil, dil],
+                },
+            );
             let run = |in_place: bool| {
-                let mut arena: Vec<f32> = (0..samples * (input + cout * per))
-                    .map(|i| ((i * 13 % 31) as f32 - 15.0) * 0.1)
-                    .collect();
-                let p = Problem {
-                    m: cout,
-                    k,
-                    n: samples * per,
-                    per_sample: per,
-                    a: packed.as_ptr(),
-                    a_cols: std::ptr::null(),
-                    b: Gather::Window(
-                        Layout {
-                            base: 0,
-                            sample_stride: input,
-                            row_stride: h * w,
-                            col_stride: 1,
-                        },
-                        Window {
-                            in_hw: [h, w],
-                            out_w: ow,
-                            kernel: [kern, kern],
-                            stride: [stride, stride],
-                            pad: [pad, pad],
-                            dilation: [dil, dil],
-                        },
-                    ),
-                    out: Layout {
-                        base: samples * input,
-                        sample_stride: cout * per,
-                        row_stride: per,
-                        col_stride: 1,
-                    },
-                    epilogue: vec![Step::Bias(bias.as_ptr()), Step::Act(Act::Relu)],
-                    arena: arena.as_mut_ptr(),
-                    queue: WorkQueue::default(),
-                };
-                let mut s = Scratch::default();
-                // SAFETY: the arena holds both samples' input and output.
-                unsafe {
-                    s.padded_ready = p.pad_input(&mut s.padded, 0..samples);
-                    assert!(s.padded_ready);
-                    if in_place {
-                        p.run_in_place((0, samples * p.in_place_panels_per_sample()), &mut s);
-                    } else {
-                        p.run_block(0, cout.div_ceil(MR), 0, p.n, &mut s);
+                run_feature_major(cout, k, per, samples, input, b, |p, s| {
+                    // SAFETY: the arena holds both samples' input and output.
+                    unsafe {
+                        s.padded_ready = p.pad_input(&mut s.padded, 0..samples);
+                        assert!(s.padded_ready);
+                        if in_place {
+                            p.run_in_place((0, samples * p.in_place_panels_per_sample()), s);
+                        } else {
+                            p.run_block(0, cout.div_ceil(MR), 0, p.n, s);
+                        }
                     }
-                }
-                arena[samples * input..]
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
+                })
             };
             assert_eq!(
                 run(true),
@@ -777,51 +828,23 @@ mod tests {
         for (cin, cout, per) in [(5, 13, 63), (300, 7, 16), (40, 64, 111), (3, 2, 1)] {
             let samples = 2;
             let input = cin * per;
-            let wts: Vec<f32> = (0..cout * cin)
-                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.01)
-                .collect();
-            let packed = super::super::gemm::pack_weights(&wts, cout, cin);
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let b = Gather::Strided(Layout {
+                base: 0,
+                sample_stride: input,
+                row_stride: per,
+                col_stride: 1,
+            });
             let run = |in_place: bool| {
-                let mut arena: Vec<f32> = (0..samples * (input + cout * per))
-                    .map(|i| ((i * 13 % 31) as f32 - 15.0) * 0.1)
-                    .collect();
-                let p = Problem {
-                    m: cout,
-                    k: cin,
-                    n: samples * per,
-                    per_sample: per,
-                    a: packed.as_ptr(),
-                    a_cols: std::ptr::null(),
-                    b: Gather::Strided(Layout {
-                        base: 0,
-                        sample_stride: input,
-                        row_stride: per,
-                        col_stride: 1,
-                    }),
-                    out: Layout {
-                        base: samples * input,
-                        sample_stride: cout * per,
-                        row_stride: per,
-                        col_stride: 1,
-                    },
-                    epilogue: vec![Step::Bias(bias.as_ptr()), Step::Act(Act::Relu)],
-                    arena: arena.as_mut_ptr(),
-                    queue: WorkQueue::default(),
-                };
-                let mut s = Scratch::default();
-                // SAFETY: the arena holds both samples' input and output.
-                unsafe {
-                    if in_place {
-                        p.run_strided_in_place((0, samples * per.div_ceil(NR)), &mut s);
-                    } else {
-                        p.run_block(0, cout.div_ceil(MR), 0, p.n, &mut s);
+                run_feature_major(cout, cin, per, samples, input, b, |p, s| {
+                    // SAFETY: the arena holds both samples' input and output.
+                    unsafe {
+                        if in_place {
+                            p.run_strided_in_place((0, samples * per.div_ceil(NR)), s);
+                        } else {
+                            p.run_block(0, cout.div_ceil(MR), 0, p.n, s);
+                        }
                     }
-                }
-                arena[samples * input..]
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
+                })
             };
             assert_eq!(run(true), run(false), "{cin} {cout} {per}");
         }

@@ -11,7 +11,7 @@
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
 use super::{grow, split, FusedPlan, Gather, Problem, Scratch, Step};
-use crate::backend::cpu::gemm::{Kernel, RowPointers, TileEpilogue, K_BLOCK, MR, NR};
+use crate::backend::cpu::gemm::{Kernel, RowPointers, K_BLOCK, MR, NR};
 
 /// The most token panels per block: 192 tokens, 192 KiB of packed tokens
 /// at K = 256, so that each weight panel serves up to 32 tiles once in L1.
@@ -138,23 +138,11 @@ impl Problem {
         j: usize,
     ) -> bool {
         let ps = self.per_sample;
-        let (residual, residual_ld) = match plan.residual {
-            Some(l) => (self.at_ptr(l.at(ps, f0, j)) as *const f32, l.col_stride),
-            None => (std::ptr::null(), 0),
-        };
-        let e = TileEpilogue {
-            // SAFETY: bias holds m floats and f0 + NR <= m.
-            bias: if plan.bias.is_null() {
-                plan.bias
-            } else {
-                unsafe { plan.bias.add(f0) }
-            },
-            bias_per_column: !plan.bias.is_null(),
-            residual,
-            residual_ld,
-            residual_first: plan.residual_first,
-            act: plan.act,
-        };
+        let residual = plan
+            .residual
+            .map(|l| (self.at_ptr(l.at(ps, f0, j)) as *const f32, l.col_stride));
+        // SAFETY: bias holds m floats and f0 + NR <= m.
+        let e = unsafe { plan.tile(f0, true, residual) };
         let out = self.at_ptr(self.out.at(ps, f0, j));
         // SAFETY: the caller's extents; output and residual rows are runs of
         // NR features of one token each, `col_stride` apart.
