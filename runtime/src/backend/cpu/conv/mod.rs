@@ -288,6 +288,27 @@ fn column_block(rows: usize) -> usize {
     ((16 * 1024 / rows.max(1)) / NR * NR).clamp(NR, COLUMN_BLOCK_MAX)
 }
 
+/// Columns per block for `rows` rows over a range of `cols` columns: the
+/// whole range in one block when it is at most [`FEW_PANELS`] panels and
+/// its partial sums stay under 512 KiB, else [`column_block`]. Each block
+/// streams all of the thread's weights once more; for the 7×7 stages
+/// (49 columns) `column_block` gave, e.g., 48 + 1 columns, i.e. a second
+/// pass over up to 4.7 MB of weights (ResNet-50 layer4) for one column.
+/// With weights coming from memory (`FLUSH=1 THREADS=2 SHAPE=l4 …
+/// conv_throughput`) the 1×1 layers of layer4 took 0.78–0.79 ms instead of
+/// 0.84–0.91.
+fn column_block_for(rows: usize, cols: usize) -> usize {
+    let whole = cols.div_ceil(NR) * NR;
+    if whole <= FEW_PANELS * NR && rows * whole <= 128 * 1024 {
+        whole
+    } else {
+        column_block(rows)
+    }
+}
+
+/// See [`column_block_for`].
+const FEW_PANELS: usize = 4;
+
 impl Problem {
     #[inline(always)]
     fn at_ptr(&self, offset: usize) -> *mut f32 {
@@ -414,7 +435,7 @@ impl Problem {
         }
         let kernel = Kernel::detect();
         let rows = (p1 - p0) * MR;
-        let nc_max = column_block(rows);
+        let nc_max = column_block_for(rows, c1 - c0);
         let mpad = self.m.div_ceil(MR) * MR;
         let blocks = self.k.div_ceil(K_BLOCK);
         // Token-major outputs (linear layers: features contiguous per token)
@@ -942,6 +963,9 @@ mod tests {
 
 /// `cargo test --release -p netc-runtime conv_throughput -- --ignored --nocapture`:
 /// single-thread GFLOP/s of the convolution driver on ResNet-50's layer shapes.
+/// `THREADS=N` runs N threads; `SHAPE=s` only the shapes whose name contains
+/// `s`; `FLUSH=1` evicts the caches (a 96 MiB sweep) before each timed run,
+/// so weights come from memory as they do in a whole network.
 #[cfg(test)]
 mod bench {
     use super::*;
@@ -1058,7 +1082,14 @@ mod bench {
             let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
             let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
             let mut best = f64::MAX;
-            for _ in 0..40 {
+            let flush = std::env::var_os("FLUSH").is_some();
+            let mut junk = vec![0u8; if flush { 96 << 20 } else { 0 }];
+            for it in 0..40 {
+                if flush {
+                    junk.iter_mut()
+                        .step_by(64)
+                        .for_each(|b| *b = b.wrapping_add(it as u8));
+                }
                 let t = std::time::Instant::now();
                 std::thread::scope(|sc| {
                     for (tid, s) in scratch.iter_mut().enumerate() {
