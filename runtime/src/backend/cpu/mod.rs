@@ -15,7 +15,8 @@
 //! `token.rs` token-major products), `depthwise.rs` (depthwise
 //! convolution), `kernels.rs` (every other layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
-//! optional guard pages), `vmath.rs` (AVX2 activations).
+//! optional guard pages), `vmath.rs` (AVX2 activations), `vmath16.rs`
+//! (their AVX-512 twins for the exp-based ones).
 
 pub mod conv;
 pub mod depthwise;
@@ -27,6 +28,8 @@ pub mod memory;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 pub mod vmath;
+#[cfg(target_arch = "x86_64")]
+pub mod vmath16;
 
 use crate::weights::{HostTensor, Weights};
 use memory::Region;

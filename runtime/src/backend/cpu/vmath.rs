@@ -240,13 +240,30 @@ macro_rules! per_activation {
     };
 }
 
-/// Applies activation `a` (exp for `None`) to `x` in place, sixteen lanes
-/// per step in two independent chains, the tail through a padded vector.
+/// Applies activation `a` (exp for `None`) to `x` in place: on zmm
+/// registers where `vmath16` has the function and the CPU AVX-512 (the same
+/// bits), else [`apply_ymm`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA (see [`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn apply(a: Option<Activation>, x: &mut [f32]) {
+    if super::vmath16::covers(a) && super::vmath16::available() {
+        // SAFETY: available() checked the CPU.
+        unsafe { super::vmath16::apply(a, x) };
+        return;
+    }
+    // SAFETY: the caller's.
+    unsafe { apply_ymm(a, x) }
+}
+
+/// [`apply`] on ymm registers, sixteen lanes per step in two independent
+/// chains, the tail through a padded vector.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (see [`available`]).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn apply_ymm(a: Option<Activation>, x: &mut [f32]) {
     per_activation!(a, f => {
         let mut pairs = x.chunks_exact_mut(16);
         for c in &mut pairs {
@@ -272,7 +289,9 @@ pub unsafe fn apply(a: Option<Activation>, x: &mut [f32]) {
 }
 
 /// Applies activation `a` to every register of a micro-tile, inside the
-/// fused GEMM kernel; lane for lane the same results as [`apply`].
+/// fused GEMM kernel; lane for lane the same results as [`apply`] (on zmm
+/// registers, as there, where `vmath16` has the function and the CPU
+/// AVX-512).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA (callers compiled with both call it
@@ -280,6 +299,11 @@ pub unsafe fn apply(a: Option<Activation>, x: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub fn act_tile(a: Activation, tile: &mut [__m256]) {
+    if super::vmath16::covers(Some(a)) && super::vmath16::available() {
+        // SAFETY: available() checked the CPU; the zmm twins give these bits.
+        unsafe { super::vmath16::act_tile(a, tile) };
+        return;
+    }
     per_activation!(Some(a), f => {
         for v in tile.iter_mut() {
             *v = f(*v);
