@@ -321,6 +321,18 @@ pub struct Copy {
 impl Copy {
     #[inline(always)]
     fn run(&self, tid: usize, threads: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.is_transpose() && super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma {
+            // SAFETY: AVX2 checked; extents checked at lowering.
+            unsafe { self.transpose_avx2(tid, threads) };
+            return;
+        }
+        self.run_rows(tid, threads);
+    }
+
+    /// [`Copy::run`] row by row of the destination's last dimension.
+    #[inline(always)]
+    fn run_rows(&self, tid: usize, threads: usize) {
         let d = &self.dst.dims;
         let last = d.len() - 1;
         let (ss, ds) = (self.src.strides[last], self.dst.strides[last]);
@@ -338,6 +350,89 @@ impl Copy {
                 }
             }
         });
+    }
+}
+
+impl Copy {
+    /// Whether the last two dimensions are a transpose: the destination's
+    /// last dimension and the source's second-to-last are the unit-stride
+    /// ones (a permute between channel-major and token-major, as ConvNeXt
+    /// does twice per block). Element by element, every load of such a copy
+    /// is on another cache line.
+    fn is_transpose(&self) -> bool {
+        let n = self.dst.dims.len();
+        // One past the last element a view addresses (views never overlap
+        // for a permute; checked, as the blocks would not survive it).
+        let end = |v: &View| {
+            let last: usize = v
+                .dims
+                .iter()
+                .zip(&v.strides)
+                .map(|(d, s)| d.saturating_sub(1) * s)
+                .sum();
+            v.ptr.wrapping_add(last + 1)
+        };
+        n >= 2
+            && self.dst.strides[n - 1] == 1
+            && self.src.strides[n - 2] == 1
+            && self.src.strides[n - 1] >= 8
+            && self.dst.strides[n - 2] >= 8
+            && (end(&self.src) <= self.dst.ptr || end(&self.dst) <= self.src.ptr)
+    }
+
+    /// [`Copy::run`] for [`Copy::is_transpose`]: 8×8 blocks, eight source
+    /// rows loaded as vectors, transposed in registers, stored as eight
+    /// destination rows; edges element by element. Threads split the
+    /// blocks of eight source rows.
+    ///
+    /// # Safety
+    /// AVX2; the views' extents as checked at lowering.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose_avx2(&self, tid: usize, threads: usize) {
+        use std::arch::x86_64::*;
+        let d = &self.dst.dims;
+        let n = d.len();
+        let (rows, cols) = (d[n - 2], d[n - 1]);
+        let (s_col, d_row) = (self.src.strides[n - 1], self.dst.strides[n - 2]);
+        let outer: usize = d[..n - 2].iter().product();
+        let blocks = rows.div_ceil(8);
+        let (lo, hi) = split(outer * blocks, tid, threads);
+        let mut idx = vec![0usize; n - 2];
+        for u in lo..hi {
+            let (o, r0) = (u / blocks, u % blocks * 8);
+            let mut rem = o;
+            for (i, dim) in idx.iter_mut().zip(&d[..n - 2]).rev() {
+                *i = rem % dim;
+                rem /= dim;
+            }
+            // SAFETY (the whole block): every element read and written is
+            // inside the views, whose extents the lowering checked.
+            unsafe {
+                let src = self.src.ptr.add(offset(&idx, &self.src.strides) + r0);
+                let dst = self
+                    .dst
+                    .ptr
+                    .add(offset(&idx, &self.dst.strides) + r0 * d_row);
+                let rn = (rows - r0).min(8);
+                let full = if rn == 8 { cols / 8 * 8 } else { 0 };
+                for c0 in (0..full).step_by(8) {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for (t, v) in v.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(src.add((c0 + t) * s_col));
+                    }
+                    let w = super::vmath::transpose8(v);
+                    for (r, w) in w.iter().enumerate() {
+                        _mm256_storeu_ps(dst.add(r * d_row + c0), *w);
+                    }
+                }
+                for r in 0..rn {
+                    for c in full..cols {
+                        *dst.add(r * d_row + c) = *src.add(c * s_col + r);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1137,6 +1232,44 @@ mod tests {
             ptr: std::ptr::null_mut(),
             dims: dims.to_vec(),
             strides: strides.to_vec(),
+        }
+    }
+
+    /// Transposing copies (both directions of a channel-major ↔
+    /// token-major permute, with a batch dimension, edges of every size
+    /// below a block, one and two threads) give the element-wise copy's
+    /// result.
+    #[test]
+    fn blocked_transposes_match_the_element_wise_copy() {
+        for &(batch, rows, cols) in &[(1, 8, 8), (1, 96, 49), (2, 13, 21), (3, 7, 40), (1, 17, 9)] {
+            let src: Vec<f32> = (0..batch * rows * cols)
+                .map(|i| i as f32 * 0.5 - 3.0)
+                .collect();
+            // dst[b, c, r] = src[b, r, c]: the source's rows are contiguous.
+            let copy = |out: &mut Vec<f32>| Copy {
+                src: View {
+                    ptr: src.as_ptr() as *mut f32,
+                    dims: vec![batch, cols, rows],
+                    strides: vec![rows * cols, 1, cols],
+                },
+                dst: View {
+                    ptr: out.as_mut_ptr(),
+                    dims: vec![batch, cols, rows],
+                    strides: vec![rows * cols, rows, 1],
+                },
+            };
+            let mut want = vec![f32::NAN; src.len()];
+            copy(&mut want).run_rows(0, 1);
+            assert!(want.iter().all(|v| !v.is_nan()));
+            for threads in [1, 2] {
+                let mut got = vec![f32::NAN; src.len()];
+                let k = copy(&mut got);
+                assert_eq!(k.is_transpose(), rows >= 8 && cols >= 8, "{rows}x{cols}");
+                for tid in 0..threads {
+                    k.run(tid, threads);
+                }
+                assert_eq!(got, want, "{batch}x{rows}x{cols}, {threads} threads");
+            }
         }
     }
 
