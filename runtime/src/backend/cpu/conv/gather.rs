@@ -43,6 +43,27 @@ impl Problem {
         )
     }
 
+    /// Every K row's offset in the padded input ([`Problem::pad_input`])
+    /// from a window's top-left corner, into `out` (`k` entries): the taps
+    /// of one channel, then the same shifted by a channel plane per
+    /// channel, so the packing loops do no divisions.
+    pub(super) fn padded_offsets(&self, w: &Window, out: &mut Vec<usize>) {
+        let (rows, phase_len, _) = self.padded_geometry(w);
+        let w = self.padded_window(w);
+        let sx = w.stride[1];
+        let row_len = sx * phase_len;
+        let (kh, kw) = (w.kernel[0], w.kernel[1]);
+        out.clear();
+        out.extend((0..kh * kw).map(|r| {
+            let dx = (r % kw) * w.dilation[1];
+            (r / kw) * w.dilation[0] * row_len + (dx % sx) * phase_len + dx / sx
+        }));
+        for i in kh * kw..self.k {
+            let o = out[i - kh * kw] + rows * row_len;
+            out.push(o);
+        }
+    }
+
     /// Whether [`Problem::pad_input`] takes this problem's input (it is
     /// windowed, its column stride at most 4 and it at most 16 Mi floats).
     pub(super) fn paddable(&self) -> bool {
@@ -160,7 +181,7 @@ impl Problem {
         nc: usize,
         out: &mut [f32],
         cols: &mut Vec<usize>,
-        padded: &[f32],
+        (padded, k_offsets): (&[f32], &[usize]),
     ) {
         let ncp = nc.div_ceil(NR) * NR;
         let ps = self.per_sample;
@@ -182,15 +203,8 @@ impl Problem {
                 // The furthest element any segment reads, relative to a tap's
                 // offset: one bounds check per tap instead of one per copy.
                 let reach = cols.chunks_exact(3).map(|s| s[2] + s[1]).max().unwrap_or(0);
-                let (kh, kw) = (w.kernel[0], w.kernel[1]);
                 for kk in 0..kc {
-                    let kidx = k0 + kk;
-                    let (c, r) = (kidx / (kh * kw), kidx % (kh * kw));
-                    let dx = (r % kw) * w.dilation[1];
-                    let off = c * plane
-                        + (r / kw) * w.dilation[0] * row_len
-                        + (dx % sx) * phase_len
-                        + dx / sx;
+                    let off = k_offsets[k0 + kk];
                     assert!(off + reach <= padded.len());
                     let src = padded[off..].as_ptr();
                     for q in 0..ncp / NR {

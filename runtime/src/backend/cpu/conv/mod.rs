@@ -234,6 +234,8 @@ pub struct Scratch {
     /// Which samples `padded` holds for the current run (dynamic chunks pad
     /// the samples they read as they come).
     padded_samples: Vec<bool>,
+    /// With `padded`: each K row's offset in it ([`Problem::padded_offsets`]).
+    k_offsets: Vec<usize>,
 }
 
 /// The most row panels for which convolutions read B in place
@@ -448,6 +450,9 @@ impl Problem {
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
         let mut tile = [0f32; MR * NR];
         let plan = self.fused_plan();
+        if let (Gather::Window(_, w), true) = (self.b, s.padded_ready) {
+            self.padded_offsets(&w, &mut s.k_offsets);
+        }
         for j0 in (c0..c1).step_by(nc_max) {
             let nc = nc_max.min(c1 - j0);
             let ncp = nc.div_ceil(NR) * NR;
@@ -455,7 +460,8 @@ impl Problem {
                 let kc = K_BLOCK.min(self.k - k0);
                 let last = kb + 1 == blocks;
                 let padded: &[f32] = if s.padded_ready { &s.padded } else { &[] };
-                unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols, padded) };
+                let from = (padded, s.k_offsets.as_slice());
+                unsafe { self.pack_b(k0, kc, j0, nc, &mut s.bpack, &mut s.cols, from) };
                 for q in 0..ncp / NR {
                     let bp = s.bpack[q * kc * NR..].as_ptr();
                     let (j, nr) = (j0 + q * NR, NR.min(nc - q * NR));
@@ -534,19 +540,8 @@ impl Problem {
         let (sy, sx) = (w.stride[0], w.stride[1]);
         let row_len = sx * phase_len;
         let plane = rows * row_len;
-        let (kh, kw) = (w.kernel[0], w.kernel[1]);
-        // Every K row's offset from a panel's window corner, as `pack_b`
-        // computes it: the taps of one channel once, then shifted per channel.
         let mut offsets = std::mem::take(&mut s.cols);
-        offsets.clear();
-        offsets.extend((0..kh * kw).map(|r| {
-            let dx = (r % kw) * w.dilation[1];
-            (r / kw) * w.dilation[0] * row_len + (dx % sx) * phase_len + dx / sx
-        }));
-        for i in kh * kw..self.k {
-            let o = offsets[i - kh * kw] + plane;
-            offsets.push(o);
-        }
+        self.padded_offsets(&window, &mut offsets);
         let reach = offsets.iter().max().copied().unwrap_or(0) + NR;
         let ow = w.out_w;
         let oh = self.per_sample / ow;
