@@ -214,10 +214,16 @@ pub struct ChannelAffine {
     pub scale: Vec<f32>,
     /// Per-channel shift (absent: 0).
     pub shift: Option<Vec<f32>>,
+    /// An activation applied after the affine map, on each row while it
+    /// is in L1 (a batch norm followed by its only user, an activation,
+    /// as DenseNet's pre-activation layers have it).
+    pub act: Option<super::Act>,
 }
 
 impl ChannelAffine {
     #[inline(always)]
+    // `clamp` would return NaN for NaN, where `Act::apply` maps it to 0.
+    #[allow(clippy::manual_clamp)]
     fn run(&self, tid: usize, threads: usize) {
         let [outer, c, inner] = self.dims;
         let (lo, hi) = split(self.batch * outer * c, tid, threads);
@@ -231,8 +237,18 @@ impl ChannelAffine {
             unsafe {
                 let src = self.x.at(n).add(off);
                 let dst = self.out.at(n).add(off);
-                for i in 0..inner {
-                    *dst.add(i) = *src.add(i) * s + t;
+                // `max`/`min` as in `Act::apply` (NaN maps to 0).
+                match self.act {
+                    None => (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t),
+                    Some(super::Act::Relu) => {
+                        (0..inner).for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0))
+                    }
+                    Some(super::Act::Relu6) => (0..inner)
+                        .for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0).min(6.0)),
+                    Some(a) => {
+                        (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t);
+                        a.apply(std::slice::from_raw_parts_mut(dst, inner));
+                    }
                 }
             }
         }

@@ -290,7 +290,24 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
                     dims: [outer, dims[axis], inner],
                     scale: scale.to_vec(),
                     shift: shift.map(|s| s.to_vec()),
+                    act: None,
                 }))
+            }
+            Op::Act(a)
+                if g.sole_user(operands[0]) == Some(id)
+                    && origins.last() == Some(&operands[0])
+                    && matches!(kernels.last(), Some(Kernel::ChannelAffine(k)) if k.act.is_none()) =>
+            {
+                // The batch norm just emitted feeds only this activation:
+                // it writes this node's output with the activation applied,
+                // one pass over the tensor instead of two (DenseNet's 58
+                // pre-activation norm + ReLU pairs). Its own output is never
+                // written; nothing else reads it.
+                if let Some(Kernel::ChannelAffine(k)) = kernels.last_mut() {
+                    k.out = Ctx::images(val);
+                    k.act = Some(ctx.act(*a));
+                }
+                None
             }
             Op::Act(a) => {
                 // Input and output may have different sample strides (a
