@@ -402,6 +402,7 @@ impl Problem {
     ///
     /// # Safety
     /// As [`Problem::run`]; [`Problem::paddable`].
+    #[inline(always)]
     unsafe fn pad_samples(&self, wanted: std::ops::Range<usize>, s: &mut Scratch) {
         let mut n = wanted.start;
         while n < wanted.end {
@@ -530,6 +531,7 @@ impl Problem {
     ///
     /// # Safety
     /// As [`Problem::run`]; `s.padded` holds this problem's padded input.
+    #[inline(always)]
     unsafe fn run_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
         let Gather::Window(_, window) = self.b else {
             return;
@@ -574,6 +576,7 @@ impl Problem {
     ///
     /// # Safety
     /// As [`Problem::run`]; `self.b` is `Strided` with unit column stride.
+    #[inline(always)]
     unsafe fn run_strided_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
         let Gather::Strided(l) = self.b else {
             return;

@@ -28,6 +28,7 @@ impl Problem {
     /// As [`Problem::run`]; `self.a_cols` holds the weights packed by
     /// `pack_weights_cols`, B gathers K-contiguous token rows, the output is
     /// token-major (`out.row_stride == 1`).
+    #[inline(always)]
     pub(super) unsafe fn run_tokens(&self, tid: usize, threads: usize, s: &mut Scratch) {
         let Gather::Strided(x) = self.b else {
             return;
