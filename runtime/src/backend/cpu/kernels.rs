@@ -293,31 +293,57 @@ impl Activation {
     }
 }
 
-/// Iterates the rows (all dims but the last) of `dims`, for this thread's share.
-#[inline(always)]
-fn for_rows(dims: &[usize], tid: usize, threads: usize, mut f: impl FnMut(&[usize])) {
-    let outer = &dims[..dims.len() - 1];
-    let rows: usize = outer.iter().product();
-    let (lo, hi) = split(rows, tid, threads);
-    if lo >= hi {
-        return;
-    }
-    // Divisions for the first row only; then count like an odometer.
-    let mut idx = vec![0usize; outer.len()];
-    let mut rem = lo;
-    for (i, d) in idx.iter_mut().zip(outer).rev() {
-        *i = rem % d;
-        rem /= d;
-    }
-    for _ in lo..hi {
-        f(&idx);
-        for (i, d) in idx.iter_mut().zip(outer).rev() {
-            *i += 1;
-            if *i < *d {
-                break;
-            }
-            *i = 0;
+/// This thread's share of the rows (all dims but the last) of `dims`, as
+/// an odometer: `while let Some(idx) = rows.next()`. A loop rather than a
+/// function taking a closure: the closure was compiled as a function of its
+/// own, for the baseline CPU, outside the kernels' AVX2 entry (`perf`: a
+/// scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of EfficientNet-B0).
+struct Rows {
+    outer: Vec<usize>,
+    idx: Vec<usize>,
+    left: usize,
+    started: bool,
+}
+
+impl Rows {
+    #[inline(always)]
+    fn new(dims: &[usize], tid: usize, threads: usize) -> Rows {
+        let outer = dims[..dims.len() - 1].to_vec();
+        let rows: usize = outer.iter().product();
+        let (lo, hi) = split(rows, tid, threads);
+        // Divisions for the first row only; then count like an odometer.
+        let mut idx = vec![0usize; outer.len()];
+        let mut rem = lo;
+        for (i, d) in idx.iter_mut().zip(&outer).rev() {
+            *i = rem % d;
+            rem /= d;
         }
+        Rows {
+            outer,
+            idx,
+            left: hi.saturating_sub(lo),
+            started: false,
+        }
+    }
+
+    /// The next row's index (all dims but the last).
+    #[inline(always)]
+    fn next(&mut self) -> Option<&[usize]> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.started {
+            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
+                *i += 1;
+                if *i < *d {
+                    break;
+                }
+                *i = 0;
+            }
+        }
+        self.started = true;
+        self.left -= 1;
+        Some(&self.idx)
     }
 }
 
@@ -352,7 +378,8 @@ impl Copy {
         let d = &self.dst.dims;
         let last = d.len() - 1;
         let (ss, ds) = (self.src.strides[last], self.dst.strides[last]);
-        for_rows(d, tid, threads, |idx| {
+        let mut rows = Rows::new(d, tid, threads);
+        while let Some(idx) = rows.next() {
             // SAFETY: extents checked at lowering.
             unsafe {
                 let s = self.src.ptr.add(offset(idx, &self.src.strides));
@@ -365,7 +392,7 @@ impl Copy {
                     }
                 }
             }
-        });
+        }
     }
 }
 
@@ -471,7 +498,8 @@ impl Binary {
         let d = &self.out.dims;
         let last = d.len() - 1;
         let (sa, sb) = (self.a.strides[last], self.b.strides[last]);
-        for_rows(d, tid, threads, |idx| {
+        let mut rows = Rows::new(d, tid, threads);
+        while let Some(idx) = rows.next() {
             // SAFETY: extents checked at lowering; in-place is element-wise.
             unsafe {
                 let a = self.a.ptr.add(offset(idx, &self.a.strides));
@@ -485,7 +513,7 @@ impl Binary {
                     BinaryOp::Div => binary_row(o, a, b, n, sa, sb, |x, y| x / y),
                 }
             }
-        });
+        }
     }
 }
 
@@ -505,19 +533,31 @@ unsafe fn binary_row(
     sb: usize,
     f: impl Fn(f32, f32) -> f32,
 ) {
+    // Eight lanes read whole before any is written, so the compiler needs
+    // no alias checks to make them one vector operation (`o` may be `a`
+    // or `b`; element by element it kept the loop scalar).
+    const L: usize = 8;
+    let full = n / L * L;
     unsafe {
-        match (sa, sb) {
-            (1, 1) => (0..n).for_each(|i| *o.add(i) = f(*a.add(i), *b.add(i))),
-            (1, 0) => {
-                let y = *b;
-                (0..n).for_each(|i| *o.add(i) = f(*a.add(i), y))
+        let lanes = |p: *const f32, i: usize, s: usize| -> [f32; L] {
+            match s {
+                0 => [*p; L],
+                _ => std::ptr::read_unaligned(p.add(i) as *const [f32; L]),
             }
-            (0, 1) => {
-                let x = *a;
-                (0..n).for_each(|i| *o.add(i) = f(x, *b.add(i)))
+        };
+        if matches!((sa, sb), (1, 1) | (1, 0) | (0, 1)) {
+            for i in (0..full).step_by(L) {
+                let (x, y) = (lanes(a, i, sa), lanes(b, i, sb));
+                let mut r = [0f32; L];
+                for k in 0..L {
+                    r[k] = f(x[k], y[k]);
+                }
+                std::ptr::write_unaligned(o.add(i) as *mut [f32; L], r);
             }
-            _ => (0..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb))),
+            (full..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb)));
+            return;
         }
+        (0..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb)));
     }
 }
 
