@@ -51,12 +51,20 @@ thread_local! {
 /// Output columns a depthwise row computes at once (two ymm registers).
 const DW_CHUNK: usize = 16;
 
-/// The widest output map [`Depthwise::run_channel_blocked`] takes. Measured
-/// with `depthwise_throughput` (two threads, AVX2 paths): at 14 columns it
-/// takes half the row path's time; at 56 the same for 3×3 kernels and 1.13×
-/// for 7×7; at 112, 1.25×, the row path's vectors full and the interleaved
-/// plane out of L1.
-const DW_BLOCKED_MAX_WIDTH: usize = 28;
+/// The widest output map [`Depthwise::run_channel_blocked`] takes.
+/// Measured with `depthwise_throughput` (two threads, AVX2 entry, Zen 4)
+/// against the row path's row-blocked tiles: at 7 columns it takes half
+/// their time or less (3×3 960@7: 28.2 against 55.7 µs; 5×5 stride 2
+/// 672@14: 37.3 against 99.7), at 14 columns 0.8–1.1× (3×3 576@14: 63.1
+/// against 57.5; 5×5 672@14: 94.9 against 112.9), at 28 columns 1.1–1.7×
+/// (3×3 192@28: 82.3 against 47.6; 5×5 240@28: 149.5 against 124.0).
+const DW_BLOCKED_MAX_WIDTH: usize = 14;
+
+/// The widest output map [`Depthwise::run_channel_blocked`] takes when the
+/// row path has no row-blocked tiles for the layer: at 14 columns it takes
+/// half the time of one row at a time; at 56 the same for 3×3 kernels and
+/// 1.13× for 7×7 (AVX2 host).
+const DW_BLOCKED_MAX_WIDTH_UNTILED: usize = 28;
 
 /// The channel-blocked paths' geometry.
 struct Blocked {
@@ -97,8 +105,30 @@ impl Depthwise {
     /// and activation applied there) and is stored once.
     #[inline(always)]
     pub(super) fn run(&self, tid: usize, threads: usize) {
-        let blocked = self.multiplier == 1 && self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH;
+        let blocked = self.multiplier == 1
+            && (self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH
+                || (self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH_UNTILED
+                    && self.row_blocked().is_none()));
         self.run_path(tid, threads, blocked);
+    }
+
+    /// The bias and activation of the row path's row-blocked tiles, if they
+    /// take this layer: AVX2 and FMA, a kernel they have, an epilogue of a
+    /// bias and an activation.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn row_blocked(&self) -> Option<(Option<*const f32>, Option<super::Act>)> {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
+            && avx2::row_blocked(
+                self.window.kernel,
+                self.window.stride[0],
+                self.window.dilation[0],
+            )
+        {
+            return avx2::bias_then_act(&self.epilogue);
+        }
+        None
     }
 
     /// [`Depthwise::run`] on the channel-blocked path or the row path.
@@ -136,7 +166,8 @@ impl Depthwise {
             plane.clear();
             plane.resize(s * rows * plen, 0.0);
             row.clear();
-            row.resize(owc, 0.0);
+            // One output row, or the row-blocked path's last four.
+            row.resize(4 * owc, 0.0);
             // Everything with a division, computed once: per phase p, the
             // in-bounds range [first, end) of its indices (index i holds input
             // column i·s + p − pl) and the input column of `first`; then per
@@ -153,9 +184,17 @@ impl Depthwise {
                     geometry.push(((o % s) * rows + ky * dy) * plen + o / s);
                 }
             }
-            let (phases, taps) = geometry.split_at(3 * s);
+            // Per kernel column, its offset in the plane (row-blocked path).
+            for kx in 0..kw {
+                let o = kx * d;
+                geometry.push((o % s) * rows * plen + o / s);
+            }
+            let (phases, rest) = geometry.split_at(3 * s);
+            let (taps, cols) = rest.split_at(kh * kw);
             // Bias and activations run on the registers before the store.
             let fused = fma && avx2::fusable(&self.epilogue);
+            #[cfg(target_arch = "x86_64")]
+            let row_blocked = self.row_blocked();
             for unit in lo..hi {
                 let (n, oc) = (unit / c_out, unit % c_out);
                 let ic = oc / self.multiplier;
@@ -195,6 +234,27 @@ impl Depthwise {
                                 .for_each(|(d, v)| *d = *v),
                         }
                     }
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let Some((bias, act)) = row_blocked {
+                    let p = avx2::Plane {
+                        src: plane.as_ptr(),
+                        pitch: plen,
+                        cols,
+                        w: wk,
+                        // SAFETY: bias holds one float per output channel.
+                        bias: bias.map(|b| unsafe { *b.add(oc) }),
+                        act,
+                        // SAFETY: extents checked at lowering.
+                        out: unsafe { self.out.at(n).add(oc * oh * ow) },
+                        hw: [oh, ow],
+                        tmp: row.as_mut_ptr(),
+                    };
+                    // SAFETY: AVX2 and FMA checked (`fused`); the plane has
+                    // `rows` rows of `plen ≥ owc` columns past every column
+                    // offset per phase; `row` holds 4·owc floats.
+                    unsafe { avx2::plane(&p, win.kernel, sy) };
+                    continue;
                 }
                 #[cfg(target_arch = "x86_64")]
                 if fma {
@@ -744,6 +804,230 @@ mod avx2 {
         }
     }
 
+    /// Whether [`plane`] has a row-blocked version for this kernel: the
+    /// shapes of the zoo's depthwise layers (3×3, 5×5, 7×7; row stride 1 or
+    /// 2, no row dilation). Others take [`row`].
+    pub fn row_blocked(kernel: [usize; 2], stride: usize, dilation: usize) -> bool {
+        // A tile's accumulators must fit the activation call's eight.
+        const _: () = assert!(TILE_ROWS * TILE_VECTORS <= 8);
+        dilation == 1
+            && matches!(
+                (kernel[0], kernel[1], stride),
+                (3, 3, 1) | (3, 3, 2) | (5, 5, 1) | (5, 5, 2) | (7, 7, 1) | (7, 7, 2)
+            )
+    }
+
+    /// Output rows and vectors of [`plane`]'s largest tile.
+    const TILE_ROWS: usize = 4;
+    /// See [`TILE_ROWS`].
+    const TILE_VECTORS: usize = 2;
+
+    /// The bias and activation of an epilogue that is a bias, an
+    /// activation ([`fusable`]), or a bias then an activation.
+    pub fn bias_then_act(epilogue: &[Step]) -> Option<(Option<*const f32>, Option<Act>)> {
+        match *epilogue {
+            [] => Some((None, None)),
+            [Step::Bias(b)] => Some((Some(b), None)),
+            [Step::Act(a)] => a.fusable().map(|_| (None, Some(a))),
+            [Step::Bias(b), Step::Act(a)] => a.fusable().map(|_| (Some(b), Some(a))),
+            _ => None,
+        }
+    }
+
+    /// Where a channel's outputs come from and go, for [`plane`].
+    pub struct Plane<'a> {
+        /// The zero-padded, phase-split input plane (see `Depthwise::run`).
+        pub src: *const f32,
+        /// Floats between consecutive rows of one phase of the plane.
+        pub pitch: usize,
+        /// Per kernel column, its offset in the plane.
+        pub cols: &'a [usize],
+        /// The channel's `kh · kw` weights.
+        pub w: &'a [f32],
+        /// The channel's bias, added first.
+        pub bias: Option<f32>,
+        /// The activation, applied after the bias.
+        pub act: Option<Act>,
+        /// The channel's output plane, `oh · ow` floats.
+        pub out: *mut f32,
+        /// Output rows and columns.
+        pub hw: [usize; 2],
+        /// Scratch for the last rows: four rows of `ow` rounded up to 8.
+        pub tmp: *mut f32,
+    }
+
+    /// A whole output channel, tiles of up to four output rows by two
+    /// vectors: each input vector a tile needs is loaded once and feeds
+    /// every output row whose taps read it (a 3×3 tile of 4×2 loads 36
+    /// vectors for 72 multiply-adds, where one row at a time loads one per
+    /// multiply-add). Each accumulator sums its taps in [`row`]'s order, so
+    /// both give the same bits. [`row_blocked`] must accept the kernel.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the plane holds `(oh − 1)·stride + kh` rows of every
+    /// phase and, past every column offset, `ow` rounded up to 8 floats;
+    /// `out` holds `oh · ow` floats, `tmp` four rows of `ow` rounded up to 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn plane(p: &Plane, kernel: [usize; 2], stride: usize) {
+        // SAFETY: the caller's extents.
+        unsafe {
+            match (kernel[0], kernel[1], stride) {
+                (3, 3, 1) => plane_k::<3, 3, 1>(p),
+                (3, 3, 2) => plane_k::<3, 3, 2>(p),
+                (5, 5, 1) => plane_k::<5, 5, 1>(p),
+                (5, 5, 2) => plane_k::<5, 5, 2>(p),
+                (7, 7, 1) => plane_k::<7, 7, 1>(p),
+                (7, 7, 2) => plane_k::<7, 7, 2>(p),
+                _ => unreachable!("row_blocked() refused this kernel"),
+            }
+        }
+    }
+
+    /// [`plane`] for one kernel shape and row stride. Column chunks of a
+    /// row group run right to left and rows top to bottom, so a ragged
+    /// chunk's whole-vector overrun always lands on outputs stored later;
+    /// a group whose overrun would leave the channel (perhaps into another
+    /// thread's) goes through `tmp`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_k<const KH: usize, const KW: usize, const SY: usize>(p: &Plane) {
+        let [oh, ow] = p.hw;
+        let vectors = ow.div_ceil(8);
+        let ragged = ow % 8 != 0;
+        let mut oy = 0;
+        while oy < oh {
+            let r = match oh - oy {
+                4.. => 4,
+                2 | 3 => 2,
+                _ => 1,
+            };
+            // Whole vectors of the group's last row must end inside the
+            // channel (with fewer than 8 columns they span several rows).
+            let through_tmp = ragged && (oy + r - 1) * ow + vectors * 8 > oh * ow;
+            // SAFETY (this block): rows oy..oy + r of the output (or of
+            // `tmp`, pitch vectors·8) and the plane rows they read.
+            unsafe {
+                let (dst, pitch) = if through_tmp {
+                    (p.tmp, vectors * 8)
+                } else {
+                    (p.out.add(oy * ow), ow)
+                };
+                let src = p.src.add(oy * SY * p.pitch);
+                let mut x = vectors;
+                while x > 0 {
+                    let c = if x % 2 == 1 { 1 } else { 2 };
+                    x -= c;
+                    let t = (src.add(8 * x), dst.add(8 * x), pitch);
+                    match (r, c) {
+                        (TILE_ROWS, TILE_VECTORS) => {
+                            tile::<KH, KW, SY, TILE_ROWS, TILE_VECTORS>(p, t)
+                        }
+                        (4, _) => tile::<KH, KW, SY, 4, 1>(p, t),
+                        (2, 2) => tile::<KH, KW, SY, 2, 2>(p, t),
+                        (2, _) => tile::<KH, KW, SY, 2, 1>(p, t),
+                        (_, 2) => tile::<KH, KW, SY, 1, 2>(p, t),
+                        _ => tile::<KH, KW, SY, 1, 1>(p, t),
+                    }
+                }
+                if through_tmp {
+                    for i in 0..r {
+                        std::ptr::copy_nonoverlapping(
+                            p.tmp.add(i * pitch),
+                            p.out.add((oy + i) * ow),
+                            ow,
+                        );
+                    }
+                }
+            }
+            oy += r;
+        }
+    }
+
+    /// `R` output rows by `C` vectors of one channel: input row `i` of the
+    /// tile (plane row `i` from `src`) feeds output row `r` through kernel
+    /// row `i − r·SY` when that is a row of the kernel.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<
+        const KH: usize,
+        const KW: usize,
+        const SY: usize,
+        const R: usize,
+        const C: usize,
+    >(
+        p: &Plane,
+        (src, dst, pitch): (*const f32, *mut f32, usize),
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        // SAFETY (this block): the caller's extents; `cols` has KW entries
+        // and `w` KH·KW.
+        unsafe {
+            for i in 0..(R - 1) * SY + KH {
+                let line = src.add(i * p.pitch);
+                for kx in 0..KW {
+                    let at = line.add(*p.cols.get_unchecked(kx));
+                    for c in 0..C {
+                        let v = _mm256_loadu_ps(at.add(8 * c));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            if i >= r * SY && i - r * SY < KH {
+                                let wv = *p.w.get_unchecked((i - r * SY) * KW + kx);
+                                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(wv), v, acc[c]);
+                            }
+                        }
+                    }
+                }
+            }
+            // Straight-line code on the registers: a loop over the steps, a
+            // `flatten` iterator, or a slice of `acc` handed to a call would
+            // keep the accumulators in memory through the whole tile.
+            if let Some(b) = p.bias {
+                let b = _mm256_set1_ps(b);
+                for acc in &mut acc {
+                    for a in acc {
+                        *a = _mm256_add_ps(*a, b);
+                    }
+                }
+            }
+            match p.act {
+                None => {}
+                Some(Act::Relu) => {
+                    let z = _mm256_setzero_ps();
+                    for acc in &mut acc {
+                        for a in acc {
+                            *a = _mm256_max_ps(*a, z);
+                        }
+                    }
+                }
+                Some(Act::Relu6) => {
+                    let (z, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+                    for acc in &mut acc {
+                        for a in acc {
+                            *a = _mm256_min_ps(_mm256_max_ps(*a, z), six);
+                        }
+                    }
+                }
+                Some(a) => {
+                    let mut t = [_mm256_setzero_ps(); 8];
+                    for r in 0..R {
+                        for c in 0..C {
+                            t[r * C + c] = acc[r][c];
+                        }
+                    }
+                    act(a, &mut t[..R * C]);
+                    for r in 0..R {
+                        for c in 0..C {
+                            acc[r][c] = t[r * C + c];
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (c, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(r * pitch + 8 * c), *a);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn block<const C: usize>(
@@ -789,17 +1073,19 @@ mod tests {
     use crate::backend::cpu::Act;
     use netc_compiler::ir::Window;
 
-    /// Runs `k` as `threads` threads would, one after another.
+    /// Runs `k` as `threads` threads would, one after another, the last
+    /// first (a write past a thread's share then corrupts a finished one).
     fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
-        for tid in 0..threads {
+        for tid in (0..threads).rev() {
             k.run_path(tid, threads, channel_blocked);
         }
     }
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
     /// padding, partial channel blocks, ragged widths, two samples, one and
-    /// two threads): the row path and the channel-blocked path give the same
-    /// bits, and both match a direct sum in f64.
+    /// two threads; a third of them with the row-blocked tiles' kernels): the
+    /// row path and the channel-blocked path give the same bits, and both
+    /// match a direct sum in f64.
     #[test]
     fn row_and_channel_blocked_paths_agree_bit_for_bit() {
         let mut seed = 0x5eed_u64;
@@ -809,11 +1095,18 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as usize % n
         };
-        for case in 0..300 {
+        for case in 0..450 {
             let c = 1 + rnd(19);
-            let kernel = [1 + rnd(7), 1 + rnd(7)];
-            let stride = [1 + rnd(3), 1 + rnd(3)];
-            let dilation = [1 + rnd(2), 1 + rnd(2)];
+            let mut kernel = [1 + rnd(7), 1 + rnd(7)];
+            let mut stride = [1 + rnd(3), 1 + rnd(3)];
+            let mut dilation = [1 + rnd(2), 1 + rnd(2)];
+            if case >= 300 {
+                // The row-blocked tiles' kernels (on AVX2 hosts).
+                let k = [3, 5, 7][rnd(3)];
+                kernel = [k, k];
+                stride[0] = 1 + rnd(2);
+                dilation[0] = 1;
+            }
             let pad = [
                 rnd(kernel[0]),
                 rnd(kernel[1]),
@@ -840,7 +1133,8 @@ mod tests {
             let threads = 1 + rnd(2);
             let results = [false, true].map(|blocked| {
                 let mut arena = x.clone();
-                arena.resize(batch * (input + output), f32::NAN);
+                // Sentinels after the outputs: no write may reach them.
+                arena.resize(batch * (input + output) + 16, f32::NAN);
                 let base = arena.as_mut_ptr();
                 let k = Depthwise {
                     x: Images {
@@ -867,6 +1161,8 @@ mod tests {
                     batch,
                 };
                 run(&k, threads, blocked);
+                let past = arena.split_off(batch * (input + output));
+                assert!(past.iter().all(|v| v.is_nan()), "a write past the outputs");
                 arena.split_off(batch * input)
             });
             let what = format!(
@@ -913,7 +1209,22 @@ mod tests {
     // SAFETY: the threads write disjoint parts of the output.
     unsafe impl Send for Shared<'_> {}
     impl Shared<'_> {
+        /// Through an AVX2+FMA entry where the CPU has them, as the network
+        /// function calls kernels (the driver code outside the intrinsics is
+        /// compiled for the baseline CPU otherwise).
         fn run(self, tid: usize, threads: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::backend::cpu::gemm::Kernel::detect()
+                == crate::backend::cpu::gemm::Kernel::Avx2Fma
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn entry(k: &Depthwise, tid: usize, threads: usize) {
+                    k.run(tid, threads)
+                }
+                // SAFETY: AVX2 and FMA checked.
+                unsafe { entry(self.0, tid, threads) };
+                return;
+            }
             self.0.run(tid, threads)
         }
     }
@@ -931,11 +1242,19 @@ mod tests {
             ("mb 3x3 144@56", 144, 56, 3, 1),
             ("mb 3x3/2 144@56", 144, 56, 3, 2),
             ("mb 3x3 192@28", 192, 28, 3, 1),
+            ("mb 3x3/2 192@28", 192, 28, 3, 2),
             ("mb 3x3 576@14", 576, 14, 3, 1),
+            ("mb 3x3/2 576@14", 576, 14, 3, 2),
+            ("mb 3x3 960@7", 960, 7, 3, 1),
+            ("ef 5x5 672@14", 672, 14, 5, 1),
+            ("ef 5x5/2 672@14", 672, 14, 5, 2),
+            ("ef 5x5 1152@7", 1152, 7, 5, 1),
             ("ef 5x5/2 144@56", 144, 56, 5, 2),
             ("ef 5x5 240@28", 240, 28, 5, 1),
             ("cn 7x7 96@56", 96, 56, 7, 1),
+            ("cn 7x7 192@28", 192, 28, 7, 1),
             ("cn 7x7 384@14", 384, 14, 7, 1),
+            ("cn 7x7 768@7", 768, 7, 7, 1),
         ];
         let only = std::env::var("SHAPE").unwrap_or_default();
         let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
@@ -996,11 +1315,11 @@ mod tests {
                 barrier.wait();
                 for _ in 0..RUNS {
                     let t = std::time::Instant::now();
-                    k.run(0, threads);
+                    Shared(&k).run(0, threads);
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                k.run(0, threads);
+                Shared(&k).run(0, threads);
                 barrier.wait();
             });
             total += best;
