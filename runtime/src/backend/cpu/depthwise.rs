@@ -13,7 +13,7 @@
 //! Both sum the taps in the same order, so they give the same bits.
 
 use super::conv::{self, split};
-use super::kernels::{madd, put_buffers, split_stride2, take_buffers, Images};
+use super::kernels::{madd, put_buffers, split_stride2_over_zeros, take_buffers, Images};
 use std::cell::RefCell;
 
 /// A convolution with one input channel per group (depthwise), computed directly.
@@ -48,17 +48,37 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
+/// `dst = src` (equal lengths) in eight-float moves, inline: short rows
+/// are copied without a call to `memcpy`.
+#[inline(always)]
+fn copy_floats(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
 /// Output columns a depthwise row computes at once (two ymm registers).
 const DW_CHUNK: usize = 16;
 
-/// The widest output map [`Depthwise::run_channel_blocked`] takes.
-/// Measured with `depthwise_throughput` (two threads, AVX2 entry, Zen 4)
-/// against the row path's row-blocked tiles: at 7 columns it takes half
-/// their time or less (3×3 960@7: 28.2 against 55.7 µs; 5×5 stride 2
-/// 672@14: 37.3 against 99.7), at 14 columns 0.8–1.1× (3×3 576@14: 63.1
-/// against 57.5; 5×5 672@14: 94.9 against 112.9), at 28 columns 1.1–1.7×
-/// (3×3 192@28: 82.3 against 47.6; 5×5 240@28: 149.5 against 124.0).
-const DW_BLOCKED_MAX_WIDTH: usize = 14;
+/// The narrowest output map the row path's row-blocked tiles take from
+/// [`Depthwise::run_channel_blocked`], for kernels up to 5 wide. Measured
+/// with `depthwise_throughput` (two threads, AVX2 entry, Zen 4, `DW_PATH`
+/// forcing each path), channel-blocked against tiles: at 7 columns 0.65–
+/// 0.86× the time (3×3 960@7: 30.2 against 35.2 µs; 5×5 stride 2 672@14:
+/// 42.5 against 65.7), at 14 columns 1.19× for 5×5 (672@14: 111.1 against
+/// 93.3) and 1.5× for 3×3 (576@14: 63.3 against 42.0), at 28 1.17–2.4×
+/// (3×3 192@28: 92.0 against 37.8).
+const DW_TILES_MIN_WIDTH: usize = 14;
+
+/// [`DW_TILES_MIN_WIDTH`] for kernels wider than 5: at 14 columns the two
+/// paths are within noise for 7×7 (384@14: 78.9–96.9 µs channel-blocked,
+/// 93.5–95.0 tiles), at 28 the tiles win (192@28: 170.4 against 199.6).
+const DW_TILES_MIN_WIDTH_WIDE_KERNEL: usize = 28;
 
 /// The widest output map [`Depthwise::run_channel_blocked`] takes when the
 /// row path has no row-blocked tiles for the layer: at 14 columns it takes
@@ -105,10 +125,18 @@ impl Depthwise {
     /// and activation applied there) and is stored once.
     #[inline(always)]
     pub(super) fn run(&self, tid: usize, threads: usize) {
+        let ow = self.out_chw[2];
         let blocked = self.multiplier == 1
-            && (self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH
-                || (self.out_chw[2] <= DW_BLOCKED_MAX_WIDTH_UNTILED
-                    && self.row_blocked().is_none()));
+            && if self.row_blocked().is_some() {
+                let min = if self.window.kernel[1] > 5 {
+                    DW_TILES_MIN_WIDTH_WIDE_KERNEL
+                } else {
+                    DW_TILES_MIN_WIDTH
+                };
+                ow < min
+            } else {
+                ow <= DW_BLOCKED_MAX_WIDTH_UNTILED
+            };
         self.run_path(tid, threads, blocked);
     }
 
@@ -203,27 +231,25 @@ impl Depthwise {
                     unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
                 let wk =
                     unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
-                for r in 0..rows {
-                    let iy = r.wrapping_sub(pt);
-                    if s == 2 && iy < h {
+                // Only the elements that hold input are written: the padding
+                // is the same for every channel and stays as zeroed above
+                // (per-row fills and `memcpy` calls cost more than the
+                // copying on 14-column maps).
+                for r in pt..rows.min(pt + h) {
+                    let iy = r - pt;
+                    if s == 2 {
                         let (p0, p1) = plane.split_at_mut(rows * plen);
                         let (d0, d1) = (&mut p0[r * plen..][..plen], &mut p1[r * plen..][..plen]);
-                        split_stride2(&xin[iy * w..iy * w + w], pl, d0, d1);
+                        split_stride2_over_zeros(&xin[iy * w..iy * w + w], pl, d0, d1);
                         continue;
                     }
                     for (p, ph) in phases.chunks_exact(3).enumerate() {
                         let dst = &mut plane[(p * rows + r) * plen..][..plen];
-                        if iy >= h {
-                            dst.fill(0.0);
-                            continue;
-                        }
                         let src = &xin[iy * w..iy * w + w];
                         let (first, end, x0) = (ph[0], ph[1], ph[2]);
-                        dst[..first].fill(0.0);
-                        dst[end..].fill(0.0);
                         let dst = &mut dst[first..end];
                         match s {
-                            1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
+                            1 => copy_floats(dst, &src[x0..x0 + dst.len()]),
                             2 => dst
                                 .iter_mut()
                                 .zip(src[x0..].iter().step_by(2))
@@ -1205,32 +1231,43 @@ mod tests {
 
     /// A kernel shared with the measurement's threads (as the pool shares them).
     #[derive(Clone, Copy)]
-    struct Shared<'a>(&'a Depthwise);
+    struct Shared<'a>(&'a Depthwise, Option<bool>);
     // SAFETY: the threads write disjoint parts of the output.
     unsafe impl Send for Shared<'_> {}
     impl Shared<'_> {
         /// Through an AVX2+FMA entry where the CPU has them, as the network
         /// function calls kernels (the driver code outside the intrinsics is
-        /// compiled for the baseline CPU otherwise).
+        /// compiled for the baseline CPU otherwise); on the path `.1` forces
+        /// (channel-blocked or not), else the one `run` picks.
         fn run(self, tid: usize, threads: usize) {
+            fn go(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
+                match path {
+                    Some(blocked) => k.run_path(tid, threads, blocked),
+                    None => k.run(tid, threads),
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             if crate::backend::cpu::gemm::Kernel::detect()
                 == crate::backend::cpu::gemm::Kernel::Avx2Fma
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn entry(k: &Depthwise, tid: usize, threads: usize) {
-                    k.run(tid, threads)
+                unsafe fn entry(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
+                    match path {
+                        Some(blocked) => k.run_path(tid, threads, blocked),
+                        None => k.run(tid, threads),
+                    }
                 }
                 // SAFETY: AVX2 and FMA checked.
-                unsafe { entry(self.0, tid, threads) };
+                unsafe { entry(self.0, self.1, tid, threads) };
                 return;
             }
-            self.0.run(tid, threads)
+            go(self.0, self.1, tid, threads)
         }
     }
 
     /// `cargo test --release -p netc-runtime depthwise_throughput -- --ignored --nocapture`
-    /// (`THREADS=2` for two threads, `SHAPE=` to pick): depthwise layers of
+    /// (`THREADS=2` for two threads, `SHAPE=` to pick, `DW_PATH=rows` or
+    /// `DW_PATH=blocked` to force a path): depthwise layers of
     /// MobileNetV2, EfficientNet-B0 and ConvNeXt-T with bias and ReLU6.
     #[test]
     #[ignore = "a measurement, not a check"]
@@ -1258,6 +1295,7 @@ mod tests {
         ];
         let only = std::env::var("SHAPE").unwrap_or_default();
         let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
+        let path = std::env::var("DW_PATH").ok().map(|p| p == "blocked");
         const RUNS: usize = 300;
         let mut total = 0.0;
         for &(name, c, hw, kern, stride) in SHAPES {
@@ -1303,7 +1341,7 @@ mod tests {
             let mut best = f64::MAX;
             std::thread::scope(|sc| {
                 for tid in 1..threads {
-                    let (k, barrier) = (Shared(&k), &barrier);
+                    let (k, barrier) = (Shared(&k, path), &barrier);
                     sc.spawn(move || {
                         for _ in 0..=RUNS {
                             barrier.wait();
@@ -1315,11 +1353,11 @@ mod tests {
                 barrier.wait();
                 for _ in 0..RUNS {
                     let t = std::time::Instant::now();
-                    Shared(&k).run(0, threads);
+                    Shared(&k, path).run(0, threads);
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                Shared(&k).run(0, threads);
+                Shared(&k, path).run(0, threads);
                 barrier.wait();
             });
             total += best;

@@ -165,6 +165,18 @@ pub(super) fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
 pub(super) fn split_stride2(src: &[f32], pad_left: usize, even: &mut [f32], odd: &mut [f32]) {
     even.fill(0.0);
     odd.fill(0.0);
+    split_stride2_over_zeros(src, pad_left, even, odd);
+}
+
+/// [`split_stride2`] into phases whose padding is already zero: writes only
+/// the elements that hold input columns.
+#[inline(always)]
+pub(super) fn split_stride2_over_zeros(
+    src: &[f32],
+    pad_left: usize,
+    even: &mut [f32],
+    odd: &mut [f32],
+) {
     let len = even.len().min(odd.len());
     let used = src.len().min((2 * len).saturating_sub(pad_left));
     let src = &src[..used];
