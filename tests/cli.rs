@@ -52,6 +52,33 @@ fn errors_exit_non_zero_without_panicking() {
     }
 }
 
+/// A graph the CPU backend cannot lower (a softmax over the batch axis, which
+/// candle runs): the error points at the source of the layer and says what
+/// to use instead.
+#[test]
+fn cpu_lowering_errors_point_at_the_layer() {
+    let path = tmp("batch_softmax.net");
+    std::fs::write(
+        &path,
+        "network T() {\n    input x: [4, 8]\n    return x -> softmax(axis=0)\n}\n",
+    )
+    .unwrap();
+    let out = netc(&[
+        "bench",
+        path.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--iters",
+        "1",
+    ]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("reduction over the batch"), "{err}");
+    assert!(err.contains("batch_softmax.net:3:17"), "no span: {err}");
+    assert!(err.contains("`softmax` comes from here"), "{err}");
+    assert!(err.contains("--backend candle"), "no hint: {err}");
+}
+
 #[test]
 fn init_weights_then_run_on_a_tensor_and_on_an_image() {
     let w = tmp("r18.safetensors");

@@ -162,8 +162,25 @@ fn copy(mut src: View, mut dst: View) -> Kernel {
     Kernel::Copy(k::Copy { src, dst })
 }
 
-/// Lowers `ctx.graph`; `inputs` are bound by the caller to the returned values.
-pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
+/// Why a graph could not be lowered, and the node being lowered then.
+#[derive(Debug)]
+pub struct LowerError {
+    /// The node, when the failure belongs to one.
+    pub node: Option<NodeIndex>,
+    /// What failed.
+    pub message: String,
+}
+
+/// Lowers `ctx.graph`; `inputs` are bound by the caller to the returned
+/// values. An error names the node being lowered, so that the diagnostic can
+/// point at the source that made it.
+pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, LowerError> {
+    let mut at = None;
+    lower_nodes(ctx, &mut at).map_err(|message| LowerError { node: at, message })
+}
+
+/// [`lower`], recording in `at` the node being lowered.
+fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, String> {
     let g = ctx.graph;
     let plan = ctx.plan;
     let b = ctx.batch;
@@ -171,6 +188,7 @@ pub fn lower(ctx: &Ctx<'_>) -> Result<Lowered, String> {
     let mut kernels = Vec::new();
     let mut origins = Vec::new();
     for id in g.topo_order() {
+        *at = Some(id);
         let node = g.node(id);
         let operands = g.operands(id);
         let batched = node.shape.has_batch();

@@ -456,7 +456,16 @@ impl CpuProgram {
             exp: self.exp,
             barrier: &*self.barrier,
         };
-        let lowered = lower::lower(&ctx).map_err(backend_error)?;
+        let lowered = lower::lower(&ctx).map_err(|e| {
+            let d = backend_error(e.message);
+            match e.node {
+                Some(id) => {
+                    let node = self.graph.node(id);
+                    d.label(node.span, format!("`{}` comes from here", node.name))
+                }
+                None => d,
+            }
+        })?;
         let calls: Vec<jit::Call> = lowered
             .kernels
             .iter()
