@@ -68,16 +68,17 @@ const DW_CHUNK: usize = 16;
 /// The narrowest output map the row path's row-blocked tiles take from
 /// [`Depthwise::run_channel_blocked`], for kernels up to 5 wide. Measured
 /// with `depthwise_throughput` (two threads, AVX2 entry, Zen 4, `DW_PATH`
-/// forcing each path), channel-blocked against tiles: at 7 columns 0.65–
-/// 0.86× the time (3×3 960@7: 30.2 against 35.2 µs; 5×5 stride 2 672@14:
-/// 42.5 against 65.7), at 14 columns 1.19× for 5×5 (672@14: 111.1 against
-/// 93.3) and 1.5× for 3×3 (576@14: 63.3 against 42.0), at 28 1.17–2.4×
-/// (3×3 192@28: 92.0 against 37.8).
+/// forcing each path, two runs), channel-blocked against tiles: at 7
+/// columns 0.65–0.92× the time (3×3 960@7: 31.7–31.9 against 34.5 µs; 5×5
+/// stride 2 672@14: 43.0–43.4 against 65.2–65.3), at 14 columns 1.09–1.2×
+/// (3×3 576@14: 49.9–50.3 against 41.9–42.1; 5×5 672@14: 104.9–105.8
+/// against 94.9–96.7), at 28 1.27–1.8× (3×3 192@28: 65.8–67.3 against 37.1).
 const DW_TILES_MIN_WIDTH: usize = 14;
 
-/// [`DW_TILES_MIN_WIDTH`] for kernels wider than 5: at 14 columns the two
-/// paths are within noise for 7×7 (384@14: 78.9–96.9 µs channel-blocked,
-/// 93.5–95.0 tiles), at 28 the tiles win (192@28: 170.4 against 199.6).
+/// [`DW_TILES_MIN_WIDTH`] for kernels wider than 5: at 14 columns the
+/// channel-blocked path takes 0.96× the tiles' time for 7×7 (384@14:
+/// 90.7–91.3 against 94.2–94.5 µs), at 28 1.0–1.11× (192@28: 169.6–187.9
+/// against 169.3).
 const DW_TILES_MIN_WIDTH_WIDE_KERNEL: usize = 28;
 
 /// The widest output map [`Depthwise::run_channel_blocked`] takes when the
@@ -807,26 +808,43 @@ mod avx2 {
         }
     }
 
-    /// An activation on registers: the clamps inline, the others (whose
-    /// cost dwarfs a call) through `vmath`.
+    /// An activation on `P` registers: the clamps inline, the others (whose
+    /// cost dwarfs a call) through `vmath` on a copy. Handing `acc` itself to
+    /// a call that is not inlined would keep it in memory through the
+    /// caller's tap loops: when this function stopped being inlined (a new
+    /// caller), ConvNeXt-T's channel-blocked layers took 1.17× their time.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn act(a: Act, acc: &mut [__m256]) {
+    fn act<const P: usize>(a: Act, acc: &mut [__m256; P]) {
         match a {
             Act::Relu => {
                 let z = _mm256_setzero_ps();
-                acc.iter_mut().for_each(|a| *a = _mm256_max_ps(*a, z));
+                for v in acc.iter_mut() {
+                    *v = _mm256_max_ps(*v, z);
+                }
             }
             Act::Relu6 => {
                 let (z, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
-                acc.iter_mut()
-                    .for_each(|a| *a = _mm256_min_ps(_mm256_max_ps(*a, z), six));
-            }
-            a => {
-                if let Some(a) = a.fusable() {
-                    crate::backend::cpu::vmath::act_tile(a, acc);
+                for v in acc.iter_mut() {
+                    *v = _mm256_min_ps(_mm256_max_ps(*v, z), six);
                 }
             }
+            a => {
+                let mut t = [_mm256_setzero_ps(); 8];
+                t[..P].copy_from_slice(acc);
+                act_call(a, &mut t[..P]);
+                acc.copy_from_slice(&t[..P]);
+            }
+        }
+    }
+
+    /// The smooth activations through `vmath`, never inlined, so that the
+    /// callers above stay small enough to be inlined themselves.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn act_call(a: Act, t: &mut [__m256]) {
+        if let Some(a) = a.fusable() {
+            crate::backend::cpu::vmath::act_tile(a, t);
         }
     }
 
@@ -1038,7 +1056,7 @@ mod avx2 {
                             t[r * C + c] = acc[r][c];
                         }
                     }
-                    act(a, &mut t[..R * C]);
+                    act_call(a, &mut t[..R * C]);
                     for r in 0..R {
                         for c in 0..C {
                             acc[r][c] = t[r * C + c];

@@ -984,6 +984,10 @@ mod bench {
         ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
         // MobileNetV2's first projection (16 output channels, 112×112).
         ("mb 1x1 32>16 112", 32, 16, 112, 1, 1, 0),
+        // Its projections on 14×14 and 7×7 maps (64 to 160 output channels).
+        ("mb 1x1 384>64 14", 384, 64, 14, 1, 1, 0),
+        ("mb 1x1 576>96 14", 576, 96, 14, 1, 1, 0),
+        ("mb 1x1 960>160 7", 960, 160, 7, 1, 1, 0),
         // DenseNet-121's growth convolutions (32 output channels).
         ("dn 3x3 128>32 56", 128, 32, 56, 3, 1, 1),
         ("dn 3x3 128>32 14", 128, 32, 14, 3, 1, 1),
