@@ -277,7 +277,7 @@ impl Depthwise {
                         hw: [oh, ow],
                         tmp: row.as_mut_ptr(),
                     };
-                    // SAFETY: AVX2 and FMA checked (`fused`); the plane has
+                    // SAFETY: AVX2 and FMA checked (`row_blocked`); the plane has
                     // `rows` rows of `plen ≥ owc` columns past every column
                     // offset per phase; `row` holds 4·owc floats.
                     unsafe { avx2::plane(&p, win.kernel, sy) };

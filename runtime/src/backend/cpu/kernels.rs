@@ -353,23 +353,23 @@ impl Activation {
 /// function taking a closure: the closure was compiled as a function of its
 /// own, for the baseline CPU, outside the kernels' AVX2 entry (`perf`: a
 /// scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of EfficientNet-B0).
-struct Rows {
-    outer: Vec<usize>,
+struct Rows<'a> {
+    outer: &'a [usize],
     idx: Vec<usize>,
     left: usize,
     started: bool,
 }
 
-impl Rows {
+impl<'a> Rows<'a> {
     #[inline(always)]
-    fn new(dims: &[usize], tid: usize, threads: usize) -> Rows {
-        let outer = dims[..dims.len() - 1].to_vec();
+    fn new(dims: &'a [usize], tid: usize, threads: usize) -> Rows<'a> {
+        let outer = &dims[..dims.len() - 1];
         let rows: usize = outer.iter().product();
         let (lo, hi) = split(rows, tid, threads);
         // Divisions for the first row only; then count like an odometer.
         let mut idx = vec![0usize; outer.len()];
         let mut rem = lo;
-        for (i, d) in idx.iter_mut().zip(&outer).rev() {
+        for (i, d) in idx.iter_mut().zip(outer).rev() {
             *i = rem % d;
             rem /= d;
         }
@@ -388,7 +388,7 @@ impl Rows {
             return None;
         }
         if self.started {
-            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
+            for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
                 *i += 1;
                 if *i < *d {
                     break;
