@@ -984,6 +984,9 @@ mod bench {
         ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
         // MobileNetV2's first projection (16 output channels, 112×112).
         ("mb 1x1 32>16 112", 32, 16, 112, 1, 1, 0),
+        // Its stem and first expansion (the 112×112 stage).
+        ("mb 3x3/2 3>32 224", 3, 32, 224, 3, 2, 1),
+        ("mb 1x1 16>96 112", 16, 96, 112, 1, 1, 0),
         // Its projections on 14×14 and 7×7 maps (64 to 160 output channels).
         ("mb 1x1 384>64 14", 384, 64, 14, 1, 1, 0),
         ("mb 1x1 576>96 14", 576, 96, 14, 1, 1, 0),
