@@ -51,7 +51,7 @@ thread_local! {
 /// `dst = src` (equal lengths) in eight-float moves, inline: short rows
 /// are copied without a call to `memcpy`.
 #[inline(always)]
-fn copy_floats(dst: &mut [f32], src: &[f32]) {
+pub(crate) fn copy_floats(dst: &mut [f32], src: &[f32]) {
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (d, s) in (&mut d).zip(&mut s) {

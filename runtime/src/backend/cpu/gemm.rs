@@ -62,6 +62,26 @@ impl TileRows for RowPointers {
     }
 }
 
+/// A read in place from a convolution's padded input (pixel-major
+/// convolutions, `conv/pixels.rs`): element (`kk`, `r`) is at
+/// `pixels[r] + offsets[kk]`, pixel `r`'s window corner plus tap `kk`'s
+/// offset, so the micro-kernel broadcasts input values where they lie.
+#[derive(Clone, Copy, Debug)]
+pub struct Windowed {
+    /// Each tile row's (output pixel's) window corner.
+    pub pixels: [*const f32; MR],
+    /// Per row of the K block, its offset from a corner.
+    pub offsets: *const usize,
+}
+
+impl TileRows for Windowed {
+    #[inline(always)]
+    unsafe fn at(self, kk: usize, r: usize) -> *const f32 {
+        // SAFETY: the caller's bound on kk; offsets are the driver's.
+        unsafe { self.pixels[r].add(*self.offsets.add(kk)) }
+    }
+}
+
 /// B read in place, unpacked: row `kk` is the NR floats at
 /// `base + offsets[kk]` (a convolution's padded input, where each tap of a
 /// run of output pixels is a contiguous run).
@@ -447,18 +467,18 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// [`Kernel::run_into`] with A read in place from `MR` row pointers
-    /// (token-major products). The AVX2 kernel reads them directly; the
-    /// portable one from a packed copy.
+    /// [`Kernel::run_into`] with A read in place ([`RowPointers`] for
+    /// token-major products, [`Windowed`] for pixel-major convolutions). The
+    /// AVX2 kernel reads it directly; the portable one from a packed copy.
     ///
     /// # Safety
     /// As [`Kernel::run_into`], with every row of `a` holding `kc` floats
     /// (`kc` at most [`K_BLOCK`]).
     #[inline]
-    pub unsafe fn run_into_rows(
+    pub unsafe fn run_into_rows<A: TileRows>(
         self,
         kc: usize,
-        a: RowPointers,
+        a: A,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -790,6 +810,72 @@ mod avx2 {
             } else {
                 _mm256_storeu_ps(d, row[0]);
                 _mm256_storeu_ps(d.add(8), row[1]);
+            }
+        }
+    }
+}
+
+/// The pixel-major convolution's AVX-512 tile (`conv/pixels.rs`): MR
+/// pixels × `P` sixteen-channel panels, one zmm register per pixel and
+/// panel (up to 24 accumulators). Each step loads `P` whole weight rows and
+/// broadcasts one input value per pixel, so the loads per multiply-add are
+/// a quarter of the 6×16 ymm tile's at P = 4 (Zen 4 runs a zmm FMA as two
+/// ymm halves: the same peak, fewer instructions to issue).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{TileRows, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU has AVX-512F (and `NETC_NO_AVX512` is not set, as
+    /// for `vmath16`): read once per process.
+    pub fn available() -> bool {
+        crate::backend::cpu::vmath16::available()
+    }
+
+    /// `c[r][q·NR..] (+)= Σ_kk a(kk, r) · b_q[kk]` for r < MR, q < P, where
+    /// `b_q` is the `kc`×NR panel at `b + q·kc·NR`; `c` rows `ldc` apart.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F ([`available`]); `a` must be readable
+    /// for `kc` rows, `b` hold `P` panels of `kc`×NR floats and `c` MR rows
+    /// of `P·NR` floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const P: usize, A: TileRows>(
+        kc: usize,
+        a: A,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        const { assert!(P >= 1 && P <= 4 && NR == 16) };
+        let mut acc = [[_mm512_setzero_ps(); P]; MR];
+        for kk in 0..kc {
+            let mut w = [_mm512_setzero_ps(); P];
+            for (q, w) in w.iter_mut().enumerate() {
+                // SAFETY: panel q holds kc rows of NR floats.
+                *w = unsafe { _mm512_loadu_ps(b.add(q * kc * NR + kk * NR)) };
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller's bound on kk.
+                let x = _mm512_set1_ps(unsafe { *a.at(kk, r) });
+                for q in 0..P {
+                    acc[q] = _mm512_fmadd_ps(x, w[q], acc[q]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, v) in acc.iter().enumerate() {
+                // SAFETY: row r of c holds P·NR floats.
+                unsafe {
+                    let d = c.add(r * ldc + q * NR);
+                    let v = if accumulate {
+                        _mm512_add_ps(*v, _mm512_loadu_ps(d))
+                    } else {
+                        *v
+                    };
+                    _mm512_storeu_ps(d, v);
+                }
             }
         }
     }

@@ -582,7 +582,7 @@ fn conv(
                 },
             )
         };
-        problems.push(Problem {
+        let mut p = Problem {
             m: cout_g,
             k: cin_g * kh * kw,
             n: ctx.batch * oh * ow,
@@ -599,7 +599,15 @@ fn conv(
             epilogue: steps(grp * cout_g, oh * ow)?,
             arena: ctx.arena,
             queue: WorkQueue::default(),
-        });
+        };
+        // Few output channels: pixels as the micro-kernel's rows
+        // (`conv/pixels.rs`), where the input can be padded.
+        if let Some(cols) = ctx.prepared.pixel_cols(id) {
+            if p.paddable() {
+                p.a_cols = cols;
+            }
+        }
+        problems.push(p);
     }
     Ok(Kernel::Gemm(k::Gemm { problems }))
 }

@@ -107,6 +107,9 @@ pub struct Prepared {
     packed: HashMap<(NodeIndex, usize), usize>,
     /// Which packed offsets hold token-major (B-operand) panels.
     token_major: std::collections::HashSet<usize>,
+    /// Pixel-major convolutions' weights as B-operand panels
+    /// (`conv/pixels.rs`), besides their usual packing.
+    pixel_cols: HashMap<NodeIndex, usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
 
@@ -137,6 +140,7 @@ impl Prepared {
         let mut raw = HashMap::new();
         let mut packed = HashMap::new();
         let mut affine = HashMap::new();
+        let mut pixel_cols = HashMap::new();
         for id in g.topo_order() {
             let node = g.node(id);
             let get = |i: usize| -> Result<&HostTensor, Diagnostic> {
@@ -149,9 +153,9 @@ impl Prepared {
             // Which slots the kernels read packed (and never raw).
             let mut packed_slots: Vec<usize> = Vec::new();
             match &node.op {
-                Op::Conv2d { groups, .. }
+                Op::Conv2d { groups, window, .. }
                 | Op::Fused {
-                    base: FusedBase::Conv2d { groups, .. },
+                    base: FusedBase::Conv2d { groups, window, .. },
                     ..
                 } => {
                     let wt = get(0)?;
@@ -164,6 +168,15 @@ impl Prepared {
                             jobs.push(Job::Pack(&wt.data[grp * cg * k..(grp + 1) * cg * k], cg, k));
                         }
                         packed_slots.push(0);
+                    }
+                    // Both ways for pixel-major candidates: the lowering
+                    // falls back to the channel-major form for inputs too
+                    // large to pad.
+                    let pointwise =
+                        window.kernel == [1, 1] && window.stride == [1, 1] && window.pad == [0; 4];
+                    if conv::pixel_major(cg, k, *groups, !pointwise) {
+                        pixel_cols.insert(id, jobs.len());
+                        jobs.push(Job::PackCols(&wt.data, cout, k));
                     }
                 }
                 Op::Linear { .. }
@@ -246,6 +259,10 @@ impl Prepared {
         Ok(Prepared {
             raw: fix(raw),
             packed: fix(packed),
+            pixel_cols: pixel_cols
+                .into_iter()
+                .map(|(k, i)| (k, offsets[i]))
+                .collect(),
             token_major: cols_at.into_iter().collect(),
             affine,
             store,
@@ -276,6 +293,12 @@ impl Prepared {
         } else {
             (self.at(at), std::ptr::null())
         }
+    }
+
+    /// A pixel-major convolution candidate's weights packed as B-operand
+    /// panels ([`conv::pixel_major`]); None for other nodes.
+    pub fn pixel_cols(&self, node: NodeIndex) -> Option<*const f32> {
+        self.pixel_cols.get(&node).map(|&at| self.at(at))
     }
 
     /// Per-channel scale and shift of a batch norm or layer scale.

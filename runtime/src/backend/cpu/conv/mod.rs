@@ -12,7 +12,10 @@
 
 mod epilogue;
 mod gather;
+mod pixels;
 mod token;
+
+pub use pixels::pixel_major;
 
 use super::gemm::{Indirect, Kernel, K_BLOCK, MR, NR};
 use super::Act;
@@ -91,12 +94,15 @@ pub struct Problem {
     /// Columns per sample.
     pub per_sample: usize,
     /// Weights packed by [`super::gemm::pack_weights`] (null when `a_cols`
-    /// is set).
+    /// is set for a token-major product).
     pub a: *const f32,
     /// Or, for token-major products (K-contiguous token rows in, features
     /// contiguous per token out) on CPUs with AVX2 and FMA, the weights packed
     /// by [`super::gemm::pack_weights_cols`]: the product then runs with
-    /// tokens as the micro-kernel's rows (`token.rs`). Null otherwise.
+    /// tokens as the micro-kernel's rows (`token.rs`). For windowed
+    /// convolutions that [`pixel_major`] picks and that are
+    /// [`Problem::paddable`], the same: output pixels are then the rows
+    /// (`pixels.rs`). Null otherwise.
     pub a_cols: *const f32,
     /// The input.
     pub b: Gather,
@@ -234,6 +240,9 @@ pub struct Scratch {
     /// Which samples `padded` holds for the current run (dynamic chunks pad
     /// the samples they read as they come).
     padded_samples: Vec<bool>,
+    /// Per sample and padded row, whether this thread has padded it in this
+    /// run (pixel-major convolutions pad only the rows their blocks read).
+    padded_rows: Vec<bool>,
     /// With `padded`: each K row's offset in it ([`Problem::padded_offsets`]).
     k_offsets: Vec<usize>,
 }
@@ -329,18 +338,25 @@ impl Problem {
     /// problem write disjoint parts of it.
     #[inline(always)]
     pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
-        if !self.a_cols.is_null() {
-            // SAFETY: as for this function; the lowering sets `a_cols` only
-            // for token-major products on CPUs with AVX2 and FMA.
-            unsafe { self.run_tokens(tid, threads, scratch) };
-            return;
-        }
         let panels = self.m.div_ceil(MR);
         let ps = self.per_sample;
         let samples = self.n / ps;
         let avx2 = Kernel::detect() == Kernel::Avx2Fma;
         scratch.padded_samples.clear();
         scratch.padded_samples.resize(samples, false);
+        if !self.a_cols.is_null() {
+            // SAFETY: as for this function; the lowering sets `a_cols` only
+            // on CPUs with AVX2 and FMA, for token-major products and for
+            // paddable pixel-major convolutions.
+            unsafe {
+                if matches!(self.b, Gather::Window(..)) {
+                    self.run_pixels(threads, scratch);
+                } else {
+                    self.run_tokens(tid, threads, scratch);
+                }
+            }
+            return;
+        }
         if matches!(self.b, Gather::Window(..))
             && panels <= IN_PLACE_MAX_PANELS
             && avx2
@@ -415,7 +431,7 @@ impl Problem {
                 .find(|&m| s.padded_samples[m])
                 .unwrap_or(wanted.end);
             // SAFETY: the caller's.
-            let ok = unsafe { self.pad_input(&mut s.padded, n..end) };
+            let ok = unsafe { self.pad_input(&mut s.padded, n..end, 0..usize::MAX) };
             debug_assert!(ok);
             s.padded_samples[n..end].fill(true);
             n = end;
@@ -695,7 +711,7 @@ pub fn split(n: usize, tid: usize, threads: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use netc_compiler::ir::Activation;
 
@@ -703,7 +719,7 @@ mod tests {
     /// per sample, `samples` samples of `input` floats, read through `b`;
     /// bias and ReLU epilogue; fixed patterns for weights, bias and input)
     /// with `go`, returning the output's bits.
-    fn run_feature_major(
+    pub(in crate::backend::cpu::conv) fn run_feature_major(
         cout: usize,
         k: usize,
         per: usize,
@@ -745,6 +761,43 @@ mod tests {
             .collect()
     }
 
+    /// A windowed B over a `cin`×`h`×`w` input at offset 0 (square kernel,
+    /// stride, padding and dilation): the gather, its depth K, output pixels
+    /// per sample and input floats per sample.
+    pub(in crate::backend::cpu::conv) fn windowed_input(
+        cin: usize,
+        h: usize,
+        w: usize,
+        kern: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+    ) -> (Gather, usize, usize, usize) {
+        let span = (kern - 1) * dil + 1;
+        let (oh, ow) = (
+            (h + 2 * pad - span) / stride + 1,
+            (w + 2 * pad - span) / stride + 1,
+        );
+        let input = cin * h * w;
+        let b = Gather::Window(
+            Layout {
+                base: 0,
+                sample_stride: input,
+                row_stride: h * w,
+                col_stride: 1,
+            },
+            Window {
+                in_hw: [h, w],
+                out_w: ow,
+                kernel: [kern, kern],
+                stride: [stride, stride],
+                pad: [pad, pad],
+                dilation: [dil, dil],
+            },
+        );
+        (b, cin * kern * kern, oh * ow, input)
+    }
+
     /// Reading B in place gives the packed path's results bit for bit (same
     /// K blocks, same order of sums), over strides, dilation, several K
     /// blocks, partial panels, row ends and two samples.
@@ -762,34 +815,13 @@ mod tests {
             (2, 5, 5, 4, 3, 1, 2, 1),
         ];
         for (cin, cout, h, w, kern, stride, pad, dil) in cases {
-            let span = (kern - 1) * dil + 1;
-            let (oh, ow) = (
-                (h + 2 * pad - span) / stride + 1,
-                (w + 2 * pad - span) / stride + 1,
-            );
-            let (samples, k, per) = (2, cin * kern * kern, oh * ow);
-            let input = cin * h * w;
-            let b = Gather::Window(
-                Layout {
-                    base: 0,
-                    sample_stride: input,
-                    row_stride: h * w,
-                    col_stride: 1,
-                },
-                Window {
-                    in_hw: [h, w],
-                    out_w: ow,
-                    kernel: [kern, kern],
-                    stride: [stride, stride],
-                    pad: [pad, pad],
-                    dilation: [dil, dil],
-                },
-            );
+            let (b, k, per, input) = windowed_input(cin, h, w, kern, stride, pad, dil);
+            let samples = 2;
             let run = |in_place: bool| {
                 run_feature_major(cout, k, per, samples, input, b, |p, s| {
                     // SAFETY: the arena holds both samples' input and output.
                     unsafe {
-                        s.padded_ready = p.pad_input(&mut s.padded, 0..samples);
+                        s.padded_ready = p.pad_input(&mut s.padded, 0..samples, 0..usize::MAX);
                         assert!(s.padded_ready);
                         if in_place {
                             p.run_in_place((0, samples * p.in_place_panels_per_sample()), s);
@@ -1064,7 +1096,7 @@ mod bench {
                 )
             };
             let (row_stride, col_stride) = if linear { (1, cout) } else { (n, 1) };
-            let p = Problem {
+            let mut p = Problem {
                 m: cout,
                 k,
                 n,
@@ -1086,6 +1118,11 @@ mod bench {
                 arena: arena.as_mut_ptr(),
                 queue: WorkQueue::default(),
             };
+            // Windowed convolutions with few channels run pixel-major, as
+            // the CPU backend runs them.
+            if !linear && pixel_major(cout, k, 1, !(kern == 1 && stride == 1)) && p.paddable() {
+                p.a_cols = cols.as_ptr();
+            }
             let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
             let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
             let mut best = f64::MAX;
