@@ -172,9 +172,7 @@ impl Prepared {
                     // Both ways for pixel-major candidates: the lowering
                     // falls back to the channel-major form for inputs too
                     // large to pad.
-                    let pointwise =
-                        window.kernel == [1, 1] && window.stride == [1, 1] && window.pad == [0; 4];
-                    if conv::pixel_major(cg, k, *groups, !pointwise) {
+                    if conv::pixel_major(cg, k, *groups, window.kernel, window.stride) {
                         pixel_cols.insert(id, jobs.len());
                         jobs.push(Job::PackCols(&wt.data, cout, k));
                     }

@@ -65,7 +65,7 @@ impl Problem {
         }
     }
 
-    /// Whether [`Problem::pad_input`] takes this problem's input (it is
+    /// Whether the padded copy (`pad_input`) takes this problem's input (it is
     /// windowed, its column stride at most 4 and it at most 16 Mi floats).
     pub fn paddable(&self) -> bool {
         let Gather::Window(_, w) = self.b else {

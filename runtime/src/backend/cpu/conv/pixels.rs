@@ -1,19 +1,22 @@
 //! Pixel-major windowed convolutions: output pixels as the micro-kernel's
 //! rows and output channels as its columns,
-//! `out[c, j] = Σ_k x[j, k] · w[c, k]`, for convolutions with few output
-//! channels (a multiple of NR, at most [`PIXEL_MAJOR_MAX_M`]): DenseNet's
-//! 32-channel growth convolutions, the 64-channel 3×3 convolutions of
-//! ResNet's first stage, the stems.
+//! `out[c, j] = Σ_k x[j, k] · w[c, k]`, for ungrouped convolutions with a
+//! kernel larger than 1×1, a multiple of NR output channels and K of at
+//! least [`PIXEL_MAJOR_MIN_K`] ([`pixel_major`]): DenseNet's 32-channel
+//! growth convolutions, ResNet's 3×3 convolutions.
 //!
-//! Why: with channels as rows (the rest of `conv/`), such a problem has too
-//! few row panels to pay for packing B, so B is read in place — sixteen
-//! pixels of one output row per tap, unaligned loads, and rows that end in
-//! half-empty panels. Here every micro-kernel step broadcasts one input
-//! value per pixel straight from the padded input ([`Windowed`]) and loads
-//! the weights as whole, aligned vectors of sixteen channels packed once at
-//! load ([`pack_weights_cols`]); tiles are any six consecutive output pixels,
-//! across row ends, so no lanes are wasted. The sums of a block of pixels
-//! are turned around once (channel-major) for the usual epilogue.
+//! Why: with channels as rows (the rest of `conv/`), B must be packed —
+//! an im2col copy per column block — or, where the row panels are too few
+//! to pay for that, read in place: sixteen pixels of one output row per tap,
+//! unaligned loads, and rows that end in half-empty panels. Here every
+//! micro-kernel step broadcasts one input value per pixel straight from the
+//! padded input ([`Windowed`]) and loads the weights as whole, aligned
+//! vectors of sixteen channels packed once at load ([`pack_weights_cols`]);
+//! tiles are any six consecutive output pixels, across row ends, so no
+//! lanes are wasted and nothing is packed per run. Where the CPU has
+//! AVX-512 a tile covers up to 64 channels ([`avx512::tile`]). The sums of a
+//! block of pixels are turned around once (channel-major) for the usual
+//! epilogue, a cost per output element that short products do not repay.
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
@@ -22,14 +25,9 @@ use super::{grow, Gather, Problem, Scratch};
 use crate::backend::cpu::gemm::avx512;
 use crate::backend::cpu::gemm::{Kernel, Windowed, K_BLOCK, MR, NR};
 
-/// The most output channels of a pixel-major convolution: up to four
-/// column panels. Above that, channels as rows fill the row panels and the
-/// packed B panel serves enough of them to pay for its packing.
-pub const PIXEL_MAJOR_MAX_M: usize = 64;
-
-/// The most pixels per block (a multiple of MR and of NR): the sums of a
-/// block for up to [`PIXEL_MAJOR_MAX_M`] channels take 12 KiB.
-const BLOCK_PIXELS: usize = 48;
+/// The most pixels per block: a 56×56 map in 33 blocks, 14×14 in three,
+/// 7×7 in one.
+const BLOCK_PIXELS: usize = 96;
 
 /// The least depth (K) of a pixel-major convolution. Each block of pixels
 /// is turned around for the epilogue at a cost per output element, which a
@@ -40,15 +38,32 @@ const BLOCK_PIXELS: usize = 48;
 pub const PIXEL_MAJOR_MIN_K: usize = 256;
 
 /// Whether a convolution with `m` output channels in one group, depth `k`
-/// and a windowed input runs pixel-major, on a CPU with the AVX2 kernel
-/// (whose `Windowed` reads are what make it pay). The weights are packed
-/// both ways for it; the lowering still needs [`Problem::paddable`].
-/// `NETC_NO_PIXEL_MAJOR` turns it off (for measuring).
-pub fn pixel_major(m: usize, k: usize, groups: usize, windowed: bool) -> bool {
-    windowed
+/// and window `kernel`/`stride` runs pixel-major, on a CPU with the AVX2
+/// kernel (whose `Windowed` reads are what make it pay). The weights are
+/// packed both ways for it; the lowering still needs
+/// [`Problem::paddable`]. `NETC_NO_PIXEL_MAJOR` turns it off (for
+/// measuring).
+///
+/// Only windows that overlap (kernel larger than stride on both axes):
+/// there neighbouring pixels' taps share input cache lines, and im2col
+/// would copy each input value several times. Measured in-model (profile
+/// minima, interleaved), channel-major was faster on the others: ResNet's
+/// 1×1 stride-2 shortcuts (layer2.0.downsample 1.16–1.19 against
+/// 1.51–1.64 ms pixel-major: each K row another channel plane, K lines per
+/// tile that do not stay in L1), ConvNeXt's 2×2/2 downsampling (0.72 and
+/// 0.69 against 0.86 and 0.78 ms for the first two) and ViT's 16×16/16
+/// patches (1.27 against 1.41 ms).
+pub fn pixel_major(
+    m: usize,
+    k: usize,
+    groups: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> bool {
+    kernel[0] > stride[0]
+        && kernel[1] > stride[1]
         && groups == 1
         && m.is_multiple_of(NR)
-        && m <= PIXEL_MAJOR_MAX_M
         && k >= PIXEL_MAJOR_MIN_K
         && Kernel::detect() == Kernel::Avx2Fma
         && std::env::var_os("NETC_NO_PIXEL_MAJOR").is_none()
@@ -65,7 +80,7 @@ impl Problem {
     #[inline(always)]
     pub(super) unsafe fn run_pixels(&self, threads: usize, s: &mut Scratch) {
         #[cfg(target_arch = "x86_64")]
-        let zmm = self.m.div_ceil(NR) <= 4 && avx512::available();
+        let zmm = avx512::available();
         #[cfg(not(target_arch = "x86_64"))]
         let zmm = false;
         // SAFETY: the caller's; the zmm tile only where the CPU has it.
@@ -94,23 +109,39 @@ impl Problem {
         self.padded_offsets(&window, &mut offsets);
         let fpanels = self.m.div_ceil(NR);
         let mpad = fpanels * NR;
-        // Blocks small enough that every thread gets several.
-        let block = ps
-            .div_ceil(4 * threads)
-            .next_multiple_of(MR)
-            .clamp(MR, BLOCK_PIXELS);
-        let per_sample_blocks = ps.div_ceil(block);
-        grow(&mut s.acc, block * mpad);
-        grow(&mut s.bpack, mpad * block.next_multiple_of(NR));
+        // Units of work: a block of up to BLOCK_PIXELS pixels of one sample
+        // × a block of channel panels. Each unit streams its channels'
+        // weights once, so pixel blocks are as large as allowed and channels
+        // are cut finer (down to one zmm group) until every thread has
+        // several units: layer4 of ResNet-50 (49 pixels, 512 channels)
+        // streamed its 9.4 MB of 3×3 weights once per 12-pixel block.
+        let tblocks = ps.div_ceil(BLOCK_PIXELS);
+        let tb = ps.div_ceil(tblocks).next_multiple_of(MR);
+        let mut fb = fpanels;
+        while fb > 1 && samples * tblocks * fpanels.div_ceil(fb) < 4 * threads {
+            fb = if fb > 4 {
+                (fb / 2).next_multiple_of(4)
+            } else {
+                fb / 2
+            };
+        }
+        let fblocks = fpanels.div_ceil(fb);
+        let ld = fb * NR;
+        let ld_t = tb.next_multiple_of(NR);
+        grow(&mut s.acc, tb * ld);
+        grow(&mut s.bpack, ld * ld_t);
         let window_rows = (w.kernel[0] - 1) * w.dilation[0] + 1;
         s.padded_rows.clear();
         s.padded_rows.resize(samples * rows, false);
         let mut corners = std::mem::take(&mut s.cols);
-        while let Some((u0, u1)) = self.queue.claim(samples * per_sample_blocks, threads, 1) {
+        let units = samples * tblocks * fblocks;
+        while let Some((u0, u1)) = self.queue.claim(units, threads, 1) {
             for u in u0..u1 {
-                let (n, b) = (u / per_sample_blocks, u % per_sample_blocks);
-                let p0 = b * block;
-                let tn = block.min(ps - p0);
+                let (nb, fq) = (u / fblocks, u % fblocks);
+                let (n, b) = (nb / tblocks, nb % tblocks);
+                let p0 = b * tb;
+                let tn = tb.min(ps - p0);
+                let (q0, q1) = (fq * fb, (fq * fb + fb).min(fpanels));
                 // Only the padded rows this block's windows cover: a thread
                 // copies its share of the input, not all of it.
                 let first = p0 / ow * sy;
@@ -140,58 +171,56 @@ impl Problem {
                 };
                 for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                     let kc = K_BLOCK.min(self.k - k0);
-                    #[cfg(target_arch = "x86_64")]
-                    if zmm {
+                    // A group of panels (four for the zmm tile, one for the
+                    // AVX2 kernel) over all the block's tiles: its weights
+                    // stay in L1/L2 while the tiles' input values cycle.
+                    let group = if zmm { 4 } else { 1 };
+                    for g in (q0..q1).step_by(group) {
+                        let panels = group.min(q1 - g);
+                        // SAFETY: the packed weights hold mpad·k floats and
+                        // block k0 starts at k0·mpad, panel g at g·kc·NR in it.
+                        let bp = unsafe { self.a_cols.add(k0 * mpad + g * kc * NR) };
                         for t in 0..tn.div_ceil(MR) {
                             let a = windowed(t, k0);
-                            // SAFETY: as below; avx512::available() checked.
+                            let acc = kb > 0;
+                            // SAFETY: acc holds `tb` rows of `ld` floats;
+                            // every window read is inside the padded input;
+                            // the zmm tile only where avx512::available().
                             unsafe {
-                                let bp = self.a_cols.add(k0 * mpad);
-                                let c = s.acc.as_mut_ptr().add(t * MR * mpad);
-                                let acc = kb > 0;
-                                match fpanels {
-                                    1 => avx512::tile::<1, _>(kc, a, bp, c, mpad, acc),
-                                    2 => avx512::tile::<2, _>(kc, a, bp, c, mpad, acc),
-                                    3 => avx512::tile::<3, _>(kc, a, bp, c, mpad, acc),
-                                    _ => avx512::tile::<4, _>(kc, a, bp, c, mpad, acc),
+                                let c = s.acc.as_mut_ptr().add(t * MR * ld + (g - q0) * NR);
+                                #[cfg(target_arch = "x86_64")]
+                                if zmm {
+                                    match panels {
+                                        1 => avx512::tile::<1, _>(kc, a, bp, c, ld, acc),
+                                        2 => avx512::tile::<2, _>(kc, a, bp, c, ld, acc),
+                                        3 => avx512::tile::<3, _>(kc, a, bp, c, ld, acc),
+                                        _ => avx512::tile::<4, _>(kc, a, bp, c, ld, acc),
+                                    }
+                                    continue;
                                 }
-                            }
-                        }
-                        continue;
-                    }
-                    for q in 0..fpanels {
-                        // SAFETY: the packed weights hold mpad·k floats; block
-                        // k0 starts at k0·mpad.
-                        let bp = unsafe { self.a_cols.add(k0 * mpad + q * kc * NR) };
-                        for t in 0..tn.div_ceil(MR) {
-                            let a = windowed(t, k0);
-                            // SAFETY: acc holds `block` rows of mpad floats;
-                            // every window read is inside the padded input.
-                            unsafe {
-                                let c = s.acc.as_mut_ptr().add(t * MR * mpad + q * NR);
-                                kernel.run_into_rows(kc, a, bp, c, mpad, kb > 0);
+                                kernel.run_into_rows(kc, a, bp, c, ld, acc);
                             }
                         }
                     }
                 }
                 // Channel-major, for the epilogue: channel c's sums for the
-                // block's pixels in one row of `ld` floats.
-                let ld = block.next_multiple_of(NR);
-                for (t, sums) in s.acc[..tn * mpad].chunks_exact(mpad).enumerate() {
-                    for (c, v) in sums[..self.m].iter().enumerate() {
-                        s.bpack[c * ld + t] = *v;
+                // block's pixels in one row of `ld_t` floats.
+                let (c0, c1) = (q0 * NR, (q1 * NR).min(self.m));
+                for (t, sums) in s.acc[..tn * ld].chunks_exact(ld).enumerate() {
+                    for (c, v) in sums[..c1 - c0].iter().enumerate() {
+                        s.bpack[c * ld_t + t] = *v;
                     }
                 }
                 let j0 = n * ps + p0;
-                for r0 in (0..self.m).step_by(MR) {
-                    let mr = MR.min(self.m - r0);
-                    for c0 in (0..tn).step_by(NR) {
-                        let nr = NR.min(tn - c0);
+                for r0 in (c0..c1).step_by(MR) {
+                    let mr = MR.min(c1 - r0);
+                    for t0 in (0..tn).step_by(NR) {
+                        let nr = NR.min(tn - t0);
                         // SAFETY: the tile's rows are inside `bpack`; the
                         // output is the layer's.
                         unsafe {
-                            let src = s.bpack.as_ptr().add(r0 * ld + c0);
-                            self.epilogue_tile(r0, mr, j0 + c0, nr, src, ld);
+                            let src = s.bpack.as_ptr().add((r0 - c0) * ld_t + t0);
+                            self.epilogue_tile(r0, mr, j0 + t0, nr, src, ld_t);
                         }
                     }
                 }
@@ -260,6 +289,8 @@ mod tests {
             (64, 16, 7, 7, 3, 1, 1, 1),
             (12, 48, 10, 9, 5, 1, 2, 2),
             (20, 32, 14, 15, 7, 2, 3, 1),
+            (30, 160, 7, 7, 3, 1, 1, 1),
+            (29, 80, 16, 13, 3, 2, 1, 1),
         ];
         for (cin, cout, h, w, kern, stride, pad, dil) in cases {
             let (b, k, per, input) = windowed_input(cin, h, w, kern, stride, pad, dil);
@@ -268,7 +299,7 @@ mod tests {
                 .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.01)
                 .collect();
             let cols = crate::backend::cpu::gemm::pack_weights_cols(&wts, cout, k);
-            let run = |how: u8| {
+            let run = |how: u8, threads: usize| {
                 run_feature_major(cout, k, per, samples, input, b, |p, s| {
                     let mut p = p.clone();
                     assert!(p.paddable());
@@ -280,16 +311,22 @@ mod tests {
                         } else {
                             p.a_cols = cols.as_ptr();
                             s.padded_samples.resize(samples, false);
-                            p.run_pixels_on(1, s, how == 2);
+                            // One caller claims every unit; `threads` sets
+                            // how finely the units are cut.
+                            p.run_pixels_on(threads, s, how == 2);
                         }
                     }
                 })
             };
-            let want = run(0);
-            let name = format!("{cin} {cout} {h}x{w} k{kern} s{stride} p{pad} d{dil}");
-            assert_eq!(run(1), want, "{name}: AVX2");
-            if zmm {
-                assert_eq!(run(2), want, "{name}: AVX-512");
+            let want = run(0, 1);
+            for threads in [1, 3] {
+                let name = format!(
+                    "{cin} {cout} {h}x{w} k{kern} s{stride} p{pad} d{dil}, {threads} threads"
+                );
+                assert_eq!(run(1, threads), want, "{name}: AVX2");
+                if zmm {
+                    assert_eq!(run(2, threads), want, "{name}: AVX-512");
+                }
             }
         }
     }
