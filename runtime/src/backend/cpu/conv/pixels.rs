@@ -128,7 +128,7 @@ impl Problem {
         let fblocks = fpanels.div_ceil(fb);
         let ld = fb * NR;
         let ld_t = tb.next_multiple_of(NR);
-        grow(&mut s.acc, tb * ld);
+        grow(&mut s.acc, tb.next_multiple_of(8) * ld);
         grow(&mut s.bpack, ld * ld_t);
         let window_rows = (w.kernel[0] - 1) * w.dilation[0] + 1;
         s.padded_rows.clear();
@@ -206,6 +206,21 @@ impl Problem {
                 // Channel-major, for the epilogue: channel c's sums for the
                 // block's pixels in one row of `ld_t` floats.
                 let (c0, c1) = (q0 * NR, (q1 * NR).min(self.m));
+                // SAFETY: acc holds tb8 rows of ld floats, bpack ld rows of
+                // ld_t ≥ tb8; the channels are whole panels, so c1 − c0 ≤ ld
+                // is a multiple of 8; AVX2 is the pixel-major condition.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    turn_around(
+                        s.acc.as_ptr(),
+                        ld,
+                        tn.next_multiple_of(8),
+                        c1 - c0,
+                        s.bpack.as_mut_ptr(),
+                        ld_t,
+                    )
+                };
+                #[cfg(not(target_arch = "x86_64"))]
                 for (t, sums) in s.acc[..tn * ld].chunks_exact(ld).enumerate() {
                     for (c, v) in sums[..c1 - c0].iter().enumerate() {
                         s.bpack[c * ld_t + t] = *v;
@@ -259,6 +274,42 @@ impl Problem {
             debug_assert!(ok);
             done[r..run_end].fill(true);
             r = run_end;
+        }
+    }
+}
+
+/// `dst[c·ld_t + t] = src[t·ld + c]` for `t < rows`, `c < cols` (both
+/// multiples of 8), in 8×8 register transposes: the sums of a block of
+/// pixels turned channel-major. Element by element this took 5% of a
+/// pixel-major convolution (a store per sum into another cache line).
+///
+/// # Safety
+/// AVX2; `src` must hold `rows` rows of `ld` floats (at least `cols`) and
+/// `dst` `cols` rows of `ld_t` (at least `rows`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn turn_around(
+    src: *const f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    ld_t: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(rows % 8 == 0 && cols % 8 == 0);
+    for t in (0..rows).step_by(8) {
+        for c in (0..cols).step_by(8) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, v) in r.iter_mut().enumerate() {
+                // SAFETY: row t + i of src holds cols floats.
+                *v = unsafe { _mm256_loadu_ps(src.add((t + i) * ld + c)) };
+            }
+            let r = crate::backend::cpu::vmath::transpose8(r);
+            for (i, v) in r.iter().enumerate() {
+                // SAFETY: row c + i of dst holds rows floats.
+                unsafe { _mm256_storeu_ps(dst.add((c + i) * ld_t + t), *v) };
+            }
         }
     }
 }
