@@ -297,7 +297,7 @@ unsafe fn turn_around(
     ld_t: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(rows % 8 == 0 && cols % 8 == 0);
+    debug_assert!(rows.is_multiple_of(8) && cols.is_multiple_of(8));
     for t in (0..rows).step_by(8) {
         for c in (0..cols).step_by(8) {
             let mut r = [_mm256_setzero_ps(); 8];
