@@ -602,7 +602,7 @@ fn conv(
         };
         // Few output channels: pixels as the micro-kernel's rows
         // (`conv/pixels.rs`), where the input can be padded.
-        if let Some(cols) = ctx.prepared.pixel_cols(id) {
+        if let Some(cols) = ctx.prepared.pixel_cols(id, grp) {
             if p.paddable() {
                 p.a_cols = cols;
             }

@@ -109,7 +109,7 @@ pub struct Prepared {
     token_major: std::collections::HashSet<usize>,
     /// Pixel-major convolutions' weights as B-operand panels
     /// (`conv/pixels.rs`), besides their usual packing.
-    pixel_cols: HashMap<NodeIndex, usize>,
+    pixel_cols: HashMap<(NodeIndex, usize), usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
 
@@ -172,9 +172,12 @@ impl Prepared {
                     // Both ways for pixel-major candidates: the lowering
                     // falls back to the channel-major form for inputs too
                     // large to pad.
-                    if conv::pixel_major(cg, k, *groups, window.kernel, window.stride) {
-                        pixel_cols.insert(id, jobs.len());
-                        jobs.push(Job::PackCols(&wt.data, cout, k));
+                    if conv::pixel_major(cg, k, window.kernel, window.stride) {
+                        for grp in 0..*groups {
+                            pixel_cols.insert((id, grp), jobs.len());
+                            let w = &wt.data[grp * cg * k..(grp + 1) * cg * k];
+                            jobs.push(Job::PackCols(w, cg, k));
+                        }
                     }
                 }
                 Op::Linear { .. }
@@ -293,10 +296,10 @@ impl Prepared {
         }
     }
 
-    /// A pixel-major convolution candidate's weights packed as B-operand
-    /// panels ([`conv::pixel_major`]); None for other nodes.
-    pub fn pixel_cols(&self, node: NodeIndex) -> Option<*const f32> {
-        self.pixel_cols.get(&node).map(|&at| self.at(at))
+    /// A pixel-major convolution candidate's weights (group `grp`) packed
+    /// as B-operand panels ([`conv::pixel_major`]); None for other nodes.
+    pub fn pixel_cols(&self, node: NodeIndex, grp: usize) -> Option<*const f32> {
+        self.pixel_cols.get(&(node, grp)).map(|&at| self.at(at))
     }
 
     /// Per-channel scale and shift of a batch norm or layer scale.

@@ -1120,7 +1120,7 @@ mod bench {
             };
             // Windowed convolutions with few channels run pixel-major, as
             // the CPU backend runs them.
-            if !linear && pixel_major(cout, k, 1, [kern; 2], [stride; 2]) && p.paddable() {
+            if !linear && pixel_major(cout, k, [kern; 2], [stride; 2]) && p.paddable() {
                 p.a_cols = cols.as_ptr();
             }
             let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());

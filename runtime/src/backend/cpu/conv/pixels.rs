@@ -1,9 +1,9 @@
 //! Pixel-major windowed convolutions: output pixels as the micro-kernel's
 //! rows and output channels as its columns,
-//! `out[c, j] = Σ_k x[j, k] · w[c, k]`, for ungrouped convolutions with a
-//! kernel larger than 1×1, a multiple of NR output channels and K of at
-//! least [`PIXEL_MAJOR_MIN_K`] ([`pixel_major`]): DenseNet's 32-channel
-//! growth convolutions, ResNet's 3×3 convolutions.
+//! `out[c, j] = Σ_k x[j, k] · w[c, k]`, for convolutions with overlapping
+//! windows, a multiple of NR output channels per group and enough depth
+//! ([`pixel_major`]): DenseNet's 32-channel growth convolutions, ResNet's
+//! 3×3 convolutions, ResNeXt's grouped 3×3s of 16 and 32 channels a group.
 //!
 //! Why: with channels as rows (the rest of `conv/`), B must be packed —
 //! an im2col copy per column block — or, where the row panels are too few
@@ -29,16 +29,22 @@ use crate::backend::cpu::gemm::{Kernel, Windowed, K_BLOCK, MR, NR};
 /// 7×7 in one.
 const BLOCK_PIXELS: usize = 96;
 
-/// The least depth (K) of a pixel-major convolution. Each block of pixels
-/// is turned around for the epilogue at a cost per output element, which a
-/// short product does not repay: the stems (K = 147 and 27) ran 1.4–2.2×
-/// slower pixel-major (`conv_throughput`, and DenseNet-121's stem in-model
-/// 1.22–1.35 → 1.88–2.21 ms); at K = 576 (ResNet's 64-channel 3×3) the two
-/// were even, at 1152 (DenseNet's growth convolutions) pixel-major won.
-pub const PIXEL_MAJOR_MIN_K: usize = 256;
+/// The least depth (K) of a pixel-major convolution, and the least input
+/// channels (per group) behind it. Each block of pixels is turned around
+/// for the epilogue at a cost per output element, which short products do
+/// not repay, and the stems, with three input channels, ran slower
+/// pixel-major at every depth measured: `conv_throughput`'s 7×7/2 stem
+/// (K = 147) 1.18–1.20 against 1.35–1.43 ms (two threads), MobileNetV2's
+/// (K = 27) up to 2.2×, DenseNet-121's in-model 1.22–1.35 against 1.88–2.21.
+/// ResNeXt-50's grouped 3×3s of layer3 (16 channels per group, K = 144)
+/// gain: 1.89 → 1.51 ms for the stage (profile minima, 3 rounds).
+pub const PIXEL_MAJOR_MIN_K: usize = 128;
+/// See [`PIXEL_MAJOR_MIN_K`].
+pub const PIXEL_MAJOR_MIN_CHANNELS: usize = 16;
 
-/// Whether a convolution with `m` output channels in one group, depth `k`
-/// and window `kernel`/`stride` runs pixel-major, on a CPU with the AVX2
+/// Whether a convolution with `m` output channels per group (each group is
+/// its own problem: ResNeXt's), depth `k` and window `kernel`/`stride` runs
+/// pixel-major, on a CPU with the AVX2
 /// kernel (whose `Windowed` reads are what make it pay). The weights are
 /// packed both ways for it; the lowering still needs
 /// [`Problem::paddable`]. `NETC_NO_PIXEL_MAJOR` turns it off (for
@@ -53,18 +59,12 @@ pub const PIXEL_MAJOR_MIN_K: usize = 256;
 /// tile that do not stay in L1), ConvNeXt's 2×2/2 downsampling (0.72 and
 /// 0.69 against 0.86 and 0.78 ms for the first two) and ViT's 16×16/16
 /// patches (1.27 against 1.41 ms).
-pub fn pixel_major(
-    m: usize,
-    k: usize,
-    groups: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-) -> bool {
+pub fn pixel_major(m: usize, k: usize, kernel: [usize; 2], stride: [usize; 2]) -> bool {
     kernel[0] > stride[0]
         && kernel[1] > stride[1]
-        && groups == 1
         && m.is_multiple_of(NR)
         && k >= PIXEL_MAJOR_MIN_K
+        && k / (kernel[0] * kernel[1]) >= PIXEL_MAJOR_MIN_CHANNELS
         && Kernel::detect() == Kernel::Avx2Fma
         && std::env::var_os("NETC_NO_PIXEL_MAJOR").is_none()
 }
