@@ -293,6 +293,39 @@ fn every_op_matches_candle_over_random_shapes() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Pixel-major convolutions (overlapping windows, 16 output channels a
+/// group or a multiple of it, K ≥ 128 from ≥ 16 input channels; the random
+/// cases above are too narrow to take that path) against candle: strides,
+/// dilation, asymmetric padding, groups, a residual epilogue, several
+/// samples and threads, and a batch whose padded input is too large to pad
+/// at once (12 × 16 × 300 × 300: run sample by sample).
+#[test]
+fn pixel_major_convolutions_match_candle() {
+    let cases = [
+        ("input x: [16, 13, 11]\n    return x -> conv(32, k=3, pad=1) -> relu", &[1, 3][..]),
+        (
+            "input x: [24, 20, 17]\n    a = x -> conv(48, k=(3, 5), stride=2, pad=(1, 2, 0, 1), dilation=2) -> batch_norm\n    b = x -> conv(48, k=(5, 9), stride=2, pad=(1, 2, 0, 1), bias=false)\n    s = a + b\n    return s -> silu",
+            &[2][..],
+        ),
+        ("input x: [32, 9, 9]\n    return x -> conv(64, k=3, pad=1, groups=2) -> relu6", &[1, 2][..]),
+        ("input x: [16, 300, 300]\n    return x -> conv(16, k=3, pad=1)", &[12][..]),
+    ];
+    for (i, (body, batches)) in cases.iter().enumerate() {
+        let src = format!("network t() {{\n    {body}\n}}\n");
+        let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
+            .unwrap_or_else(|e| panic!("case {i} does not compile:\n{src}\n{e}"));
+        for &batch in *batches {
+            for threads in [1, 2] {
+                let err = run_both(&mut model, 2, batch, threads, i as u64);
+                assert!(
+                    err <= TOLERANCE,
+                    "case {i} batch {batch} threads {threads}: {err:.2e}\n{src}"
+                );
+            }
+        }
+    }
+}
+
 /// The randomized cases again on the code of CPUs without AVX2 and FMA
 /// (portable micro-kernel, baseline kernel entries, generated activations,
 /// feature-major linear layers), forced with `NETC_CPU_BASELINE` in a child

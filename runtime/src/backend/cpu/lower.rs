@@ -582,13 +582,19 @@ fn conv(
                 },
             )
         };
-        let mut p = Problem {
+        // Pixel-major convolutions (`conv/pixels.rs`) have only their
+        // B-operand packing.
+        let cols = ctx.prepared.pixel_cols(id, grp);
+        let p = Problem {
             m: cout_g,
             k: cin_g * kh * kw,
             n: ctx.batch * oh * ow,
             per_sample: oh * ow,
-            a: ctx.prepared.packed(id, grp),
-            a_cols: std::ptr::null(),
+            a: match cols {
+                Some(_) => std::ptr::null(),
+                None => ctx.prepared.packed(id, grp),
+            },
+            a_cols: cols.unwrap_or(std::ptr::null()),
             b,
             out: Layout {
                 base: oo + grp * cout_g * oh * ow,
@@ -600,12 +606,36 @@ fn conv(
             arena: ctx.arena,
             queue: WorkQueue::default(),
         };
-        // Few output channels: pixels as the micro-kernel's rows
-        // (`conv/pixels.rs`), where the input can be padded.
-        if let Some(cols) = ctx.prepared.pixel_cols(id, grp) {
-            if p.paddable() {
-                p.a_cols = cols;
+        if cols.is_some() && !p.paddable() {
+            // A batch too large to pad at once: one problem per sample (one
+            // sample always fits; the weights were packed only this way
+            // because of that, see `conv::pads_one_sample`).
+            for n in 0..ctx.batch {
+                let shift = |l: Layout| Layout {
+                    base: l.base + n * l.sample_stride,
+                    ..l
+                };
+                let mut q = p.clone();
+                q.n = oh * ow;
+                q.b = match p.b {
+                    Gather::Window(l, w) => Gather::Window(shift(l), w),
+                    Gather::Strided(l) => Gather::Strided(shift(l)),
+                };
+                q.out = shift(p.out);
+                for step in &mut q.epilogue {
+                    if let Step::Add(l) = step {
+                        *l = shift(*l);
+                    }
+                }
+                if !q.paddable() {
+                    return Err(format!(
+                        "`{}`: one sample's padded input exceeds the pixel-major limit",
+                        ctx.graph.node(id).name
+                    ));
+                }
+                problems.push(q);
             }
+            continue;
         }
         problems.push(p);
     }

@@ -108,7 +108,7 @@ pub struct Prepared {
     /// Which packed offsets hold token-major (B-operand) panels.
     token_major: std::collections::HashSet<usize>,
     /// Pixel-major convolutions' weights as B-operand panels
-    /// (`conv/pixels.rs`), besides their usual packing.
+    /// (`conv/pixels.rs`), instead of their channel-major packing.
     pixel_cols: HashMap<(NodeIndex, usize), usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
@@ -161,23 +161,26 @@ impl Prepared {
                     let wt = get(0)?;
                     let (cout, k) = (wt.shape[0], wt.shape[1..].iter().product::<usize>());
                     let cg = cout / groups;
+                    // Pixel-major convolutions read their weights as B
+                    // panels only: a batch too large to pad at once runs
+                    // sample by sample, and inputs whose one sample is too
+                    // large to pad stay channel-major.
+                    let input = g.node(g.operands(id)[0]).shape.per_sample();
+                    let pixel = conv::pixel_major(cg, k, window.kernel, window.stride)
+                        && conv::pads_one_sample(input[0] / groups, [input[1], input[2]], window);
                     // Depthwise convolutions read their weights raw.
                     if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
                         for grp in 0..*groups {
-                            packed.insert((id, grp), jobs.len());
-                            jobs.push(Job::Pack(&wt.data[grp * cg * k..(grp + 1) * cg * k], cg, k));
+                            let w = &wt.data[grp * cg * k..(grp + 1) * cg * k];
+                            if pixel {
+                                pixel_cols.insert((id, grp), jobs.len());
+                                jobs.push(Job::PackCols(w, cg, k));
+                            } else {
+                                packed.insert((id, grp), jobs.len());
+                                jobs.push(Job::Pack(w, cg, k));
+                            }
                         }
                         packed_slots.push(0);
-                    }
-                    // Both ways for pixel-major candidates: the lowering
-                    // falls back to the channel-major form for inputs too
-                    // large to pad.
-                    if conv::pixel_major(cg, k, window.kernel, window.stride) {
-                        for grp in 0..*groups {
-                            pixel_cols.insert((id, grp), jobs.len());
-                            let w = &wt.data[grp * cg * k..(grp + 1) * cg * k];
-                            jobs.push(Job::PackCols(w, cg, k));
-                        }
                     }
                 }
                 Op::Linear { .. }
@@ -234,14 +237,24 @@ impl Prepared {
             Job::Pack(_, m, k) => gemm::packed_len(*m, *k),
             Job::PackCols(_, m, k) => gemm::packed_cols_len(*m, *k),
         };
-        let total: usize = jobs.iter().map(len).sum();
+        // Packed panels start on a 64-byte boundary (the store's base is
+        // page-aligned where it is large), so the kernels' whole-vector
+        // weight loads never straddle cache lines, whatever raw tensors of
+        // odd lengths come before them.
+        let mut offsets = Vec::with_capacity(jobs.len());
+        let mut total = 0usize;
+        for j in &jobs {
+            if !matches!(j, Job::Copy(_)) {
+                total = total.next_multiple_of(16);
+            }
+            offsets.push(total);
+            total += len(j);
+        }
         let mut store =
             Region::new(total, guard).map_err(|e| Diagnostic::new("netc::backend", e))?;
-        let mut offsets = Vec::with_capacity(jobs.len());
         let mut cols_at = Vec::new();
-        let mut at = 0;
         let data = store.as_mut_slice();
-        for j in &jobs {
+        for (j, &at) in jobs.iter().zip(&offsets) {
             let n = len(j);
             match j {
                 Job::Copy(d) => data[at..at + n].copy_from_slice(d),
@@ -251,8 +264,6 @@ impl Prepared {
                     cols_at.push(at);
                 }
             }
-            offsets.push(at);
-            at += n;
         }
         let fix = |m: HashMap<(NodeIndex, usize), usize>| {
             m.into_iter().map(|(k, i)| (k, offsets[i])).collect()

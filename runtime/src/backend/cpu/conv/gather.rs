@@ -7,6 +7,31 @@ use super::super::depthwise::copy_floats;
 use super::{Gather, Problem, Window, COLUMN_BLOCK_MAX};
 use crate::backend::cpu::gemm::{Kernel, NR};
 
+/// The most floats a padded copy of a convolution's input may take (per
+/// thread): 64 MiB.
+pub const PAD_MAX_FLOATS: usize = 1 << 24;
+
+/// Whether one sample of a `channels`×`hw` input padded for `window` fits
+/// [`PAD_MAX_FLOATS`] with a column stride of at most 4, as
+/// [`Problem::paddable`] requires — judged from the IR's window before any
+/// problem exists, by an upper bound of the padded copy's size (rows at
+/// most the padded height, phase-split rows at most the padded width plus a
+/// stride).
+pub fn pads_one_sample(
+    channels: usize,
+    hw: [usize; 2],
+    window: &netc_compiler::ir::Window,
+) -> bool {
+    let [pt, pl, pb, pr] = window.pad;
+    let rows = hw[0] + pt + pb;
+    let row_len = hw[1] + pl + pr + window.stride[1];
+    window.stride[1] <= 4
+        && channels
+            .checked_mul(rows)
+            .and_then(|v| v.checked_mul(row_len))
+            .is_some_and(|v| v <= PAD_MAX_FLOATS)
+}
+
 impl Problem {
     /// The window as the padded copy of the input presents it to the gather.
     /// A 1×1 window reads only every stride-th row and column, so its copy
@@ -73,7 +98,7 @@ impl Problem {
         };
         let (rows, phase_len, channels) = self.padded_geometry(&w);
         let row_len = self.padded_window(&w).stride[1] * phase_len;
-        w.stride[1] <= 4 && (self.n / self.per_sample) * channels * rows * row_len <= 1 << 24
+        w.stride[1] <= 4 && (self.n / self.per_sample) * channels * rows * row_len <= PAD_MAX_FLOATS
     }
 
     /// For a windowed convolution, writes its input with the padding made

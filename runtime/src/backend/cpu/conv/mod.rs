@@ -15,6 +15,7 @@ mod gather;
 mod pixels;
 mod token;
 
+pub use gather::pads_one_sample;
 pub use pixels::pixel_major;
 
 use super::gemm::{Indirect, Kernel, K_BLOCK, MR, NR};
