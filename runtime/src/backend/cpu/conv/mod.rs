@@ -95,15 +95,16 @@ pub struct Problem {
     /// Columns per sample.
     pub per_sample: usize,
     /// Weights packed by [`super::gemm::pack_weights`] (null when `a_cols`
-    /// is set for a token-major product).
+    /// is set: token-major products and pixel-major convolutions have only
+    /// that packing).
     pub a: *const f32,
     /// Or, for token-major products (K-contiguous token rows in, features
     /// contiguous per token out) on CPUs with AVX2 and FMA, the weights packed
     /// by [`super::gemm::pack_weights_cols`]: the product then runs with
     /// tokens as the micro-kernel's rows (`token.rs`). For windowed
-    /// convolutions that [`pixel_major`] picks and that are
-    /// [`Problem::paddable`], the same: output pixels are then the rows
-    /// (`pixels.rs`). Null otherwise.
+    /// convolutions that [`pixel_major`] picks, the same: output pixels are
+    /// then the rows (`pixels.rs`; the problem is [`Problem::paddable`],
+    /// the lowering splits a batch that is not). Null otherwise.
     pub a_cols: *const f32,
     /// The input.
     pub b: Gather,
@@ -1119,8 +1120,8 @@ mod bench {
                 arena: arena.as_mut_ptr(),
                 queue: WorkQueue::default(),
             };
-            // Windowed convolutions with few channels run pixel-major, as
-            // the CPU backend runs them.
+            // Windowed convolutions that `pixel_major` picks run
+            // pixel-major, as the CPU backend runs them.
             if !linear && pixel_major(cout, k, [kern; 2], [stride; 2]) && p.paddable() {
                 p.a_cols = cols.as_ptr();
             }

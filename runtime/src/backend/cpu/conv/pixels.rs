@@ -45,10 +45,11 @@ pub const PIXEL_MAJOR_MIN_CHANNELS: usize = 16;
 /// Whether a convolution with `m` output channels per group (each group is
 /// its own problem: ResNeXt's), depth `k` and window `kernel`/`stride` runs
 /// pixel-major, on a CPU with the AVX2
-/// kernel (whose `Windowed` reads are what make it pay). The weights are
-/// packed both ways for it; the lowering still needs
-/// [`Problem::paddable`]. `NETC_NO_PIXEL_MAJOR` turns it off (for
-/// measuring).
+/// kernel (whose `Windowed` reads are what make it pay). Such weights are
+/// packed only as B panels (where one sample can be padded:
+/// [`super::pads_one_sample`]); the lowering runs a batch that
+/// [`Problem::paddable`] refuses sample by sample. `NETC_NO_PIXEL_MAJOR`
+/// turns it off (for measuring).
 ///
 /// Only windows that overlap (kernel larger than stride on both axes):
 /// there neighbouring pixels' taps share input cache lines, and im2col
@@ -112,7 +113,8 @@ impl Problem {
         // Units of work: a block of up to BLOCK_PIXELS pixels of one sample
         // × a block of channel panels. Each unit streams its channels'
         // weights once, so pixel blocks are as large as allowed and channels
-        // are cut finer (down to one zmm group) until every thread has
+        // are cut finer (in whole zmm groups of four panels while there are
+        // more than four, then down to one panel) until every thread has
         // several units: layer4 of ResNet-50 (49 pixels, 512 channels)
         // streamed its 9.4 MB of 3×3 weights once per 12-pixel block.
         let tblocks = ps.div_ceil(BLOCK_PIXELS);
@@ -329,7 +331,10 @@ mod tests {
         if Kernel::detect() != Kernel::Avx2Fma {
             return;
         }
-        let zmm = cfg!(target_arch = "x86_64") && avx512::available();
+        #[cfg(target_arch = "x86_64")]
+        let zmm = avx512::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let zmm = false;
         if !zmm {
             eprintln!("no AVX-512 here: only the AVX2 kernel is exercised");
         }
