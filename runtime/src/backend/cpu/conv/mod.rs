@@ -422,21 +422,12 @@ impl Problem {
     /// As [`Problem::run`]; [`Problem::paddable`].
     #[inline(always)]
     unsafe fn pad_samples(&self, wanted: std::ops::Range<usize>, s: &mut Scratch) {
-        let mut n = wanted.start;
-        while n < wanted.end {
-            if s.padded_samples[n] {
-                n += 1;
-                continue;
-            }
-            // A run of samples not padded yet, in one call.
-            let end = (n..wanted.end)
-                .find(|&m| s.padded_samples[m])
-                .unwrap_or(wanted.end);
+        let mut at = wanted.start;
+        while let Some(run) = take_unpadded(&mut s.padded_samples, at..wanted.end) {
+            at = run.end;
             // SAFETY: the caller's.
-            let ok = unsafe { self.pad_input(&mut s.padded, n..end, 0..usize::MAX) };
+            let ok = unsafe { self.pad_input(&mut s.padded, run, 0..usize::MAX) };
             debug_assert!(ok);
-            s.padded_samples[n..end].fill(true);
-            n = end;
         }
     }
 
@@ -699,6 +690,20 @@ impl Problem {
             }
         }
     }
+}
+
+/// The first run of entries of `done[within]` not yet done (samples or
+/// rows this thread has not padded in this run), marked done; None when
+/// all are. One `pad_input` call per run rather than per entry.
+fn take_unpadded(
+    done: &mut [bool],
+    within: std::ops::Range<usize>,
+) -> Option<std::ops::Range<usize>> {
+    let end = within.end.min(done.len());
+    let start = (within.start..end).find(|&i| !done[i])?;
+    let stop = (start..end).find(|&i| done[i]).unwrap_or(end);
+    done[start..stop].fill(true);
+    Some(start..stop)
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {

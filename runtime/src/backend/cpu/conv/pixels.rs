@@ -20,7 +20,7 @@
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
-use super::{grow, Gather, Problem, Scratch};
+use super::{grow, take_unpadded, Gather, Problem, Scratch};
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::gemm::avx512;
 use crate::backend::cpu::gemm::{Kernel, Windowed, K_BLOCK, MR, NR};
@@ -136,6 +136,8 @@ impl Problem {
         s.padded_rows.clear();
         s.padded_rows.resize(samples * rows, false);
         let mut corners = std::mem::take(&mut s.cols);
+        // Panels per kernel call: four for the zmm tile, one for the AVX2 kernel.
+        let group = if zmm { 4 } else { 1 };
         let units = samples * tblocks * fblocks;
         while let Some((u0, u1)) = self.queue.claim(units, threads, 1) {
             for u in u0..u1 {
@@ -173,10 +175,9 @@ impl Problem {
                 };
                 for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                     let kc = K_BLOCK.min(self.k - k0);
-                    // A group of panels (four for the zmm tile, one for the
-                    // AVX2 kernel) over all the block's tiles: its weights
-                    // stay in L1/L2 while the tiles' input values cycle.
-                    let group = if zmm { 4 } else { 1 };
+                    // A group of panels over all the block's tiles: its
+                    // weights stay in L1/L2 while the tiles' input values
+                    // cycle.
                     for g in (q0..q1).step_by(group) {
                         let panels = group.min(q1 - g);
                         // SAFETY: the packed weights hold mpad·k floats and
@@ -262,20 +263,12 @@ impl Problem {
         s: &mut Scratch,
     ) {
         let done = &mut s.padded_rows[n * rows..(n + 1) * rows];
-        let end = wanted.end.min(rows);
-        let mut r = wanted.start;
-        while r < end {
-            if done[r] {
-                r += 1;
-                continue;
-            }
-            // A run of rows not padded yet, in one call.
-            let run_end = (r..end).find(|&x| done[x]).unwrap_or(end);
+        let mut at = wanted.start;
+        while let Some(run) = take_unpadded(done, at..wanted.end) {
+            at = run.end;
             // SAFETY: the caller's.
-            let ok = unsafe { self.pad_input(&mut s.padded, n..n + 1, r..run_end) };
+            let ok = unsafe { self.pad_input(&mut s.padded, n..n + 1, run) };
             debug_assert!(ok);
-            done[r..run_end].fill(true);
-            r = run_end;
         }
     }
 }
@@ -366,7 +359,6 @@ mod tests {
                             p.run_block(0, cout.div_ceil(MR), 0, p.n, s);
                         } else {
                             p.a_cols = cols.as_ptr();
-                            s.padded_samples.resize(samples, false);
                             // One caller claims every unit; `threads` sets
                             // how finely the units are cut.
                             p.run_pixels_on(threads, s, how == 2);
