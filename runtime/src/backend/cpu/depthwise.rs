@@ -573,6 +573,9 @@ impl Depthwise {
             step: sx * L,
         };
         let ps = oh * ow;
+        // Every unit writes the same pixels of the plane (all eight lanes),
+        // so its padding is zeroed once per run.
+        plane.fill(0.0);
         for unit in lo..hi {
             let (n, c0) = (unit / blocks, unit % blocks * L);
             let lanes = L.min(c_out - c0);
@@ -583,7 +586,6 @@ impl Depthwise {
                     wts[t * L + l] = unsafe { *self.weights.add((c0 + l) * taps + t) };
                 }
             }
-            plane.fill(0.0);
             // SAFETY (this block): channels c0..c0 + lanes of sample n are
             // inside the input and output images; plane rows hold wp pixels
             // and only pixels pl..pl + cols are written; `row` holds ow
@@ -596,8 +598,12 @@ impl Depthwise {
                     while ix < cols {
                         let m = (cols - ix).min(L);
                         let mut r = [_mm256_setzero_ps(); L];
-                        for (l, r) in r.iter_mut().enumerate().take(lanes) {
-                            *r = avx2::load_first(src.add(l * h * w + iy * w + ix), m);
+                        // Fixed trip counts: a loop cut at `lanes` became
+                        // copies of the array through `memcpy`.
+                        for (l, r) in r.iter_mut().enumerate() {
+                            if l < lanes {
+                                *r = avx2::load_first(src.add(l * h * w + iy * w + ix), m);
+                            }
                         }
                         let px = crate::backend::cpu::vmath::transpose8(r);
                         for (i, v) in px.iter().enumerate().take(m) {
@@ -631,8 +637,10 @@ impl Depthwise {
                     let mut ox = 0;
                     while ox < ow {
                         let m = (ow - ox).min(L);
+                        // All eight pixel vectors (`row` holds ow rounded up
+                        // to 8): the lanes past `m` are not stored.
                         let mut r = [_mm256_setzero_ps(); L];
-                        for (i, r) in r.iter_mut().enumerate().take(m) {
+                        for (i, r) in r.iter_mut().enumerate() {
                             *r = _mm256_loadu_ps(row.as_ptr().add((ox + i) * L));
                         }
                         let ch = crate::backend::cpu::vmath::transpose8(r);
@@ -805,13 +813,25 @@ mod avx2 {
         // SAFETY: the caller's extent.
         unsafe {
             if m >= 8 {
-                _mm256_storeu_ps(p, v)
-            } else {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-                for (i, x) in lanes.iter().enumerate().take(m) {
-                    *p.add(i) = *x;
-                }
+                _mm256_storeu_ps(p, v);
+                return;
+            }
+            // Four, two and one lanes from the registers (a loop over a
+            // stored copy became a call to `memcpy`; AMD's masked stores
+            // are microcoded).
+            let (mut x, mut at) = (_mm256_castps256_ps128(v), 0);
+            if m >= 4 {
+                _mm_storeu_ps(p, x);
+                x = _mm256_extractf128_ps::<1>(v);
+                at = 4;
+            }
+            if m - at >= 2 {
+                _mm_store_sd(p.add(at) as *mut f64, _mm_castps_pd(x));
+                x = _mm_movehl_ps(x, x);
+                at += 2;
+            }
+            if m - at == 1 {
+                _mm_store_ss(p.add(at), x);
             }
         }
     }
