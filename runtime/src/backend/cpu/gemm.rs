@@ -467,6 +467,58 @@ impl Kernel {
 }
 
 impl Kernel {
+    /// The row panels of A at `a` (`a_stride` floats apart, `panels` of
+    /// them) times the first `cols` columns of one packed B panel, when
+    /// `cols` is 1 or 2 and the CPU has AVX2 ([`avx2::narrow_panels`]);
+    /// writes every panel's MR rows into `c` (rows `ldc` apart, adding to it
+    /// with `accumulate`). Returns false, doing nothing, otherwise.
+    ///
+    /// # Safety
+    /// As [`Kernel::run_into`] for each row panel, `c` holding
+    /// `panels·MR` rows.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn run_narrow_panels(
+        self,
+        kc: usize,
+        a: *const f32,
+        a_stride: usize,
+        panels: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        cols: usize,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx2Fma && (1..=2).contains(&cols) {
+            macro_rules! go {
+                ($p:literal, $c:literal) => {
+                    // SAFETY: AVX2 and FMA checked; extents are the caller's.
+                    unsafe {
+                        avx2::narrow_panels::<$p, $c, _>(kc, a, a_stride, b, c, ldc, accumulate)
+                    }
+                };
+            }
+            match (panels, cols) {
+                (1, 1) => go!(1, 1),
+                (2, 1) => go!(2, 1),
+                (3, 1) => go!(3, 1),
+                (4, 1) => go!(4, 1),
+                (1, _) => go!(1, 2),
+                (2, _) => go!(2, 2),
+                (3, _) => go!(3, 2),
+                (4, _) => go!(4, 2),
+                _ => return false,
+            }
+            return true;
+        }
+        let _ = (kc, a, a_stride, panels, b, c, ldc, accumulate, cols);
+        false
+    }
+}
+
+impl Kernel {
     /// [`Kernel::run_into`] with A read in place ([`RowPointers`] for
     /// token-major products, [`Windowed`] for pixel-major convolutions). The
     /// AVX2 kernel reads it directly; the portable one from a packed copy.
@@ -642,6 +694,80 @@ mod avx2 {
                 *row
             };
             _mm256_storeu_ps(d, v);
+        }
+    }
+
+    /// The first `C` (1 or 2) columns of one panel of B against `P` row
+    /// panels of A (`a_stride` floats apart), with A's MR rows as the
+    /// vector lanes: per step one load per row panel and one multiply-add
+    /// per row panel and column, where [`kernel_half_into`] spends six
+    /// multiply-adds per row panel on eight columns. Each row panel is its
+    /// own chain of multiply-adds in step order, so every sum is formed as
+    /// the other kernels form it (same bits). Writes all MR rows of each
+    /// row panel, `ldc` apart, row panel after row panel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; each row panel holds `kc·MR`
+    /// floats, B `kc` rows; `c` holds `P·MR` rows of `C` floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn narrow_panels<const P: usize, const C: usize, B: PanelRows>(
+        kc: usize,
+        a: *const f32,
+        a_stride: usize,
+        b: B,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        const { assert!(MR <= 8 && P >= 1 && C >= 1) };
+        let mut acc = [[_mm256_setzero_ps(); P]; C];
+        // Whole vectors read two floats of the next step; the last step's
+        // six are loaded under a mask (they may end the weights).
+        let six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+        for kk in 0..kc {
+            let mut av = [_mm256_setzero_ps(); P];
+            for (i, av) in av.iter_mut().enumerate() {
+                // SAFETY: row panel i holds kc·MR floats; below the last
+                // step a whole vector ends inside it.
+                *av = unsafe {
+                    let p = a.add(i * a_stride + kk * MR);
+                    if kk + 1 < kc {
+                        _mm256_loadu_ps(p)
+                    } else {
+                        _mm256_maskload_ps(p, six)
+                    }
+                };
+            }
+            // SAFETY: B holds kc rows of at least C floats.
+            let row = unsafe { b.row(kk) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let bv = unsafe { _mm256_broadcast_ss(&*row.add(j)) };
+                for i in 0..P {
+                    acc[i] = _mm256_fmadd_ps(av[i], bv, acc[i]);
+                }
+            }
+        }
+        let mut lanes = [[[0f32; 8]; P]; C];
+        for (acc, lanes) in acc.iter().zip(lanes.iter_mut()) {
+            for (v, l) in acc.iter().zip(lanes.iter_mut()) {
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *v) };
+            }
+        }
+        for i in 0..P {
+            for r in 0..MR {
+                for (j, lanes) in lanes.iter().enumerate() {
+                    // SAFETY: the caller's extents.
+                    unsafe {
+                        let d = c.add((i * MR + r) * ldc + j);
+                        *d = if accumulate {
+                            *d + lanes[i][r]
+                        } else {
+                            lanes[i][r]
+                        };
+                    }
+                }
+            }
         }
     }
 
@@ -987,6 +1113,69 @@ mod tests {
                         part[r * NR..r * NR + cols],
                         "{cols} columns, {rows} rows, row {r}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The narrow kernel (one or two columns, row panels as lanes) gives
+    /// the full kernel's bits on every row panel, including when the last
+    /// panel ends the weights (its last step is read under a mask).
+    #[test]
+    fn narrow_panels_match_the_full_kernel() {
+        let kernel = Kernel::detect();
+        for kc in [1, 6, 37] {
+            let a: Vec<f32> = (0..4 * kc * MR)
+                .map(|i| (i % 7) as f32 * 0.3 - 0.9)
+                .collect();
+            let b: Vec<f32> = (0..kc * NR).map(|i| (i % 5) as f32 * 0.7 - 1.3).collect();
+            for panels in 1..=4 {
+                // The weights end with the last panel read.
+                let a = &a[(4 - panels) * kc * MR..];
+                for cols in 1..=2 {
+                    for accumulate in [false, true] {
+                        let mut narrow = vec![1.5f32; panels * MR * cols];
+                        // SAFETY: `panels` panels of kc steps; `narrow` holds
+                        // panels·MR rows of `cols` floats.
+                        let ran = unsafe {
+                            kernel.run_narrow_panels(
+                                kc,
+                                a.as_ptr(),
+                                kc * MR,
+                                panels,
+                                b.as_ptr(),
+                                narrow.as_mut_ptr(),
+                                cols,
+                                accumulate,
+                                cols,
+                            )
+                        };
+                        if !ran {
+                            assert_ne!(kernel, Kernel::Avx2Fma);
+                            return;
+                        }
+                        for p in 0..panels {
+                            let mut full = vec![1.5f32; MR * NR];
+                            // SAFETY: one panel of kc steps, a tile of MR×NR.
+                            unsafe {
+                                kernel.run_into(
+                                    kc,
+                                    a[p * kc * MR..].as_ptr(),
+                                    b.as_ptr(),
+                                    full.as_mut_ptr(),
+                                    NR,
+                                    accumulate,
+                                )
+                            };
+                            for r in 0..MR {
+                                assert_eq!(
+                                    full[r * NR..r * NR + cols],
+                                    narrow[(p * MR + r) * cols..][..cols],
+                                    "kc {kc}, {panels} panels, {cols} columns, panel {p} row {r}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -322,6 +322,17 @@ fn column_block_for(rows: usize, cols: usize) -> usize {
 /// See [`column_block_for`].
 const FEW_PANELS: usize = 4;
 
+/// The least depth at which a last column panel of one or two columns runs
+/// on the narrow kernel (`Kernel::run_narrow_panels`: four row panels at a
+/// time, a multiply-add per row panel and column rather than six), not the
+/// half-width tile. Measured (`conv_throughput`, two threads): the 1×1
+/// layers of 7×7 maps, K 160–2048, take 0.88–0.90× the time (ResNet-50's
+/// layer4 2048→512 0.58 → 0.51 ms, EfficientNet-B0's 1152→192 0.135 →
+/// 0.121). EfficientNet-B0's squeeze-and-excitation expansions (one pixel,
+/// K 8–48, weights from memory) took 1.5× the time in-model and with
+/// `FLUSH=1`; with K = 1152 (their reductions) 0.7×.
+const NARROW_MIN_K: usize = 128;
+
 impl Problem {
     #[inline(always)]
     fn at_ptr(&self, offset: usize) -> *mut f32 {
@@ -459,6 +470,7 @@ impl Problem {
         }
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
         let mut tile = [0f32; MR * NR];
+        let mut narrow_tile = [0f32; 4 * MR * NR];
         let plan = self.fused_plan();
         if let (Gather::Window(_, w), true) = (self.b, s.padded_ready) {
             self.padded_offsets(&w, &mut s.k_offsets);
@@ -475,7 +487,52 @@ impl Problem {
                 for q in 0..ncp / NR {
                     let bp = s.bpack[q * kc * NR..].as_ptr();
                     let (j, nr) = (j0 + q * NR, NR.min(nc - q * NR));
-                    for p in p0..p1 {
+                    // A last panel of one or two columns (a 7×7 map's 49
+                    // pixels end in one): four row panels at a time, their
+                    // rows as the vector lanes (see NARROW_MIN_K).
+                    let narrow = nr <= 2 && kernel == Kernel::Avx2Fma && self.k >= NARROW_MIN_K;
+                    // The row panels for the narrow kernel and those left
+                    // for the tile kernels.
+                    let (narrowed, tiled) = if narrow {
+                        (p0..p1, p1..p1)
+                    } else {
+                        (p0..p0, p0..p1)
+                    };
+                    for pg in narrowed.step_by(4) {
+                        let np = 4.min(p1 - pg);
+                        // SAFETY: as below; row panels pg..pg + np of this
+                        // K block are consecutive, kc·MR floats each;
+                        // `narrow_tile` and `acc` hold their np·MR rows.
+                        unsafe {
+                            let ap = self.a.add(k0 * mpad + pg * kc * MR);
+                            let direct = last && kb == 0 && !by_column;
+                            let (c, ld) = if direct {
+                                (narrow_tile.as_mut_ptr(), NR)
+                            } else {
+                                (s.acc.as_mut_ptr().add((pg - p0) * MR * ncp + q * NR), ncp)
+                            };
+                            let ran = kernel.run_narrow_panels(
+                                kc,
+                                ap,
+                                kc * MR,
+                                np,
+                                bp,
+                                c,
+                                ld,
+                                kb > 0,
+                                nr,
+                            );
+                            debug_assert!(ran);
+                            if last && !by_column {
+                                for i in 0..np {
+                                    let r0 = (pg + i) * MR;
+                                    let mr = MR.min(self.m - r0);
+                                    self.epilogue_tile(r0, mr, j, nr, c.add(i * MR * ld), ld);
+                                }
+                            }
+                        }
+                    }
+                    for p in tiled {
                         // SAFETY: the packed weights hold mpad·k floats and block
                         // k0 starts at k0·mpad; acc holds rows×nc_max.
                         unsafe {
@@ -1034,6 +1091,8 @@ mod bench {
         ("ef 1x1 192>1152 7", 192, 1152, 7, 1, 1, 0),
         ("ef 1x1 1152>192 7", 1152, 192, 7, 1, 1, 0),
         ("ef 1x1 1152>320 7", 1152, 320, 7, 1, 1, 0),
+        // Its squeeze-and-excitation expansions (one pixel).
+        ("ef se 48>1152 1", 48, 1152, 1, 1, 1, 0),
         // DenseNet-121's growth convolutions (32 output channels).
         ("dn 3x3 128>32 56", 128, 32, 56, 3, 1, 1),
         ("dn 3x3 128>32 14", 128, 32, 14, 3, 1, 1),
@@ -1147,13 +1206,24 @@ mod bench {
             // starts before it, so that a worker running ahead while the
             // timing thread is descheduled cannot make a run look empty.
             let barrier = crate::backend::cpu::pool::Barrier::new(threads);
+            let producer = std::env::var_os("PRODUCER").is_some();
+            let arena_addr = p.arena as usize;
             let mut best = f64::MAX;
             let (first, rest) = scratch.split_first_mut().unwrap();
             std::thread::scope(|sc| {
                 for (i, s) in rest.iter_mut().enumerate() {
                     let (p, barrier) = (&p, &barrier);
+                    let arena_ptr = arena_addr;
                     sc.spawn(move || {
                         for _ in 0..RUNS {
+                            if producer {
+                                // SAFETY: the input is the arena's first `input` floats.
+                                let x = unsafe {
+                                    std::slice::from_raw_parts_mut(arena_ptr as *mut f32, input)
+                                };
+                                x.iter_mut().for_each(|v| *v += 1e-7);
+                            }
+                            barrier.wait();
                             barrier.wait();
                             // SAFETY: the arena holds input and output;
                             // threads write disjoint parts; AVX2 checked by
@@ -1169,6 +1239,7 @@ mod bench {
                             .step_by(64)
                             .for_each(|b| *b = b.wrapping_add(it as u8));
                     }
+                    barrier.wait();
                     let t = std::time::Instant::now();
                     barrier.wait();
                     // SAFETY: as above.
