@@ -1304,5 +1304,43 @@ mod bench {
             "micro-kernel ({kernel:?}): {:.1} GFLOP/s",
             flops / best / 1e9
         );
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            let b = vec![0.25f32; 4 * K_BLOCK * NR];
+            let mut c = vec![0f32; MR * 4 * NR];
+            macro_rules! zmm {
+                ($p:literal) => {{
+                    let mut best = f64::MAX;
+                    for _ in 0..10 {
+                        let t = std::time::Instant::now();
+                        for _ in 0..10_000 {
+                            // SAFETY: AVX-512 checked; P panels of K_BLOCK
+                            // steps; c holds MR rows of P·NR floats.
+                            unsafe {
+                                avx512::tile::<$p, _>(
+                                    K_BLOCK,
+                                    a.as_ptr(),
+                                    b.as_ptr(),
+                                    c.as_mut_ptr(),
+                                    4 * NR,
+                                    true,
+                                )
+                            };
+                        }
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    let flops = 2.0 * (K_BLOCK * MR * $p * NR * 10_000) as f64;
+                    println!(
+                        "zmm tile {}x{}: {:.1} GFLOP/s",
+                        MR,
+                        $p * NR,
+                        flops / best / 1e9
+                    );
+                }};
+            }
+            zmm!(1);
+            zmm!(2);
+            zmm!(4);
+        }
     }
 }
