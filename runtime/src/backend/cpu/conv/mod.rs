@@ -11,6 +11,7 @@
 //! problem description, the blocking and the split across threads.
 
 mod epilogue;
+mod few_channels;
 mod gather;
 mod pixels;
 mod token;
@@ -368,6 +369,13 @@ impl Problem {
                     self.run_tokens(tid, threads, scratch);
                 }
             }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = self.few_channels() {
+            // SAFETY: as for this function; AVX-512 is `few_channels`'
+            // condition.
+            unsafe { self.run_few_channels(threads, &plan) };
             return;
         }
         if matches!(self.b, Gather::Window(..))
@@ -1083,6 +1091,9 @@ mod bench {
         // Its stem and first expansion (the 112×112 stage).
         ("mb 3x3/2 3>32 224", 3, 32, 224, 3, 2, 1),
         ("mb 1x1 16>96 112", 16, 96, 112, 1, 1, 0),
+        // Projections to 24 channels at 56×56 (MobileNetV2, EfficientNet-B0).
+        ("mb 1x1 144>24 56", 144, 24, 56, 1, 1, 0),
+        ("mb 1x1 96>24 56", 96, 24, 56, 1, 1, 0),
         // Its projections on 14×14 and 7×7 maps (64 to 160 output channels).
         ("mb 1x1 384>64 14", 384, 64, 14, 1, 1, 0),
         ("mb 1x1 576>96 14", 576, 96, 14, 1, 1, 0),
