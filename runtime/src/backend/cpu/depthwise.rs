@@ -12,7 +12,7 @@
 //!
 //! Both sum the taps in the same order, so they give the same bits.
 
-use super::conv::{self, split};
+use super::conv;
 use super::kernels::{madd, put_buffers, split_stride2_over_zeros, take_buffers, Images};
 use std::cell::RefCell;
 
@@ -39,6 +39,10 @@ pub struct Depthwise {
     pub arena: *mut f32,
     /// Batch.
     pub batch: usize,
+    /// Hands out channels (or blocks of eight) to the threads as they ask:
+    /// a static split held the layer at its barrier for a thread whose core
+    /// was busy (this machine is shared), as `conv::WorkQueue` says.
+    pub queue: conv::WorkQueue,
 }
 
 thread_local! {
@@ -118,14 +122,15 @@ impl Depthwise {
         }
     }
 
-    /// Runs this thread's share of the channels. On the row path, per
+    /// Runs this thread's share of the channels, claimed from
+    /// [`Depthwise::queue`] as it is free (so `_tid` goes unused). On the row path, per
     /// channel: the input plane is copied once into a zero-padded buffer
     /// whose columns are split into `stride` phases, so that every kernel tap
     /// reads a contiguous run; then each chunk of output columns sums all
     /// taps in registers (on AVX2, blocks of up to eight vectors, with bias
     /// and activation applied there) and is stored once.
     #[inline(always)]
-    pub(super) fn run(&self, tid: usize, threads: usize) {
+    pub(super) fn run(&self, _tid: usize, threads: usize) {
         let ow = self.out_chw[2];
         let blocked = self.multiplier == 1
             && if self.row_blocked().is_some() {
@@ -138,7 +143,7 @@ impl Depthwise {
             } else {
                 ow <= DW_BLOCKED_MAX_WIDTH_UNTILED
             };
-        self.run_path(tid, threads, blocked);
+        self.run_path(threads, blocked);
     }
 
     /// The bias and activation of the row path's row-blocked tiles, if they
@@ -162,17 +167,17 @@ impl Depthwise {
 
     /// [`Depthwise::run`] on the channel-blocked path or the row path.
     #[inline(always)]
-    fn run_path(&self, tid: usize, threads: usize, channel_blocked: bool) {
+    fn run_path(&self, threads: usize, channel_blocked: bool) {
         if channel_blocked {
             #[cfg(target_arch = "x86_64")]
             if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
                 && avx2::fusable(&self.epilogue)
             {
                 // SAFETY: AVX2 and FMA checked; extents checked at lowering.
-                unsafe { self.run_channel_blocked_avx2(tid, threads) };
+                unsafe { self.run_channel_blocked_avx2(threads) };
                 return;
             }
-            self.run_channel_blocked(tid, threads);
+            self.run_channel_blocked(threads);
             return;
         }
         let [c_out, oh, ow] = self.out_chw;
@@ -186,7 +191,6 @@ impl Depthwise {
         // Padded rows and the length of one phase of a padded row.
         let rows = (oh - 1) * sy + (kh - 1) * dy + 1;
         let plen = ((owc - 1) * s + (kw - 1) * d + 1).div_ceil(s);
-        let (lo, hi) = split(self.batch * c_out, tid, threads);
         // Out of the thread-local, not inside `with`'s closure (which would
         // be compiled without the caller's AVX2/FMA features).
         let mut scratch = DEPTHWISE_SCRATCH.take();
@@ -224,116 +228,121 @@ impl Depthwise {
             let fused = fma && avx2::fusable(&self.epilogue);
             #[cfg(target_arch = "x86_64")]
             let row_blocked = self.row_blocked();
-            for unit in lo..hi {
-                let (n, oc) = (unit / c_out, unit % c_out);
-                let ic = oc / self.multiplier;
-                // SAFETY: extents checked at lowering.
-                let xin =
-                    unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
-                let wk =
-                    unsafe { std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw) };
-                // Only the elements that hold input are written: the padding
-                // is the same for every channel and stays as zeroed above
-                // (per-row fills and `memcpy` calls cost more than the
-                // copying on 14-column maps).
-                #[cfg(target_arch = "x86_64")]
-                if s == 1 && fma {
-                    let (first, end, x0) = (phases[0], phases[1], phases[2]);
-                    let n_rows = rows.min(pt + h).saturating_sub(pt);
-                    // SAFETY: rows pt.. of the plane hold plen ≥ end floats
-                    // from `first`; input rows hold w ≥ x0 + end − first.
-                    unsafe {
-                        avx2::copy_rows(
-                            plane.as_mut_ptr().add(pt * plen + first),
-                            plen,
-                            xin.as_ptr().add(x0),
-                            w,
-                            end - first,
-                            n_rows,
-                        )
-                    };
-                } else {
-                    self.fill_plane(xin, plane, phases, rows, plen);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                self.fill_plane(xin, plane, phases, rows, plen);
-                #[cfg(target_arch = "x86_64")]
-                if let Some((bias, act)) = row_blocked {
-                    let p = avx2::Plane {
-                        src: plane.as_ptr(),
-                        pitch: plen,
-                        cols,
-                        w: wk,
-                        // SAFETY: bias holds one float per output channel.
-                        bias: bias.map(|b| unsafe { *b.add(oc) }),
-                        act,
-                        // SAFETY: extents checked at lowering.
-                        out: unsafe { self.out.at(n).add(oc * oh * ow) },
-                        hw: [oh, ow],
-                        tmp: row.as_mut_ptr(),
-                    };
-                    // SAFETY: AVX2 and FMA checked (`row_blocked`); the plane has
-                    // `rows` rows of `plen ≥ owc` columns past every column
-                    // offset per phase; `row` holds 4·owc floats.
-                    unsafe { avx2::plane(&p, win.kernel, sy) };
-                    continue;
-                }
-                #[cfg(target_arch = "x86_64")]
-                if fma {
+            while let Some((lo, hi)) = self.queue.claim(self.batch * c_out, threads, 1) {
+                for unit in lo..hi {
+                    let (n, oc) = (unit / c_out, unit % c_out);
+                    let ic = oc / self.multiplier;
                     // SAFETY: extents checked at lowering.
-                    let out = unsafe { self.out.at(n).add(oc * oh * ow) };
-                    for oy in 0..oh {
-                        // A finished row goes straight to the output when the
-                        // whole vectors' overrun lands in later rows of this
-                        // channel (written after it, by this thread), else
-                        // through `row`.
-                        let direct = fused && oy * ow + ow.next_multiple_of(8) <= oh * ow;
-                        let dst = if direct {
-                            // SAFETY: checked just above.
-                            unsafe { out.add(oy * ow) }
-                        } else {
-                            row.as_mut_ptr()
-                        };
-                        // SAFETY: every read is inside the plane (its phase
-                        // rows hold `plen ≥ owc` columns past each tap's
-                        // offset); `dst` holds ow rounded up to 8 floats.
+                    let xin =
+                        unsafe { std::slice::from_raw_parts(self.x.at(n).add(ic * h * w), h * w) };
+                    let wk = unsafe {
+                        std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw)
+                    };
+                    // Only the elements that hold input are written: the padding
+                    // is the same for every channel and stays as zeroed above
+                    // (per-row fills and `memcpy` calls cost more than the
+                    // copying on 14-column maps).
+                    #[cfg(target_arch = "x86_64")]
+                    if s == 1 && fma {
+                        let (first, end, x0) = (phases[0], phases[1], phases[2]);
+                        let n_rows = rows.min(pt + h).saturating_sub(pt);
+                        // SAFETY: rows pt.. of the plane hold plen ≥ end floats
+                        // from `first`; input rows hold w ≥ x0 + end − first.
                         unsafe {
-                            avx2::row(
-                                plane.as_ptr().add(oy * sy * plen),
-                                taps,
-                                wk,
-                                fused.then_some((self.epilogue.as_slice(), oc)),
-                                dst,
-                                ow,
+                            avx2::copy_rows(
+                                plane.as_mut_ptr().add(pt * plen + first),
+                                plen,
+                                xin.as_ptr().add(x0),
+                                w,
+                                end - first,
+                                n_rows,
                             )
                         };
-                        if direct {
-                            continue;
-                        }
-                        if fused {
-                            self.store_row(n, oc, oy, &row[..ow]);
-                        } else {
-                            self.finish(n, oc, oy, &mut row[..ow]);
-                        }
+                    } else {
+                        self.fill_plane(xin, plane, phases, rows, plen);
                     }
-                    continue;
-                }
-                for oy in 0..oh {
-                    let base = oy * sy * plen;
-                    for x in (0..owc).step_by(DW_CHUNK) {
-                        let mut acc = [0f32; DW_CHUNK];
-                        for (&tap, &wv) in taps.iter().zip(wk) {
-                            let at = base + tap + x;
-                            let v: &[f32; DW_CHUNK] = plane[at..at + DW_CHUNK].try_into().unwrap();
-                            for (a, v) in acc.iter_mut().zip(v) {
-                                *a = madd(fma, wv, *v, *a);
+                    #[cfg(not(target_arch = "x86_64"))]
+                    self.fill_plane(xin, plane, phases, rows, plen);
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some((bias, act)) = row_blocked {
+                        let p = avx2::Plane {
+                            src: plane.as_ptr(),
+                            pitch: plen,
+                            cols,
+                            w: wk,
+                            // SAFETY: bias holds one float per output channel.
+                            bias: bias.map(|b| unsafe { *b.add(oc) }),
+                            act,
+                            // SAFETY: extents checked at lowering.
+                            out: unsafe { self.out.at(n).add(oc * oh * ow) },
+                            hw: [oh, ow],
+                            tmp: row.as_mut_ptr(),
+                        };
+                        // SAFETY: AVX2 and FMA checked (`row_blocked`); the plane has
+                        // `rows` rows of `plen ≥ owc` columns past every column
+                        // offset per phase; `row` holds 4·owc floats.
+                        unsafe { avx2::plane(&p, win.kernel, sy) };
+                        continue;
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if fma {
+                        // SAFETY: extents checked at lowering.
+                        let out = unsafe { self.out.at(n).add(oc * oh * ow) };
+                        for oy in 0..oh {
+                            // A finished row goes straight to the output when the
+                            // whole vectors' overrun lands in later rows of this
+                            // channel (written after it, by this thread), else
+                            // through `row`.
+                            let direct = fused && oy * ow + ow.next_multiple_of(8) <= oh * ow;
+                            let dst = if direct {
+                                // SAFETY: checked just above.
+                                unsafe { out.add(oy * ow) }
+                            } else {
+                                row.as_mut_ptr()
+                            };
+                            // SAFETY: every read is inside the plane (its phase
+                            // rows hold `plen ≥ owc` columns past each tap's
+                            // offset); `dst` holds ow rounded up to 8 floats.
+                            unsafe {
+                                avx2::row(
+                                    plane.as_ptr().add(oy * sy * plen),
+                                    taps,
+                                    wk,
+                                    fused.then_some((self.epilogue.as_slice(), oc)),
+                                    dst,
+                                    ow,
+                                )
+                            };
+                            if direct {
+                                continue;
+                            }
+                            if fused {
+                                self.store_row(n, oc, oy, &row[..ow]);
+                            } else {
+                                self.finish(n, oc, oy, &mut row[..ow]);
                             }
                         }
-                        row[x..x + DW_CHUNK].copy_from_slice(&acc);
+                        continue;
                     }
-                    self.finish(n, oc, oy, &mut row[..ow]);
+                    for oy in 0..oh {
+                        let base = oy * sy * plen;
+                        for x in (0..owc).step_by(DW_CHUNK) {
+                            let mut acc = [0f32; DW_CHUNK];
+                            for (&tap, &wv) in taps.iter().zip(wk) {
+                                let at = base + tap + x;
+                                let v: &[f32; DW_CHUNK] =
+                                    plane[at..at + DW_CHUNK].try_into().unwrap();
+                                for (a, v) in acc.iter_mut().zip(v) {
+                                    *a = madd(fma, wv, *v, *a);
+                                }
+                            }
+                            row[x..x + DW_CHUNK].copy_from_slice(&acc);
+                        }
+                        self.finish(n, oc, oy, &mut row[..ow]);
+                    }
                 }
             }
+            self.queue.leave(threads);
         }
         DEPTHWISE_SCRATCH.set(scratch);
     }
@@ -391,7 +400,7 @@ impl Depthwise {
     /// no idle lane. Taps are summed in the same order as in
     /// [`Depthwise::run`]'s row path, so both give the same bits.
     #[inline(always)]
-    fn run_channel_blocked(&self, tid: usize, threads: usize) {
+    fn run_channel_blocked(&self, threads: usize) {
         const L: usize = 8;
         let fma = super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma;
         let [c_out, oh, ow] = self.out_chw;
@@ -405,124 +414,127 @@ impl Depthwise {
         } = self.blocked();
         let taps = kh * kw;
         let blocks = c_out.div_ceil(L);
-        let (lo, hi) = split(self.batch * blocks, tid, threads);
         let [mut plane, mut wts, mut out, mut row] =
             take_buffers([hp * wp * L, taps * L, oh * ow * L, ow]);
-        for unit in lo..hi {
-            let (n, c0) = (unit / blocks, unit % blocks * L);
-            let lanes = L.min(c_out - c0);
-            plane.fill(0.0);
-            for l in 0..lanes {
-                // SAFETY: extents checked at lowering.
-                let src = unsafe {
-                    std::slice::from_raw_parts(self.x.at(n).add((c0 + l) * h * w), h * w)
-                };
-                // SAFETY: as above.
-                let wk =
-                    unsafe { std::slice::from_raw_parts(self.weights.add((c0 + l) * taps), taps) };
-                for (t, &v) in wk.iter().enumerate() {
-                    wts[t * L + l] = v;
-                }
-                for (iy, line) in src.chunks_exact(w).enumerate() {
-                    let py = iy + pt;
-                    if py >= hp {
-                        break;
+        while let Some((lo, hi)) = self.queue.claim(self.batch * blocks, threads, 1) {
+            for unit in lo..hi {
+                let (n, c0) = (unit / blocks, unit % blocks * L);
+                let lanes = L.min(c_out - c0);
+                plane.fill(0.0);
+                for l in 0..lanes {
+                    // SAFETY: extents checked at lowering.
+                    let src = unsafe {
+                        std::slice::from_raw_parts(self.x.at(n).add((c0 + l) * h * w), h * w)
+                    };
+                    // SAFETY: as above.
+                    let wk = unsafe {
+                        std::slice::from_raw_parts(self.weights.add((c0 + l) * taps), taps)
+                    };
+                    for (t, &v) in wk.iter().enumerate() {
+                        wts[t * L + l] = v;
                     }
-                    let dst = &mut plane[py * wp * L..(py + 1) * wp * L];
-                    for (ix, &v) in line.iter().enumerate().take(wp.saturating_sub(pl)) {
-                        dst[(ix + pl) * L + l] = v;
+                    for (iy, line) in src.chunks_exact(w).enumerate() {
+                        let py = iy + pt;
+                        if py >= hp {
+                            break;
+                        }
+                        let dst = &mut plane[py * wp * L..(py + 1) * wp * L];
+                        for (ix, &v) in line.iter().enumerate().take(wp.saturating_sub(pl)) {
+                            dst[(ix + pl) * L + l] = v;
+                        }
                     }
                 }
-            }
-            for l in lanes..L {
-                for t in 0..taps {
-                    wts[t * L + l] = 0.0;
+                for l in lanes..L {
+                    for t in 0..taps {
+                        wts[t * L + l] = 0.0;
+                    }
                 }
-            }
-            // Four outputs at a time: four independent chains of multiply-adds
-            // (one chain would wait on each FMA's latency), one weight load
-            // for four of them.
-            const X: usize = 4;
-            assert!(
-                plane.len() >= hp * wp * L && wts.len() >= taps * L && out.len() >= oh * ow * L
-            );
-            let (pp, wq, op) = (plane.as_ptr(), wts.as_ptr(), out.as_mut_ptr());
-            for oy in 0..oh {
-                let mut ox = 0;
-                while ox < ow {
-                    let xs = X.min(ow - ox);
-                    let mut acc = [[0f32; L]; X];
-                    for ky in 0..kh {
-                        let at = ((oy * sy + ky * dy) * wp + ox * sx) * L;
-                        for kx in 0..kw {
-                            // SAFETY: tap (ky, kx) of outputs ox..ox+xs reads
-                            // padded row oy·sy + ky·dy < hp and columns below
-                            // wp; the weights hold taps·L floats.
-                            let wv: [f32; L] =
-                                unsafe { *(wq.add((ky * kw + kx) * L) as *const [f32; L]) };
-                            for (i, acc) in acc.iter_mut().enumerate().take(xs) {
-                                let p: [f32; L] = unsafe {
-                                    *(pp.add(at + (i * sx + kx * dx) * L) as *const [f32; L])
-                                };
-                                for ((a, p), wv) in acc.iter_mut().zip(p).zip(wv) {
-                                    *a = madd(fma, wv, p, *a);
+                // Four outputs at a time: four independent chains of multiply-adds
+                // (one chain would wait on each FMA's latency), one weight load
+                // for four of them.
+                const X: usize = 4;
+                assert!(
+                    plane.len() >= hp * wp * L && wts.len() >= taps * L && out.len() >= oh * ow * L
+                );
+                let (pp, wq, op) = (plane.as_ptr(), wts.as_ptr(), out.as_mut_ptr());
+                for oy in 0..oh {
+                    let mut ox = 0;
+                    while ox < ow {
+                        let xs = X.min(ow - ox);
+                        let mut acc = [[0f32; L]; X];
+                        for ky in 0..kh {
+                            let at = ((oy * sy + ky * dy) * wp + ox * sx) * L;
+                            for kx in 0..kw {
+                                // SAFETY: tap (ky, kx) of outputs ox..ox+xs reads
+                                // padded row oy·sy + ky·dy < hp and columns below
+                                // wp; the weights hold taps·L floats.
+                                let wv: [f32; L] =
+                                    unsafe { *(wq.add((ky * kw + kx) * L) as *const [f32; L]) };
+                                for (i, acc) in acc.iter_mut().enumerate().take(xs) {
+                                    let p: [f32; L] = unsafe {
+                                        *(pp.add(at + (i * sx + kx * dx) * L) as *const [f32; L])
+                                    };
+                                    for ((a, p), wv) in acc.iter_mut().zip(p).zip(wv) {
+                                        *a = madd(fma, wv, p, *a);
+                                    }
                                 }
                             }
                         }
+                        for (i, acc) in acc.iter().enumerate().take(xs) {
+                            // SAFETY: output (oy, ox + i) is inside `out`.
+                            unsafe { *(op.add((oy * ow + ox + i) * L) as *mut [f32; L]) = *acc };
+                        }
+                        ox += xs;
                     }
-                    for (i, acc) in acc.iter().enumerate().take(xs) {
-                        // SAFETY: output (oy, ox + i) is inside `out`.
-                        unsafe { *(op.add((oy * ow + ox + i) * L) as *mut [f32; L]) = *acc };
-                    }
-                    ox += xs;
                 }
-            }
-            // Bias and activation on the interleaved block (one vector per
-            // pixel, one activation call per block); a residual needs the
-            // row path.
-            let simple = self
-                .epilogue
-                .iter()
-                .all(|s| matches!(s, conv::Step::Bias(_) | conv::Step::Act(_)));
-            if !simple {
+                // Bias and activation on the interleaved block (one vector per
+                // pixel, one activation call per block); a residual needs the
+                // row path.
+                let simple = self
+                    .epilogue
+                    .iter()
+                    .all(|s| matches!(s, conv::Step::Bias(_) | conv::Step::Act(_)));
+                if !simple {
+                    for l in 0..lanes {
+                        for oy in 0..oh {
+                            for (ox, r) in row.iter_mut().enumerate() {
+                                *r = out[(oy * ow + ox) * L + l];
+                            }
+                            self.finish(n, c0 + l, oy, &mut row);
+                        }
+                    }
+                    continue;
+                }
+                let block = &mut out[..oh * ow * L];
+                for step in &self.epilogue {
+                    match *step {
+                        conv::Step::Bias(b) => {
+                            let mut bias = [0f32; L];
+                            // SAFETY: bias holds Cout floats; lanes ≤ Cout − c0.
+                            bias[..lanes].copy_from_slice(unsafe {
+                                std::slice::from_raw_parts(b.add(c0), lanes)
+                            });
+                            for px in block.chunks_exact_mut(L) {
+                                px.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                            }
+                        }
+                        conv::Step::Act(a) => a.apply(block),
+                        conv::Step::Add(_) => unreachable!("handled above"),
+                    }
+                }
+                let ps = oh * ow;
                 for l in 0..lanes {
-                    for oy in 0..oh {
-                        for (ox, r) in row.iter_mut().enumerate() {
-                            *r = out[(oy * ow + ox) * L + l];
-                        }
-                        self.finish(n, c0 + l, oy, &mut row);
+                    // SAFETY: extents checked at lowering.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(self.out.at(n).add((c0 + l) * ps), ps)
+                    };
+                    for (d, px) in dst.iter_mut().zip(block.chunks_exact(L)) {
+                        *d = px[l];
                     }
-                }
-                continue;
-            }
-            let block = &mut out[..oh * ow * L];
-            for step in &self.epilogue {
-                match *step {
-                    conv::Step::Bias(b) => {
-                        let mut bias = [0f32; L];
-                        // SAFETY: bias holds Cout floats; lanes ≤ Cout − c0.
-                        bias[..lanes].copy_from_slice(unsafe {
-                            std::slice::from_raw_parts(b.add(c0), lanes)
-                        });
-                        for px in block.chunks_exact_mut(L) {
-                            px.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
-                        }
-                    }
-                    conv::Step::Act(a) => a.apply(block),
-                    conv::Step::Add(_) => unreachable!("handled above"),
-                }
-            }
-            let ps = oh * ow;
-            for l in 0..lanes {
-                // SAFETY: extents checked at lowering.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(self.out.at(n).add((c0 + l) * ps), ps)
-                };
-                for (d, px) in dst.iter_mut().zip(block.chunks_exact(L)) {
-                    *d = px[l];
                 }
             }
         }
+        self.queue.leave(threads);
         put_buffers([plane, wts, out, row]);
     }
 
@@ -546,7 +558,7 @@ impl Depthwise {
     /// The CPU must support AVX2 and FMA; extents as checked at lowering.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_channel_blocked_avx2(&self, tid: usize, threads: usize) {
+    unsafe fn run_channel_blocked_avx2(&self, threads: usize) {
         use std::arch::x86_64::*;
         const L: usize = 8;
         let [c_out, oh, ow] = self.out_chw;
@@ -562,7 +574,6 @@ impl Depthwise {
         // Input columns that land inside the padded row.
         let cols = w.min(wp.saturating_sub(pl));
         let blocks = c_out.div_ceil(L);
-        let (lo, hi) = split(self.batch * blocks, tid, threads);
         let [mut plane, mut wts, mut row] =
             take_buffers([hp * wp * L, taps * L, ow.next_multiple_of(L) * L]);
         let geometry = avx2::Taps {
@@ -576,91 +587,94 @@ impl Depthwise {
         // Every unit writes the same pixels of the plane (all eight lanes),
         // so its padding is zeroed once per run.
         plane.fill(0.0);
-        for unit in lo..hi {
-            let (n, c0) = (unit / blocks, unit % blocks * L);
-            let lanes = L.min(c_out - c0);
-            wts.fill(0.0);
-            for l in 0..lanes {
-                for t in 0..taps {
-                    // SAFETY: the weights hold Cout·taps floats.
-                    wts[t * L + l] = unsafe { *self.weights.add((c0 + l) * taps + t) };
-                }
-            }
-            // SAFETY (this block): channels c0..c0 + lanes of sample n are
-            // inside the input and output images; plane rows hold wp pixels
-            // and only pixels pl..pl + cols are written; `row` holds ow
-            // rounded up to 8 pixels.
-            unsafe {
-                let src = self.x.at(n).add(c0 * h * w);
-                for iy in 0..h.min(hp.saturating_sub(pt)) {
-                    let dst = plane.as_mut_ptr().add(((iy + pt) * wp + pl) * L);
-                    let mut ix = 0;
-                    while ix < cols {
-                        let m = (cols - ix).min(L);
-                        let mut r = [_mm256_setzero_ps(); L];
-                        // Fixed trip counts: a loop cut at `lanes` became
-                        // copies of the array through `memcpy`.
-                        for (l, r) in r.iter_mut().enumerate() {
-                            if l < lanes {
-                                *r = avx2::load_first(src.add(l * h * w + iy * w + ix), m);
-                            }
-                        }
-                        let px = crate::backend::cpu::vmath::transpose8(r);
-                        for (i, v) in px.iter().enumerate().take(m) {
-                            _mm256_storeu_ps(dst.add((ix + i) * L), *v);
-                        }
-                        ix += m;
+        while let Some((lo, hi)) = self.queue.claim(self.batch * blocks, threads, 1) {
+            for unit in lo..hi {
+                let (n, c0) = (unit / blocks, unit % blocks * L);
+                let lanes = L.min(c_out - c0);
+                wts.fill(0.0);
+                for l in 0..lanes {
+                    for t in 0..taps {
+                        // SAFETY: the weights hold Cout·taps floats.
+                        wts[t * L + l] = unsafe { *self.weights.add((c0 + l) * taps + t) };
                     }
                 }
-                let out = self.out.at(n).add(c0 * ps);
-                let epilogue = (self.epilogue.as_slice(), c0, lanes);
-                for oy in 0..oh {
-                    let base = plane.as_ptr().add(oy * sy * wp * L);
-                    let mut ox = 0;
-                    while ox < ow {
-                        let c = (ow - ox).min(L);
-                        let (b, d) = (base.add(ox * sx * L), row.as_mut_ptr().add(ox * L));
-                        let wq = wts.as_ptr();
-                        match c {
-                            8 => avx2::pixels::<8>(b, wq, &geometry, epilogue, d),
-                            7 => avx2::pixels::<7>(b, wq, &geometry, epilogue, d),
-                            6 => avx2::pixels::<6>(b, wq, &geometry, epilogue, d),
-                            5 => avx2::pixels::<5>(b, wq, &geometry, epilogue, d),
-                            4 => avx2::pixels::<4>(b, wq, &geometry, epilogue, d),
-                            3 => avx2::pixels::<3>(b, wq, &geometry, epilogue, d),
-                            2 => avx2::pixels::<2>(b, wq, &geometry, epilogue, d),
-                            _ => avx2::pixels::<1>(b, wq, &geometry, epilogue, d),
-                        }
-                        ox += c;
-                    }
-                    // Pixel vectors back into channel rows.
-                    let mut ox = 0;
-                    while ox < ow {
-                        let m = (ow - ox).min(L);
-                        // All eight pixel vectors (`row` holds ow rounded up
-                        // to 8): the lanes past `m` are not stored.
-                        let mut r = [_mm256_setzero_ps(); L];
-                        for (i, r) in r.iter_mut().enumerate() {
-                            *r = _mm256_loadu_ps(row.as_ptr().add((ox + i) * L));
-                        }
-                        let ch = crate::backend::cpu::vmath::transpose8(r);
-                        // Whole vectors where the overrun lands in later rows
-                        // of the same channel, written after this one (AMD's
-                        // masked stores are microcoded and slow).
-                        let whole = oy * ow + ox + L <= ps;
-                        for (l, v) in ch.iter().enumerate().take(lanes) {
-                            let d = out.add(l * ps + oy * ow + ox);
-                            if whole {
-                                _mm256_storeu_ps(d, *v);
-                            } else {
-                                avx2::store_first(d, *v, m);
+                // SAFETY (this block): channels c0..c0 + lanes of sample n are
+                // inside the input and output images; plane rows hold wp pixels
+                // and only pixels pl..pl + cols are written; `row` holds ow
+                // rounded up to 8 pixels.
+                unsafe {
+                    let src = self.x.at(n).add(c0 * h * w);
+                    for iy in 0..h.min(hp.saturating_sub(pt)) {
+                        let dst = plane.as_mut_ptr().add(((iy + pt) * wp + pl) * L);
+                        let mut ix = 0;
+                        while ix < cols {
+                            let m = (cols - ix).min(L);
+                            let mut r = [_mm256_setzero_ps(); L];
+                            // Fixed trip counts: a loop cut at `lanes` became
+                            // copies of the array through `memcpy`.
+                            for (l, r) in r.iter_mut().enumerate() {
+                                if l < lanes {
+                                    *r = avx2::load_first(src.add(l * h * w + iy * w + ix), m);
+                                }
                             }
+                            let px = crate::backend::cpu::vmath::transpose8(r);
+                            for (i, v) in px.iter().enumerate().take(m) {
+                                _mm256_storeu_ps(dst.add((ix + i) * L), *v);
+                            }
+                            ix += m;
                         }
-                        ox += m;
+                    }
+                    let out = self.out.at(n).add(c0 * ps);
+                    let epilogue = (self.epilogue.as_slice(), c0, lanes);
+                    for oy in 0..oh {
+                        let base = plane.as_ptr().add(oy * sy * wp * L);
+                        let mut ox = 0;
+                        while ox < ow {
+                            let c = (ow - ox).min(L);
+                            let (b, d) = (base.add(ox * sx * L), row.as_mut_ptr().add(ox * L));
+                            let wq = wts.as_ptr();
+                            match c {
+                                8 => avx2::pixels::<8>(b, wq, &geometry, epilogue, d),
+                                7 => avx2::pixels::<7>(b, wq, &geometry, epilogue, d),
+                                6 => avx2::pixels::<6>(b, wq, &geometry, epilogue, d),
+                                5 => avx2::pixels::<5>(b, wq, &geometry, epilogue, d),
+                                4 => avx2::pixels::<4>(b, wq, &geometry, epilogue, d),
+                                3 => avx2::pixels::<3>(b, wq, &geometry, epilogue, d),
+                                2 => avx2::pixels::<2>(b, wq, &geometry, epilogue, d),
+                                _ => avx2::pixels::<1>(b, wq, &geometry, epilogue, d),
+                            }
+                            ox += c;
+                        }
+                        // Pixel vectors back into channel rows.
+                        let mut ox = 0;
+                        while ox < ow {
+                            let m = (ow - ox).min(L);
+                            // All eight pixel vectors (`row` holds ow rounded up
+                            // to 8): the lanes past `m` are not stored.
+                            let mut r = [_mm256_setzero_ps(); L];
+                            for (i, r) in r.iter_mut().enumerate() {
+                                *r = _mm256_loadu_ps(row.as_ptr().add((ox + i) * L));
+                            }
+                            let ch = crate::backend::cpu::vmath::transpose8(r);
+                            // Whole vectors where the overrun lands in later rows
+                            // of the same channel, written after this one (AMD's
+                            // masked stores are microcoded and slow).
+                            let whole = oy * ow + ox + L <= ps;
+                            for (l, v) in ch.iter().enumerate().take(lanes) {
+                                let d = out.add(l * ps + oy * ow + ox);
+                                if whole {
+                                    _mm256_storeu_ps(d, *v);
+                                } else {
+                                    avx2::store_first(d, *v, m);
+                                }
+                            }
+                            ox += m;
+                        }
                     }
                 }
             }
         }
+        self.queue.leave(threads);
         put_buffers([plane, wts, row]);
     }
 
@@ -1213,12 +1227,21 @@ mod tests {
     use crate::backend::cpu::Act;
     use netc_compiler::ir::Window;
 
-    /// Runs `k` as `threads` threads would, one after another, the last
-    /// first (a write past a thread's share then corrupts a finished one).
+    /// Runs `k` on `threads` threads at once, each claiming channels from
+    /// the queue as the network function's threads do (a write past a
+    /// claimed share then lands on another thread's outputs, before or
+    /// after they are written).
     fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
-        for tid in (0..threads).rev() {
-            k.run_path(tid, threads, channel_blocked);
-        }
+        struct Shared<'a>(&'a Depthwise);
+        // SAFETY: the threads write the outputs of the channels they claim.
+        unsafe impl Sync for Shared<'_> {}
+        let k = Shared(k);
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                let k = &k;
+                sc.spawn(move || k.0.run_path(threads, channel_blocked));
+            }
+        });
     }
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
@@ -1299,6 +1322,7 @@ mod tests {
                     epilogue: epilogue.clone(),
                     arena: base,
                     batch,
+                    queue: Default::default(),
                 };
                 run(&k, threads, blocked);
                 let past = arena.split_off(batch * (input + output));
@@ -1356,7 +1380,7 @@ mod tests {
         fn run(self, tid: usize, threads: usize) {
             fn go(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
                 match path {
-                    Some(blocked) => k.run_path(tid, threads, blocked),
+                    Some(blocked) => k.run_path(threads, blocked),
                     None => k.run(tid, threads),
                 }
             }
@@ -1367,7 +1391,7 @@ mod tests {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn entry(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
                     match path {
-                        Some(blocked) => k.run_path(tid, threads, blocked),
+                        Some(blocked) => k.run_path(threads, blocked),
                         None => k.run(tid, threads),
                     }
                 }
@@ -1448,6 +1472,7 @@ mod tests {
                 epilogue: vec![conv::Step::Bias(bias.as_ptr()), conv::Step::Act(Act::Relu6)],
                 arena: base,
                 batch: 1,
+                queue: Default::default(),
             };
             // Persistent threads meeting at a barrier after each run, as the
             // network function's layers do.

@@ -554,6 +554,7 @@ fn conv(
             epilogue: steps(0, oh * ow)?,
             arena: ctx.arena,
             batch: ctx.batch,
+            queue: Default::default(),
         }));
     }
     let xo = ctx.offset(x.ptr)?;

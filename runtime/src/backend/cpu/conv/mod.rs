@@ -147,7 +147,7 @@ impl WorkQueue {
     /// The next chunk `[lo, hi)` of `units`, at least `min` long (unless
     /// fewer are left); `None` once all are claimed, after which the caller
     /// must [`WorkQueue::leave`].
-    fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
+    pub(crate) fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
         let mut cur = self.next.load(Ordering::Relaxed);
         loop {
             if cur >= units {
@@ -176,7 +176,7 @@ impl WorkQueue {
     /// Called by each of the `threads` threads once `claim` has returned
     /// `None`: the last one resets the queue for the next run, before it
     /// reaches the barrier that every thread passes before that run.
-    fn leave(&self, threads: usize) {
+    pub(crate) fn leave(&self, threads: usize) {
         if self.left.fetch_add(1, Ordering::AcqRel) + 1 == threads {
             self.reset();
         }
