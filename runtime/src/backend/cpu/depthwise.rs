@@ -246,12 +246,16 @@ impl Depthwise {
                     if s == 1 && fma {
                         let (first, end, x0) = (phases[0], phases[1], phases[2]);
                         let n_rows = rows.min(pt + h).saturating_sub(pt);
-                        // SAFETY: rows pt.. of the plane hold plen ≥ end floats
-                        // from `first`; input rows hold w ≥ x0 + end − first.
+                        // SAFETY: each plane row from pt on has room for the
+                        // end − first ≤ plen − first floats from `first`, and
+                        // past `end` only padding; each input row holds
+                        // x0 + end − first ≤ w.
                         unsafe {
                             avx2::copy_rows(
                                 plane.as_mut_ptr().add(pt * plen + first),
                                 plen,
+                                // Past `end` a row holds padding (zeros).
+                                plen - first,
                                 xin.as_ptr().add(x0),
                                 w,
                                 end - first,
@@ -767,17 +771,22 @@ mod avx2 {
 
     /// Copies `rows` rows of `n` floats, `src_pitch` floats apart, to rows
     /// `dst_pitch` apart: whole vectors, then the rest through a masked load
-    /// and store. The scalar tail of a generic copy cost as much as the
-    /// multiply-adds on 14-column maps (`perf` of `depthwise_throughput`,
-    /// MobileNetV2's 3×3 576@14: 44% of the time in the copy).
+    /// (zeros past `n`) and, where each destination row has `room` for a
+    /// whole vector there, a plain store of it (AMD microcodes masked
+    /// stores), else a masked store. The scalar tail of a generic copy cost
+    /// as much as the multiply-adds on 14-column maps (`perf` of
+    /// `depthwise_throughput`, MobileNetV2's 3×3 576@14: 44% of the time in
+    /// the copy).
     ///
     /// # Safety
-    /// AVX2; each source row holds `n` floats and each destination row room
-    /// for them.
+    /// AVX2; each source row holds `n` floats and each destination row
+    /// `room` ≥ n, whose floats past `n` may be overwritten with zeros.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn copy_rows(
         dst: *mut f32,
         dst_pitch: usize,
+        room: usize,
         src: *const f32,
         src_pitch: usize,
         n: usize,
@@ -785,6 +794,7 @@ mod avx2 {
     ) {
         let (whole, rest) = (n / 8 * 8, n % 8);
         let mask = first_lanes(rest);
+        let plain = whole + 8 <= room;
         for r in 0..rows {
             // SAFETY: the caller's extents; masked lanes are not touched.
             unsafe {
@@ -794,7 +804,11 @@ mod avx2 {
                 }
                 if rest > 0 {
                     let v = _mm256_maskload_ps(s.add(whole), mask);
-                    _mm256_maskstore_ps(d.add(whole), mask, v);
+                    if plain {
+                        _mm256_storeu_ps(d.add(whole), v);
+                    } else {
+                        _mm256_maskstore_ps(d.add(whole), mask, v);
+                    }
                 }
             }
         }
@@ -840,7 +854,8 @@ mod avx2 {
                 at = 4;
             }
             if m - at >= 2 {
-                _mm_store_sd(p.add(at) as *mut f64, _mm_castps_pd(x));
+                // Rust's `_mm_store_sd` is a typed (8-byte aligned) write.
+                std::ptr::write_unaligned(p.add(at) as *mut f64, _mm_cvtsd_f64(_mm_castps_pd(x)));
                 x = _mm_movehl_ps(x, x);
                 at += 2;
             }
@@ -1474,30 +1489,31 @@ mod tests {
                 batch: 1,
                 queue: Default::default(),
             };
-            // Persistent threads meeting at a barrier after each run, as the
-            // network function's layers do.
+            // Persistent threads meeting at a barrier before and after each
+            // run, as the network function's layers do. The span starts
+            // before the first barrier: threads claim channels as they are
+            // free, so a worker that ran ahead while the timing thread was
+            // descheduled could otherwise make a run look empty.
             let barrier = Barrier::new(threads);
             let mut best = f64::MAX;
             std::thread::scope(|sc| {
                 for tid in 1..threads {
                     let (k, barrier) = (Shared(&k, path), &barrier);
                     sc.spawn(move || {
-                        for _ in 0..=RUNS {
+                        for _ in 0..RUNS {
                             barrier.wait();
                             k.run(tid, threads);
+                            barrier.wait();
                         }
-                        barrier.wait();
                     });
                 }
-                barrier.wait();
                 for _ in 0..RUNS {
                     let t = std::time::Instant::now();
+                    barrier.wait();
                     Shared(&k, path).run(0, threads);
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                Shared(&k, path).run(0, threads);
-                barrier.wait();
             });
             total += best;
             let macs = (output * kern * kern) as f64;

@@ -1344,12 +1344,14 @@ macro_rules! entry {
 }
 
 impl Kernel {
-    /// Empties the work queues of this kernel's GEMM problems. Called before
-    /// every run, while no thread runs: a run that ended in a panic could
-    /// otherwise leave a queue claimed, and the next run would skip its work.
+    /// Empties the work queues of this kernel (GEMM problems, attention's
+    /// projections, depthwise channels). Called before every run, while no
+    /// thread runs: a run that ended in a panic could otherwise leave a queue
+    /// claimed, and the next run would skip its work.
     pub fn reset_work_queues(&self) {
         match self {
             Kernel::Gemm(g) => g.problems.iter().for_each(|p| p.queue.reset()),
+            Kernel::Depthwise(d) => d.queue.reset(),
             Kernel::Attention(a) => {
                 a.qkv.queue.reset();
                 a.proj.queue.reset();

@@ -19,8 +19,10 @@ use crate::backend::cpu::gemm::avx512;
 use crate::backend::cpu::gemm::{K_BLOCK, MR};
 use netc_compiler::ir::Activation;
 
-/// The most output channels this path takes: every channel's sums stay in
-/// a zmm register (24 of 32), with room for the input vector and broadcasts.
+/// The most output channels this path takes: every channel's sums of a K
+/// block stay in a zmm register (24 of 32), with room for the input vector
+/// and broadcasts (past one K block the running totals take as many again
+/// and spill; the projections this is for have K ≤ 256).
 pub const FEW_CHANNELS_MAX: usize = 24;
 
 /// Pixels per register.
@@ -64,7 +66,7 @@ impl Problem {
     #[cfg(target_arch = "x86_64")]
     pub(super) unsafe fn run_few_channels(&self, threads: usize, plan: &FusedPlan) {
         let Gather::Strided(l) = self.b else {
-            return;
+            unreachable!("few_channels() takes only strided inputs");
         };
         let ps = self.per_sample;
         let per_sample = ps.div_ceil(LANES);

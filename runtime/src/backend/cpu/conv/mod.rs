@@ -1216,6 +1216,9 @@ mod bench {
             // timed span, and arrives last at the first barrier: the span
             // starts before it, so that a worker running ahead while the
             // timing thread is descheduled cannot make a run look empty.
+            // With PRODUCER set, the first worker rewrites the input before
+            // each run, so the run reads it from another core's cache, as a
+            // layer reads what the previous layer's threads wrote.
             let barrier = crate::backend::cpu::pool::Barrier::new(threads);
             let producer = std::env::var_os("PRODUCER").is_some();
             let arena_addr = p.arena as usize;
@@ -1227,8 +1230,10 @@ mod bench {
                     let arena_ptr = arena_addr;
                     sc.spawn(move || {
                         for _ in 0..RUNS {
-                            if producer {
-                                // SAFETY: the input is the arena's first `input` floats.
+                            if producer && i == 0 {
+                                // SAFETY: the input is the arena's first `input`
+                                // floats; no other thread touches it until the
+                                // barrier below.
                                 let x = unsafe {
                                     std::slice::from_raw_parts_mut(arena_ptr as *mut f32, input)
                                 };
