@@ -326,6 +326,41 @@ fn pixel_major_convolutions_match_candle() {
     }
 }
 
+/// The randomized cases again on the code of CPUs with AVX2 and FMA but
+/// without AVX-512 (ymm pixel-major tiles, no few-channel 1×1 path, ymm
+/// activations), forced with `NETC_NO_AVX512` in a child process of this
+/// test binary, so that a host with AVX-512 also checks what such CPUs run.
+#[test]
+fn avx2_code_matches_candle_over_random_shapes() {
+    let avx512 = cfg!(target_arch = "x86_64") && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    if !avx512 || std::env::var_os("NETC_NO_AVX512").is_some() {
+        // Without AVX-512 the test above already runs this code.
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("NETC_NO_AVX512", "1")
+        .args([
+            "--exact",
+            "every_op_matches_candle_over_random_shapes",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 /// The randomized cases again on the code of CPUs without AVX2 and FMA
 /// (portable micro-kernel, baseline kernel entries, generated activations,
 /// feature-major linear layers), forced with `NETC_CPU_BASELINE` in a child
