@@ -637,15 +637,27 @@ impl Depthwise {
                             let c = (ow - ox).min(L);
                             let (b, d) = (base.add(ox * sx * L), row.as_mut_ptr().add(ox * L));
                             let wq = wts.as_ptr();
-                            match c {
-                                8 => avx2::pixels::<8>(b, wq, &geometry, epilogue, d),
-                                7 => avx2::pixels::<7>(b, wq, &geometry, epilogue, d),
-                                6 => avx2::pixels::<6>(b, wq, &geometry, epilogue, d),
-                                5 => avx2::pixels::<5>(b, wq, &geometry, epilogue, d),
-                                4 => avx2::pixels::<4>(b, wq, &geometry, epilogue, d),
-                                3 => avx2::pixels::<3>(b, wq, &geometry, epilogue, d),
-                                2 => avx2::pixels::<2>(b, wq, &geometry, epilogue, d),
-                                _ => avx2::pixels::<1>(b, wq, &geometry, epilogue, d),
+                            let g = &geometry;
+                            // The kernel for `c` pixels (and the kernel width).
+                            macro_rules! by_count {
+                                ($f:ident $(, $kw:literal)?) => {
+                                    match c {
+                                        8 => avx2::$f::<8 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        7 => avx2::$f::<7 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        6 => avx2::$f::<6 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        5 => avx2::$f::<5 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        4 => avx2::$f::<4 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        3 => avx2::$f::<3 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        2 => avx2::$f::<2 $(, $kw)?>(b, wq, g, epilogue, d),
+                                        _ => avx2::$f::<1 $(, $kw)?>(b, wq, g, epilogue, d),
+                                    }
+                                };
+                            }
+                            match (sx, dx, kw) {
+                                (1, 1, 3) => by_count!(pixels_unit_stride, 3),
+                                (1, 1, 5) => by_count!(pixels_unit_stride, 5),
+                                (1, 1, 7) => by_count!(pixels_unit_stride, 7),
+                                _ => by_count!(pixels),
                             }
                             ox += c;
                         }
@@ -917,6 +929,66 @@ mod avx2 {
                     }
                 }
             }
+            finish_pixels(acc, (steps, c0, lanes), dst);
+        }
+    }
+
+    /// [`pixels`] for stride 1 and no column dilation, with the kernel's
+    /// width `KW`: each input vector of a kernel row is loaded once and fed
+    /// to every output it reaches (weights of the row in registers), where
+    /// [`pixels`] loads one per multiply-add. Each output still sums its
+    /// taps row by row, left to right, so the bits are [`pixels`]'.
+    ///
+    /// # Safety
+    /// As [`pixels`], with `g.col` and `g.step` both eight floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn pixels_unit_stride<const P: usize, const KW: usize>(
+        base: *const f32,
+        w: *const f32,
+        g: &Taps,
+        epilogue: (&[Step], usize, usize),
+        dst: *mut f32,
+    ) {
+        debug_assert!(g.kw == KW && g.col == 8 && g.step == 8);
+        let mut acc = [_mm256_setzero_ps(); P];
+        // SAFETY (this block): the caller's extents; input vector j of a
+        // kernel row is tap j − i of output i.
+        unsafe {
+            for ky in 0..g.kh {
+                let mut wv = [_mm256_setzero_ps(); KW];
+                for (kx, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm256_loadu_ps(w.add((ky * KW + kx) * 8));
+                }
+                let row = base.add(ky * g.row);
+                for j in 0..P + KW - 1 {
+                    let x = _mm256_loadu_ps(row.add(j * 8));
+                    for (kx, wv) in wv.iter().enumerate() {
+                        if j >= kx && j - kx < P {
+                            acc[j - kx] = _mm256_fmadd_ps(*wv, x, acc[j - kx]);
+                        }
+                    }
+                }
+            }
+            finish_pixels(acc, epilogue, dst);
+        }
+    }
+
+    /// The epilogue (steps, first channel, channels present) on `P` pixel
+    /// vectors, then their stores to `dst`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `dst` holds `P` vectors; bias steps hold the channels
+    /// present.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn finish_pixels<const P: usize>(
+        mut acc: [__m256; P],
+        (steps, c0, lanes): (&[Step], usize, usize),
+        dst: *mut f32,
+    ) {
+        // SAFETY (this block): the caller's extents.
+        unsafe {
             for step in steps {
                 match *step {
                     Step::Bias(b) => {
