@@ -332,33 +332,15 @@ fn pixel_major_convolutions_match_candle() {
 /// test binary, so that a host with AVX-512 also checks what such CPUs run.
 #[test]
 fn avx2_code_matches_candle_over_random_shapes() {
-    let avx512 = cfg!(target_arch = "x86_64") && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
     if !avx512 || std::env::var_os("NETC_NO_AVX512").is_some() {
         // Without AVX-512 the test above already runs this code.
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("NETC_NO_AVX512", "1")
-        .args([
-            "--exact",
-            "every_op_matches_candle_over_random_shapes",
-            "--nocapture",
-        ])
-        .output()
-        .expect("run the test binary");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "{text}");
+    rerun_random_cases_with("NETC_NO_AVX512");
 }
 
 /// The randomized cases again on the code of CPUs without AVX2 and FMA
@@ -370,8 +352,15 @@ fn baseline_code_matches_candle_over_random_shapes() {
     if std::env::var_os("NETC_CPU_BASELINE").is_some() {
         return;
     }
+    rerun_random_cases_with("NETC_CPU_BASELINE");
+}
+
+/// Runs `every_op_matches_candle_over_random_shapes` in a child process of
+/// this test binary with `var` set (code paths are chosen once per process)
+/// and asserts that it ran and passed.
+fn rerun_random_cases_with(var: &str) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("NETC_CPU_BASELINE", "1")
+        .env(var, "1")
         .args([
             "--exact",
             "every_op_matches_candle_over_random_shapes",
@@ -381,8 +370,8 @@ fn baseline_code_matches_candle_over_random_shapes() {
         .expect("run the test binary");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "{text}");
+    assert!(out.status.success(), "{var}: {text}");
+    assert!(text.contains("1 passed"), "{var}: {text}");
 }
 
 /// Every zoo variant at a reduced resolution, guard pages on: any access
