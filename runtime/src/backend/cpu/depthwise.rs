@@ -123,14 +123,14 @@ impl Depthwise {
     }
 
     /// Runs this thread's share of the channels, claimed from
-    /// [`Depthwise::queue`] as it is free (so `_tid` goes unused). On the row path, per
+    /// [`Depthwise::queue`] as it is free. On the row path, per
     /// channel: the input plane is copied once into a zero-padded buffer
     /// whose columns are split into `stride` phases, so that every kernel tap
     /// reads a contiguous run; then each chunk of output columns sums all
     /// taps in registers (on AVX2, blocks of up to eight vectors, with bias
     /// and activation applied there) and is stored once.
     #[inline(always)]
-    pub(super) fn run(&self, _tid: usize, threads: usize) {
+    pub(super) fn run(&self, threads: usize) {
         let ow = self.out_chw[2];
         let blocked = self.multiplier == 1
             && if self.row_blocked().is_some() {
@@ -228,7 +228,7 @@ impl Depthwise {
             let fused = fma && avx2::fusable(&self.epilogue);
             #[cfg(target_arch = "x86_64")]
             let row_blocked = self.row_blocked();
-            while let Some((lo, hi)) = self.queue.claim(self.batch * c_out, threads, 1) {
+            for (lo, hi) in self.queue.chunks(self.batch * c_out, threads, 1) {
                 for unit in lo..hi {
                     let (n, oc) = (unit / c_out, unit % c_out);
                     let ic = oc / self.multiplier;
@@ -346,7 +346,6 @@ impl Depthwise {
                     }
                 }
             }
-            self.queue.leave(threads);
         }
         DEPTHWISE_SCRATCH.set(scratch);
     }
@@ -420,7 +419,7 @@ impl Depthwise {
         let blocks = c_out.div_ceil(L);
         let [mut plane, mut wts, mut out, mut row] =
             take_buffers([hp * wp * L, taps * L, oh * ow * L, ow]);
-        while let Some((lo, hi)) = self.queue.claim(self.batch * blocks, threads, 1) {
+        for (lo, hi) in self.queue.chunks(self.batch * blocks, threads, 1) {
             for unit in lo..hi {
                 let (n, c0) = (unit / blocks, unit % blocks * L);
                 let lanes = L.min(c_out - c0);
@@ -538,7 +537,6 @@ impl Depthwise {
                 }
             }
         }
-        self.queue.leave(threads);
         put_buffers([plane, wts, out, row]);
     }
 
@@ -591,7 +589,7 @@ impl Depthwise {
         // Every unit writes the same pixels of the plane (all eight lanes),
         // so its padding is zeroed once per run.
         plane.fill(0.0);
-        while let Some((lo, hi)) = self.queue.claim(self.batch * blocks, threads, 1) {
+        for (lo, hi) in self.queue.chunks(self.batch * blocks, threads, 1) {
             for unit in lo..hi {
                 let (n, c0) = (unit / blocks, unit % blocks * L);
                 let lanes = L.min(c_out - c0);
@@ -690,7 +688,6 @@ impl Depthwise {
                 }
             }
         }
-        self.queue.leave(threads);
         put_buffers([plane, wts, row]);
     }
 
@@ -1319,6 +1316,7 @@ mod tests {
     /// claimed share then lands on another thread's outputs, before or
     /// after they are written).
     fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
+        k.queue.reset();
         struct Shared<'a>(&'a Depthwise);
         // SAFETY: the threads write the outputs of the channels they claim.
         unsafe impl Sync for Shared<'_> {}
@@ -1464,11 +1462,11 @@ mod tests {
         /// function calls kernels (the driver code outside the intrinsics is
         /// compiled for the baseline CPU otherwise); on the path `.1` forces
         /// (channel-blocked or not), else the one `run` picks.
-        fn run(self, tid: usize, threads: usize) {
-            fn go(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
+        fn run(self, threads: usize) {
+            fn go(k: &Depthwise, path: Option<bool>, threads: usize) {
                 match path {
                     Some(blocked) => k.run_path(threads, blocked),
-                    None => k.run(tid, threads),
+                    None => k.run(threads),
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -1476,17 +1474,17 @@ mod tests {
                 == crate::backend::cpu::gemm::Kernel::Avx2Fma
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn entry(k: &Depthwise, path: Option<bool>, tid: usize, threads: usize) {
+                unsafe fn entry(k: &Depthwise, path: Option<bool>, threads: usize) {
                     match path {
                         Some(blocked) => k.run_path(threads, blocked),
-                        None => k.run(tid, threads),
+                        None => k.run(threads),
                     }
                 }
                 // SAFETY: AVX2 and FMA checked.
-                unsafe { entry(self.0, self.1, tid, threads) };
+                unsafe { entry(self.0, self.1, threads) };
                 return;
             }
-            go(self.0, self.1, tid, threads)
+            go(self.0, self.1, threads)
         }
     }
 
@@ -1562,19 +1560,20 @@ mod tests {
                 queue: Default::default(),
             };
             // Persistent threads meeting at a barrier before and after each
-            // run, as the network function's layers do. The span starts
+            // run (the second so that no thread is still in the queue when
+            // the timing thread empties it for the next run). The span starts
             // before the first barrier: threads claim channels as they are
             // free, so a worker that ran ahead while the timing thread was
             // descheduled could otherwise make a run look empty.
             let barrier = Barrier::new(threads);
             let mut best = f64::MAX;
             std::thread::scope(|sc| {
-                for tid in 1..threads {
+                for _ in 1..threads {
                     let (k, barrier) = (Shared(&k, path), &barrier);
                     sc.spawn(move || {
                         for _ in 0..RUNS {
                             barrier.wait();
-                            k.run(tid, threads);
+                            k.run(threads);
                             barrier.wait();
                         }
                     });
@@ -1582,9 +1581,10 @@ mod tests {
                 for _ in 0..RUNS {
                     let t = std::time::Instant::now();
                     barrier.wait();
-                    Shared(&k, path).run(0, threads);
+                    Shared(&k, path).run(threads);
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
+                    k.queue.reset();
                 }
             });
             total += best;

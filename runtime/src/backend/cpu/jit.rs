@@ -2,8 +2,9 @@
 //!
 //! - the **network function**: one entry point per compiled graph and batch
 //!   size, a straight line of direct calls to each layer's kernel with its
-//!   descriptor's address baked in as a constant, and a barrier call between
-//!   layers (every pool thread runs it, SPMD);
+//!   descriptor's address baked in as a constant (every pool thread runs
+//!   it, SPMD; each kernel returns once its layer's work is done, by
+//!   whichever threads, so there is no barrier between calls);
 //! - **activation kernels** over contiguous `f32` runs, in F32X4 with a scalar
 //!   tail: ReLU/ReLU6/hard-sigmoid as compare-and-select, and exp-based
 //!   functions (sigmoid, SiLU, tanh, GELU) as polynomial approximations.
@@ -86,8 +87,6 @@ pub struct Call {
     pub func: LayerFn,
     /// Its descriptor (must outlive the generated code).
     pub desc: *const u8,
-    /// Whether all threads must meet after it (its output is read next).
-    pub barrier: bool,
 }
 
 /// Owns generated code; frees it on drop.
@@ -172,13 +171,8 @@ pub fn compile_activations() -> Result<(Jit, ActivationKernels), String> {
     Ok((Jit { module: Some(m) }, fns))
 }
 
-/// Compiles the network function for `calls`, with `barrier(barrier_arg)`
-/// between dependent layers.
-pub fn compile_network(
-    calls: &[Call],
-    barrier: unsafe extern "C" fn(*const u8),
-    barrier_arg: *const u8,
-) -> Result<Generated, String> {
+/// Compiles the network function for `calls`, made in order.
+pub fn compile_network(calls: &[Call]) -> Result<Generated, String> {
     let mut m = module()?;
     let ptr = types::I64;
     let mut sig = m.make_signature();
@@ -199,26 +193,16 @@ pub fn compile_network(
             }
             b.import_signature(s)
         };
-        let barrier_sig = {
-            let mut s = Signature::new(m.isa().default_call_conv());
-            s.params.push(AbiParam::new(ptr));
-            b.import_signature(s)
-        };
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         b.seal_block(entry);
         let tid = b.block_params(entry)[0];
         let threads = b.block_params(entry)[1];
-        let bfn = b.ins().iconst(ptr, barrier as usize as i64);
-        let barg = b.ins().iconst(ptr, barrier_arg as i64);
         for c in calls {
             let f = b.ins().iconst(ptr, c.func as usize as i64);
             let d = b.ins().iconst(ptr, c.desc as i64);
             b.ins().call_indirect(layer_sig, f, &[d, tid, threads]);
-            if c.barrier {
-                b.ins().call_indirect(barrier_sig, bfn, &[barg]);
-            }
         }
         b.ins().return_(&[]);
         b.finalize(m.isa().frontend_config());

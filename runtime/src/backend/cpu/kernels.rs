@@ -2,9 +2,8 @@
 //! stride and address fixed at compile time (for one batch size) and a `run`
 //! that does this thread's share. The network function calls them in order.
 
-use super::conv::{self, split, Scratch};
+use super::conv::{self, Scratch};
 use super::gemm::{sgemm, MatRef};
-use super::pool::Barrier;
 use super::Act;
 use netc_compiler::ir::{BinaryOp, PoolKind};
 use std::cell::RefCell;
@@ -113,11 +112,13 @@ pub(super) fn put_buffers<const N: usize>(bufs: [Vec<f32>; N]) {
 pub struct Gemm {
     /// One problem per group.
     pub problems: Vec<conv::Problem>,
+    /// Hands out whole groups, when there are many.
+    pub queue: conv::WorkQueue,
 }
 
 impl Gemm {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         // Taken out of the thread-local rather than used inside `with`'s
         // closure: a closure is compiled without this function's AVX2/FMA
         // target features, and the packing and epilogue inline into it.
@@ -125,15 +126,17 @@ impl Gemm {
         let s = &mut scratch;
         if self.problems.len() >= threads * 2 {
             // Many groups (ResNeXt): whole groups per thread.
-            let (g0, g1) = split(self.problems.len(), tid, threads);
-            for p in &self.problems[g0..g1] {
-                // SAFETY: lowering checked the extents; groups write disjoint channels.
-                unsafe { p.run(0, 1, s) };
+            for (g0, g1) in self.queue.chunks(self.problems.len(), threads, 1) {
+                for p in &self.problems[g0..g1] {
+                    // SAFETY: lowering checked the extents; groups write
+                    // disjoint channels; this thread alone runs the group.
+                    unsafe { p.run(1, s) };
+                }
             }
         } else {
             for p in &self.problems {
                 // SAFETY: as above; threads split each problem disjointly.
-                unsafe { p.run(tid, threads, s) };
+                unsafe { p.run(threads, s) };
             }
         }
         SCRATCH.set(scratch);
@@ -273,36 +276,40 @@ pub struct ChannelAffine {
     /// is in L1 (a batch norm followed by its only user, an activation,
     /// as DenseNet's pre-activation layers have it).
     pub act: Option<super::Act>,
+    /// Hands out the rows.
+    pub queue: conv::WorkQueue,
 }
 
 impl ChannelAffine {
     #[inline(always)]
     // `clamp` would return NaN for NaN, where `Act::apply` maps it to 0.
     #[allow(clippy::manual_clamp)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [outer, c, inner] = self.dims;
-        let (lo, hi) = split(self.batch * outer * c, tid, threads);
-        for u in lo..hi {
-            let n = u / (outer * c);
-            let ch = u % c;
-            let o = (u / c) % outer;
-            let off = (o * c + ch) * inner;
-            let (s, t) = (self.scale[ch], self.shift.as_ref().map_or(0.0, |v| v[ch]));
-            // SAFETY: extents checked at lowering; in-place is element-wise.
-            unsafe {
-                let src = self.x.at(n).add(off);
-                let dst = self.out.at(n).add(off);
-                // `max`/`min` as in `Act::apply` (NaN maps to 0).
-                match self.act {
-                    None => (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t),
-                    Some(super::Act::Relu) => {
-                        (0..inner).for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0))
-                    }
-                    Some(super::Act::Relu6) => (0..inner)
-                        .for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0).min(6.0)),
-                    Some(a) => {
-                        (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t);
-                        a.apply(std::slice::from_raw_parts_mut(dst, inner));
+        let units = self.batch * outer * c;
+        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
+            for u in lo..hi {
+                let n = u / (outer * c);
+                let ch = u % c;
+                let o = (u / c) % outer;
+                let off = (o * c + ch) * inner;
+                let (s, t) = (self.scale[ch], self.shift.as_ref().map_or(0.0, |v| v[ch]));
+                // SAFETY: extents checked at lowering; in-place is element-wise.
+                unsafe {
+                    let src = self.x.at(n).add(off);
+                    let dst = self.out.at(n).add(off);
+                    // `max`/`min` as in `Act::apply` (NaN maps to 0).
+                    match self.act {
+                        None => (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t),
+                        Some(super::Act::Relu) => {
+                            (0..inner).for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0))
+                        }
+                        Some(super::Act::Relu6) => (0..inner)
+                            .for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0).min(6.0)),
+                        Some(a) => {
+                            (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t);
+                            a.apply(std::slice::from_raw_parts_mut(dst, inner));
+                        }
                     }
                 }
             }
@@ -323,60 +330,61 @@ pub struct Activation {
     pub len: usize,
     /// The function.
     pub act: Act,
+    /// Hands out the chunks.
+    pub queue: conv::WorkQueue,
 }
 
 impl Activation {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         // Chunks of whole vectors so threads never share a cache line's worth of work.
         let chunks = self.len.div_ceil(1024);
-        let (lo, hi) = split(self.batch * chunks, tid, threads);
-        for u in lo..hi {
-            let (n, c) = (u / chunks, u % chunks);
-            let start = c * 1024;
-            let len = 1024.min(self.len - start);
-            // SAFETY: extents checked at lowering.
-            unsafe {
-                let src = self.x.at(n).add(start);
-                let dst = self.out.at(n).add(start);
-                if src != dst {
-                    std::ptr::copy_nonoverlapping(src, dst, len);
+        let units = self.batch * chunks;
+        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
+            for u in lo..hi {
+                let (n, c) = (u / chunks, u % chunks);
+                let start = c * 1024;
+                let len = 1024.min(self.len - start);
+                // SAFETY: extents checked at lowering.
+                unsafe {
+                    let src = self.x.at(n).add(start);
+                    let dst = self.out.at(n).add(start);
+                    if src != dst {
+                        std::ptr::copy_nonoverlapping(src, dst, len);
+                    }
+                    self.act.apply(std::slice::from_raw_parts_mut(dst, len));
                 }
-                self.act.apply(std::slice::from_raw_parts_mut(dst, len));
             }
         }
     }
 }
 
-/// This thread's share of the rows (all dims but the last) of `dims`, as
-/// an odometer: `while let Some(idx) = rows.next()`. A loop rather than a
-/// function taking a closure: the closure was compiled as a function of its
-/// own, for the baseline CPU, outside the kernels' AVX2 entry (`perf`: a
-/// scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of EfficientNet-B0).
+/// The rows (all dims but the last) of `dims` that this thread claims from
+/// a queue, as an odometer: `while let Some(idx) = rows.next()`; `None`
+/// once every row is done (see [`conv::WorkQueue::chunks`]). A loop rather
+/// than a function taking a closure: the closure was compiled as a function
+/// of its own, for the baseline CPU, outside the kernels' AVX2 entry
+/// (`perf`: a scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of
+/// EfficientNet-B0).
 struct Rows<'a> {
     outer: &'a [usize],
+    chunks: conv::Chunks<'a>,
     idx: Vec<usize>,
+    /// Rows left in the current chunk.
     left: usize,
     started: bool,
 }
 
 impl<'a> Rows<'a> {
     #[inline(always)]
-    fn new(dims: &'a [usize], tid: usize, threads: usize) -> Rows<'a> {
+    fn new(dims: &'a [usize], queue: &'a conv::WorkQueue, threads: usize) -> Rows<'a> {
         let outer = &dims[..dims.len() - 1];
-        let rows: usize = outer.iter().product();
-        let (lo, hi) = split(rows, tid, threads);
-        // Divisions for the first row only; then count like an odometer.
-        let mut idx = vec![0usize; outer.len()];
-        let mut rem = lo;
-        for (i, d) in idx.iter_mut().zip(outer).rev() {
-            *i = rem % d;
-            rem /= d;
-        }
+        let units: usize = outer.iter().product();
         Rows {
             outer,
-            idx,
-            left: hi.saturating_sub(lo),
+            chunks: queue.chunks(units, threads, share(units, threads)),
+            idx: vec![0usize; outer.len()],
+            left: 0,
             started: false,
         }
     }
@@ -385,7 +393,16 @@ impl<'a> Rows<'a> {
     #[inline(always)]
     fn next(&mut self) -> Option<&[usize]> {
         if self.left == 0 {
-            return None;
+            let (lo, hi) = self.chunks.next()?;
+            // Divisions for a chunk's first row only; then count like an
+            // odometer.
+            let mut rem = lo;
+            for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
+                *i = rem % d;
+                rem /= d;
+            }
+            self.left = hi - lo;
+            self.started = false;
         }
         if self.started {
             for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
@@ -413,27 +430,29 @@ pub struct Copy {
     pub src: View,
     /// Destination.
     pub dst: View,
+    /// Hands out the rows (or transpose blocks).
+    pub queue: conv::WorkQueue,
 }
 
 impl Copy {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         #[cfg(target_arch = "x86_64")]
         if self.is_transpose() && super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma {
             // SAFETY: AVX2 checked; extents checked at lowering.
-            unsafe { self.transpose_avx2(tid, threads) };
+            unsafe { self.transpose_avx2(threads) };
             return;
         }
-        self.run_rows(tid, threads);
+        self.run_rows(threads);
     }
 
     /// [`Copy::run`] row by row of the destination's last dimension.
     #[inline(always)]
-    fn run_rows(&self, tid: usize, threads: usize) {
+    fn run_rows(&self, threads: usize) {
         let d = &self.dst.dims;
         let last = d.len() - 1;
         let (ss, ds) = (self.src.strides[last], self.dst.strides[last]);
-        let mut rows = Rows::new(d, tid, threads);
+        let mut rows = Rows::new(d, &self.queue, threads);
         while let Some(idx) = rows.next() {
             // SAFETY: extents checked at lowering.
             unsafe {
@@ -487,7 +506,7 @@ impl Copy {
     /// AVX2; the views' extents as checked at lowering.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose_avx2(&self, tid: usize, threads: usize) {
+    unsafe fn transpose_avx2(&self, threads: usize) {
         use std::arch::x86_64::*;
         let d = &self.dst.dims;
         let n = d.len();
@@ -495,38 +514,40 @@ impl Copy {
         let (s_col, d_row) = (self.src.strides[n - 1], self.dst.strides[n - 2]);
         let outer: usize = d[..n - 2].iter().product();
         let blocks = rows.div_ceil(8);
-        let (lo, hi) = split(outer * blocks, tid, threads);
         let mut idx = vec![0usize; n - 2];
-        for u in lo..hi {
-            let (o, r0) = (u / blocks, u % blocks * 8);
-            let mut rem = o;
-            for (i, dim) in idx.iter_mut().zip(&d[..n - 2]).rev() {
-                *i = rem % dim;
-                rem /= dim;
-            }
-            // SAFETY (the whole block): every element read and written is
-            // inside the views, whose extents the lowering checked.
-            unsafe {
-                let src = self.src.ptr.add(offset(&idx, &self.src.strides) + r0);
-                let dst = self
-                    .dst
-                    .ptr
-                    .add(offset(&idx, &self.dst.strides) + r0 * d_row);
-                let rn = (rows - r0).min(8);
-                let full = if rn == 8 { cols / 8 * 8 } else { 0 };
-                for c0 in (0..full).step_by(8) {
-                    let mut v = [_mm256_setzero_ps(); 8];
-                    for (t, v) in v.iter_mut().enumerate() {
-                        *v = _mm256_loadu_ps(src.add((c0 + t) * s_col));
-                    }
-                    let w = super::vmath::transpose8(v);
-                    for (r, w) in w.iter().enumerate() {
-                        _mm256_storeu_ps(dst.add(r * d_row + c0), *w);
-                    }
+        let units = outer * blocks;
+        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
+            for u in lo..hi {
+                let (o, r0) = (u / blocks, u % blocks * 8);
+                let mut rem = o;
+                for (i, dim) in idx.iter_mut().zip(&d[..n - 2]).rev() {
+                    *i = rem % dim;
+                    rem /= dim;
                 }
-                for r in 0..rn {
-                    for c in full..cols {
-                        *dst.add(r * d_row + c) = *src.add(c * s_col + r);
+                // SAFETY (the whole block): every element read and written is
+                // inside the views, whose extents the lowering checked.
+                unsafe {
+                    let src = self.src.ptr.add(offset(&idx, &self.src.strides) + r0);
+                    let dst = self
+                        .dst
+                        .ptr
+                        .add(offset(&idx, &self.dst.strides) + r0 * d_row);
+                    let rn = (rows - r0).min(8);
+                    let full = if rn == 8 { cols / 8 * 8 } else { 0 };
+                    for c0 in (0..full).step_by(8) {
+                        let mut v = [_mm256_setzero_ps(); 8];
+                        for (t, v) in v.iter_mut().enumerate() {
+                            *v = _mm256_loadu_ps(src.add((c0 + t) * s_col));
+                        }
+                        let w = super::vmath::transpose8(v);
+                        for (r, w) in w.iter().enumerate() {
+                            _mm256_storeu_ps(dst.add(r * d_row + c0), *w);
+                        }
+                    }
+                    for r in 0..rn {
+                        for c in full..cols {
+                            *dst.add(r * d_row + c) = *src.add(c * s_col + r);
+                        }
                     }
                 }
             }
@@ -545,15 +566,17 @@ pub struct Binary {
     pub b: View,
     /// Output.
     pub out: View,
+    /// Hands out the rows.
+    pub queue: conv::WorkQueue,
 }
 
 impl Binary {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let d = &self.out.dims;
         let last = d.len() - 1;
         let (sa, sb) = (self.a.strides[last], self.b.strides[last]);
-        let mut rows = Rows::new(d, tid, threads);
+        let mut rows = Rows::new(d, &self.queue, threads);
         while let Some(idx) = rows.next() {
             // SAFETY: extents checked at lowering; in-place is element-wise.
             unsafe {
@@ -637,6 +660,8 @@ pub struct Pool {
     pub window: netc_compiler::ir::Window,
     /// Whether padding counts in the divisor (average).
     pub count_include_pad: bool,
+    /// Hands out the channels.
+    pub queue: conv::WorkQueue,
 }
 
 /// max(m, v) that propagates NaN from `v`, as PyTorch's max pool does.
@@ -869,13 +894,11 @@ impl Pool {
     }
 
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
         let win = &self.window;
-        let (lo, hi) = split(self.batch * self.channels, tid, threads);
-        for u in lo..hi {
-            let (n, c) = (u / self.channels, u % self.channels);
+        for (n, c) in channel_planes(&self.queue, self.batch, self.channels, threads) {
             // SAFETY: extents checked at lowering.
             let src = unsafe { std::slice::from_raw_parts(self.x.at(n).add(c * h * w), h * w) };
             let dst = unsafe { self.out.at(n).add(c * oh * ow) };
@@ -945,16 +968,16 @@ pub struct AdaptivePool {
     pub in_hw: [usize; 2],
     /// Output (h, w).
     pub out_hw: [usize; 2],
+    /// Hands out the channels.
+    pub queue: conv::WorkQueue,
 }
 
 impl AdaptivePool {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
-        let (lo, hi) = split(self.batch * self.channels, tid, threads);
-        for u in lo..hi {
-            let (n, c) = (u / self.channels, u % self.channels);
+        for (n, c) in channel_planes(&self.queue, self.batch, self.channels, threads) {
             // SAFETY: extents checked at lowering.
             let src = unsafe { std::slice::from_raw_parts(self.x.at(n).add(c * h * w), h * w) };
             let dst = unsafe { self.out.at(n).add(c * oh * ow) };
@@ -1026,16 +1049,16 @@ pub struct Pad {
     pub pad: [usize; 4],
     /// Fill.
     pub value: f32,
+    /// Hands out the channels.
+    pub queue: conv::WorkQueue,
 }
 
 impl Pad {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [h, w] = self.in_hw;
         let (oh, ow) = (h + self.pad[0] + self.pad[2], w + self.pad[1] + self.pad[3]);
-        let (lo, hi) = split(self.batch * self.channels, tid, threads);
-        for u in lo..hi {
-            let (n, c) = (u / self.channels, u % self.channels);
+        for (n, c) in channel_planes(&self.queue, self.batch, self.channels, threads) {
             // SAFETY: extents checked at lowering.
             unsafe {
                 let src = self.x.at(n).add(c * h * w);
@@ -1065,6 +1088,8 @@ pub struct Reduce {
     pub dims: [usize; 3],
     /// The generated `exp` kernel (softmax).
     pub exp: Act,
+    /// Hands out the rows.
+    pub queue: conv::WorkQueue,
 }
 
 /// A reduction along an axis.
@@ -1085,49 +1110,51 @@ pub enum ReduceKind {
 
 impl Reduce {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [outer, len, inner] = self.dims;
-        let (lo, hi) = split(self.batch * outer * inner, tid, threads);
         let [mut v] = take_buffers([len]);
-        for u in lo..hi {
-            let n = u / (outer * inner);
-            let (o, i) = ((u / inner) % outer, u % inner);
-            let off = o * len * inner + i;
-            // SAFETY: extents checked at lowering.
-            unsafe {
-                let src = self.x.at(n).add(off);
-                for (k, x) in v.iter_mut().enumerate() {
-                    *x = *src.add(k * inner);
-                }
-            }
-            match self.kind {
-                ReduceKind::Softmax => {
-                    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    v.iter_mut().for_each(|x| *x -= m);
-                    self.exp.apply(&mut v);
-                    let s: f32 = v.iter().sum();
-                    let r = 1.0 / s;
-                    v.iter_mut().for_each(|x| *x *= r);
-                }
-                ReduceKind::LayerNorm { eps, gamma, beta } => {
-                    // In f64 (a large mean would otherwise cost the centred
-                    // values their precision), four lanes at a time so the
-                    // sums vectorize instead of forming one serial chain.
-                    let mean = sum_f64(&v, |x| x) / len as f64;
-                    let var = sum_f64(&v, |x| (x - mean) * (x - mean)) / len as f64;
-                    let r = 1.0 / (var + eps as f64).sqrt();
+        let units = self.batch * outer * inner;
+        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
+            for u in lo..hi {
+                let n = u / (outer * inner);
+                let (o, i) = ((u / inner) % outer, u % inner);
+                let off = o * len * inner + i;
+                // SAFETY: extents checked at lowering.
+                unsafe {
+                    let src = self.x.at(n).add(off);
                     for (k, x) in v.iter_mut().enumerate() {
-                        // SAFETY: gamma and beta hold `len` floats.
-                        let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
-                        *x = ((*x as f64 - mean) * r) as f32 * g + b;
+                        *x = *src.add(k * inner);
                     }
                 }
-            }
-            // SAFETY: as above.
-            unsafe {
-                let dst = self.out.at(n).add(off);
-                for (k, x) in v.iter().enumerate() {
-                    *dst.add(k * inner) = *x;
+                match self.kind {
+                    ReduceKind::Softmax => {
+                        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        v.iter_mut().for_each(|x| *x -= m);
+                        self.exp.apply(&mut v);
+                        let s: f32 = v.iter().sum();
+                        let r = 1.0 / s;
+                        v.iter_mut().for_each(|x| *x *= r);
+                    }
+                    ReduceKind::LayerNorm { eps, gamma, beta } => {
+                        // In f64 (a large mean would otherwise cost the centred
+                        // values their precision), four lanes at a time so the
+                        // sums vectorize instead of forming one serial chain.
+                        let mean = sum_f64(&v, |x| x) / len as f64;
+                        let var = sum_f64(&v, |x| (x - mean) * (x - mean)) / len as f64;
+                        let r = 1.0 / (var + eps as f64).sqrt();
+                        for (k, x) in v.iter_mut().enumerate() {
+                            // SAFETY: gamma and beta hold `len` floats.
+                            let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
+                            *x = ((*x as f64 - mean) * r) as f32 * g + b;
+                        }
+                    }
+                }
+                // SAFETY: as above.
+                unsafe {
+                    let dst = self.out.at(n).add(off);
+                    for (k, x) in v.iter().enumerate() {
+                        *dst.add(k * inner) = *x;
+                    }
                 }
             }
         }
@@ -1158,32 +1185,35 @@ pub struct MatMul {
     pub b: View,
     /// Output, `[batch.., m, n]` contiguous.
     pub out: View,
+    /// Hands out the products.
+    pub queue: conv::WorkQueue,
 }
 
 impl MatMul {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let r = self.out.dims.len();
         let (m, n) = (self.out.dims[r - 2], self.out.dims[r - 1]);
         let k = self.a.dims[r - 1];
         let batch_dims = &self.out.dims[..r - 2];
         let count: usize = batch_dims.iter().product();
-        let (lo, hi) = split(count, tid, threads);
         let [mut abuf, mut bbuf] = take_buffers([m * k, k * n]);
         let mut idx = vec![0; r - 2];
-        for u in lo..hi {
-            let mut rem = u;
-            for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
-                *i = rem % d;
-                rem /= d;
-            }
-            // SAFETY: extents checked at lowering.
-            unsafe {
-                gather(&self.a, &idx, m, k, &mut abuf);
-                gather(&self.b, &idx, k, n, &mut bbuf);
-                let o = self.out.ptr.add(offset(&idx, &self.out.strides));
-                let c = std::slice::from_raw_parts_mut(o, m * n);
-                sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
+        for (lo, hi) in self.queue.chunks(count, threads, share(count, threads)) {
+            for u in lo..hi {
+                let mut rem = u;
+                for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
+                    *i = rem % d;
+                    rem /= d;
+                }
+                // SAFETY: extents checked at lowering.
+                unsafe {
+                    gather(&self.a, &idx, m, k, &mut abuf);
+                    gather(&self.b, &idx, k, n, &mut bbuf);
+                    let o = self.out.ptr.add(offset(&idx, &self.out.strides));
+                    let c = std::slice::from_raw_parts_mut(o, m * n);
+                    sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
+                }
             }
         }
         put_buffers([abuf, bbuf]);
@@ -1227,63 +1257,91 @@ pub struct Attention {
     pub nseh: [usize; 4],
     /// The generated `exp` kernel.
     pub exp: Act,
-    /// The pool's barrier (phases depend on each other).
-    pub barrier: *const Barrier,
+    /// Hands out the (sample, head) pairs. The projections have their
+    /// own: each phase ends when its work is done, as a layer does.
+    pub heads: conv::WorkQueue,
 }
 
 impl Attention {
     #[inline(always)]
-    fn run(&self, tid: usize, threads: usize) {
+    fn run(&self, threads: usize) {
         let [n, s, e, heads] = self.nseh;
         let d = e / heads;
-        // SAFETY: the barrier outlives the program; extents checked at lowering.
-        let barrier = unsafe { &*self.barrier };
         let mut sc = SCRATCH.take();
-        // SAFETY: as for `Gemm` (outside `with`'s closure for the same reason).
-        unsafe { self.qkv.run(tid, threads, &mut sc) };
+        // SAFETY: as for `Gemm` (outside `with`'s closure for the same
+        // reason); extents checked at lowering. Returns once all of qkv is
+        // written, by whichever threads.
+        unsafe { self.qkv.run(threads, &mut sc) };
         SCRATCH.set(sc);
-        barrier.wait();
-        let (lo, hi) = split(n * heads, tid, threads);
         let scale = 1.0 / (d as f32).sqrt();
         let [mut q, mut kt, mut p] = take_buffers([s * d, d * s, s * s]);
-        for u in lo..hi {
-            let (b, h) = (u / heads, u % heads);
-            // SAFETY: qkv holds N·S rows of 3E.
-            let qkv =
-                unsafe { std::slice::from_raw_parts(self.qkv_ptr.add(b * s * 3 * e), s * 3 * e) };
-            for t in 0..s {
-                for c in 0..d {
-                    q[t * d + c] = qkv[t * 3 * e + h * d + c] * scale;
-                    kt[c * s + t] = qkv[t * 3 * e + e + h * d + c];
+        // Heads are large units: one at a time.
+        for (lo, hi) in self.heads.chunks(n * heads, threads, 1) {
+            for u in lo..hi {
+                let (b, h) = (u / heads, u % heads);
+                // SAFETY: qkv holds N·S rows of 3E.
+                let qkv = unsafe {
+                    std::slice::from_raw_parts(self.qkv_ptr.add(b * s * 3 * e), s * 3 * e)
+                };
+                for t in 0..s {
+                    for c in 0..d {
+                        q[t * d + c] = qkv[t * 3 * e + h * d + c] * scale;
+                        kt[c * s + t] = qkv[t * 3 * e + e + h * d + c];
+                    }
                 }
+                sgemm(mat(&q, s, d), mat(&kt, d, s), &mut p, s, false);
+                for row in p.chunks_exact_mut(s) {
+                    let m = max_lanes(row);
+                    row.iter_mut().for_each(|x| *x -= m);
+                    self.exp.apply(row);
+                    let r = 1.0 / sum_lanes(row);
+                    row.iter_mut().for_each(|x| *x *= r);
+                }
+                let v = MatRef {
+                    data: &qkv[2 * e + h * d..],
+                    rows: s,
+                    cols: d,
+                    stride: 3 * e,
+                };
+                // SAFETY: ctx holds N·S rows of E; this head's columns are its own.
+                let ctx = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.ctx_ptr.add(b * s * e + h * d),
+                        (s - 1) * e + d,
+                    )
+                };
+                sgemm(mat(&p, s, s), v, ctx, e, false);
             }
-            sgemm(mat(&q, s, d), mat(&kt, d, s), &mut p, s, false);
-            for row in p.chunks_exact_mut(s) {
-                let m = max_lanes(row);
-                row.iter_mut().for_each(|x| *x -= m);
-                self.exp.apply(row);
-                let r = 1.0 / sum_lanes(row);
-                row.iter_mut().for_each(|x| *x *= r);
-            }
-            let v = MatRef {
-                data: &qkv[2 * e + h * d..],
-                rows: s,
-                cols: d,
-                stride: 3 * e,
-            };
-            // SAFETY: ctx holds N·S rows of E; this head's columns are its own.
-            let ctx = unsafe {
-                std::slice::from_raw_parts_mut(self.ctx_ptr.add(b * s * e + h * d), (s - 1) * e + d)
-            };
-            sgemm(mat(&p, s, s), v, ctx, e, false);
         }
         put_buffers([q, kt, p]);
-        barrier.wait();
         let mut sc = SCRATCH.take();
         // SAFETY: as for `Gemm` (outside `with`'s closure for the same reason).
-        unsafe { self.proj.run(tid, threads, &mut sc) };
+        unsafe { self.proj.run(threads, &mut sc) };
         SCRATCH.set(sc);
     }
+}
+
+/// A chunk size for the element-wise kernels' small units (rows,
+/// channels): a quarter of the layer for two threads, so that a layer is
+/// four claims (each a cache-line transfer between cores; these layers
+/// are often a few microseconds).
+fn share(units: usize, threads: usize) -> usize {
+    units.div_ceil(2 * threads)
+}
+
+/// The `(sample, channel)` planes this thread claims from `queue` (in
+/// chunks of [`share`]); ends once every plane is done.
+#[inline(always)]
+fn channel_planes(
+    queue: &conv::WorkQueue,
+    batch: usize,
+    channels: usize,
+    threads: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let units = batch * channels;
+    queue
+        .chunks(units, threads, share(units, threads))
+        .flat_map(move |(lo, hi)| (lo..hi).map(move |u| (u / channels, u % channels)))
 }
 
 /// Every kernel.
@@ -1320,15 +1378,15 @@ pub enum Kernel {
 /// for the baseline; the choice is made once, when the program is lowered.
 macro_rules! entry {
     ($t:ty) => {{
-        unsafe extern "C" fn run(desc: *const u8, tid: usize, threads: usize) {
+        unsafe extern "C" fn run(desc: *const u8, _tid: usize, threads: usize) {
             // SAFETY: the network function passes the descriptor it was built with.
-            unsafe { (*(desc as *const $t)).run(tid, threads) }
+            unsafe { (*(desc as *const $t)).run(threads) }
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe extern "C" fn run_avx2(desc: *const u8, tid: usize, threads: usize) {
+        unsafe extern "C" fn run_avx2(desc: *const u8, _tid: usize, threads: usize) {
             // SAFETY: as above; selected only when the CPU has AVX2 and FMA.
-            unsafe { (*(desc as *const $t)).run(tid, threads) }
+            unsafe { (*(desc as *const $t)).run(threads) }
         }
         #[cfg(target_arch = "x86_64")]
         if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma {
@@ -1350,13 +1408,25 @@ impl Kernel {
     /// claimed, and the next run would skip its work.
     pub fn reset_work_queues(&self) {
         match self {
-            Kernel::Gemm(g) => g.problems.iter().for_each(|p| p.queue.reset()),
+            Kernel::Gemm(g) => {
+                g.queue.reset();
+                g.problems.iter().for_each(|p| p.queue.reset());
+            }
             Kernel::Depthwise(d) => d.queue.reset(),
+            Kernel::ChannelAffine(k) => k.queue.reset(),
+            Kernel::Activation(k) => k.queue.reset(),
+            Kernel::Copy(k) => k.queue.reset(),
+            Kernel::Binary(k) => k.queue.reset(),
+            Kernel::Pool(k) => k.queue.reset(),
+            Kernel::AdaptivePool(k) => k.queue.reset(),
+            Kernel::Pad(k) => k.queue.reset(),
+            Kernel::Reduce(k) => k.queue.reset(),
+            Kernel::MatMul(k) => k.queue.reset(),
             Kernel::Attention(a) => {
                 a.qkv.queue.reset();
+                a.heads.reset();
                 a.proj.queue.reset();
             }
-            _ => {}
         }
     }
 
@@ -1397,17 +1467,38 @@ impl Kernel {
         }
     }
 
-    /// Runs this thread's share (for the profiler, which calls kernels itself).
-    pub fn run(&self, tid: usize, threads: usize) {
+    /// Runs the whole layer on the calling thread (tests, measurements),
+    /// emptying its queues first so that it may be called again.
+    pub fn run_alone(&self) {
+        self.reset_work_queues();
         let (f, d) = self.entry();
-        // SAFETY: as in the network function.
-        unsafe { f(d, tid, threads) }
+        // SAFETY: as in the network function, with one thread.
+        unsafe { f(d, 0, 1) }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `k` on `threads` threads at once, as the network function does.
+    fn run_on_threads(k: &Kernel, threads: usize) {
+        struct Shared<'a>(&'a Kernel);
+        // SAFETY: threads write the units they claim.
+        unsafe impl Sync for Shared<'_> {}
+        k.reset_work_queues();
+        let k = Shared(k);
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                let k = &k;
+                sc.spawn(move || {
+                    let (f, d) = k.0.entry();
+                    // SAFETY: the kernel's buffers outlive the scope.
+                    unsafe { f(d, 0, threads) }
+                });
+            }
+        });
+    }
 
     fn view(dims: &[usize], strides: &[usize]) -> View {
         View {
@@ -1439,17 +1530,16 @@ mod tests {
                     dims: vec![batch, cols, rows],
                     strides: vec![rows * cols, rows, 1],
                 },
+                queue: conv::WorkQueue::default(),
             };
             let mut want = vec![f32::NAN; src.len()];
-            copy(&mut want).run_rows(0, 1);
+            copy(&mut want).run_rows(1);
             assert!(want.iter().all(|v| !v.is_nan()));
             for threads in [1, 2] {
                 let mut got = vec![f32::NAN; src.len()];
                 let k = copy(&mut got);
                 assert_eq!(k.is_transpose(), rows >= 8 && cols >= 8, "{rows}x{cols}");
-                for tid in 0..threads {
-                    k.run(tid, threads);
-                }
+                run_on_threads(&Kernel::Copy(k), threads);
                 assert_eq!(got, want, "{batch}x{rows}x{cols}, {threads} threads");
             }
         }
@@ -1516,11 +1606,12 @@ mod tests {
                 dilation: [1, 1],
             },
             count_include_pad: false,
+            queue: conv::WorkQueue::default(),
         });
         let mut best = f64::MAX;
         for _ in 0..200 {
             let t = std::time::Instant::now();
-            k.run(0, 1);
+            k.run_alone();
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!("max pool 64x112x112 3x3/2: {:.1} us", best * 1e6);
@@ -1618,8 +1709,9 @@ mod tests {
                             dilation: [1, 1],
                         },
                         count_include_pad: false,
+                        queue: conv::WorkQueue::default(),
                     });
-                    k.run(0, 1);
+                    k.run_alone();
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let mut want = f32::NEG_INFINITY;

@@ -6,7 +6,6 @@
 
 use super::conv::{Gather, Layout, Problem, Step, Window as ConvWindow, WorkQueue};
 use super::kernels::{self as k, Images, Kernel, View};
-use super::pool::Barrier;
 use super::{Act, Prepared};
 use netc_compiler::ir::{Dim, Epilogue, FusedBase, Graph, NodeIndex, NormAxis, Op, PoolKind};
 use netc_compiler::memory_plan::MemoryPlan;
@@ -51,8 +50,6 @@ pub struct Ctx<'a> {
     pub acts: &'a HashMap<netc_compiler::ir::Activation, Act>,
     /// The generated exp kernel.
     pub exp: Act,
-    /// The pool's barrier.
-    pub barrier: *const Barrier,
 }
 
 /// Floats of arena scratch the lowering needs beyond the plan (attention's q/k/v and context).
@@ -159,7 +156,11 @@ impl Ctx<'_> {
 /// A strided copy kernel, its views coalesced.
 fn copy(mut src: View, mut dst: View) -> Kernel {
     k::coalesce(&mut [&mut src, &mut dst]);
-    Kernel::Copy(k::Copy { src, dst })
+    Kernel::Copy(k::Copy {
+        src,
+        dst,
+        queue: WorkQueue::default(),
+    })
 }
 
 /// Why a graph could not be lowered, and the node being lowered then.
@@ -309,6 +310,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     scale: scale.to_vec(),
                     shift: shift.map(|s| s.to_vec()),
                     act: None,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::Act(a)
@@ -336,6 +338,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     batch: val.batch,
                     len: node.shape.numel_per_sample() as usize,
                     act: ctx.act(*a),
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::Binary(op) => {
@@ -348,6 +351,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     a,
                     b: bb,
                     out,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::Pool {
@@ -371,6 +375,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     out_hw: [o[1], o[2]],
                     window: *window,
                     count_include_pad: *count_include_pad,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::AdaptiveAvgPool { size, .. } => {
@@ -382,6 +387,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     channels: i[0],
                     in_hw: [i[1], i[2]],
                     out_hw: *size,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::Pad { pad, value } => {
@@ -394,6 +400,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     in_hw: [i[1], i[2]],
                     pad: *pad,
                     value: *value as f32,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::Permute { perm } => {
@@ -480,6 +487,7 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     batch: b,
                     dims: [outer, dims[axis], inner],
                     exp: ctx.exp,
+                    queue: WorkQueue::default(),
                 }))
             }
             Op::MatMul => {
@@ -493,7 +501,12 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                 bdims[r - 2] = adims[r - 1];
                 let a = Ctx::broadcast(&av, &adims);
                 let bb = Ctx::broadcast(&bv, &bdims);
-                Some(Kernel::MatMul(k::MatMul { a, b: bb, out }))
+                Some(Kernel::MatMul(k::MatMul {
+                    a,
+                    b: bb,
+                    out,
+                    queue: WorkQueue::default(),
+                }))
             }
             Op::SelfAttention { heads, bias } => {
                 Some(attention(ctx, id, &operands, &vals, val, *heads, *bias)?)
@@ -640,7 +653,10 @@ fn conv(
         }
         problems.push(p);
     }
-    Ok(Kernel::Gemm(k::Gemm { problems }))
+    Ok(Kernel::Gemm(k::Gemm {
+        problems,
+        queue: WorkQueue::default(),
+    }))
 }
 
 /// An op's epilogue as GEMM steps: the bias starts at row `row0` (a group's
@@ -722,6 +738,7 @@ fn linear(
             arena: ctx.arena,
             queue: WorkQueue::default(),
         }],
+        queue: WorkQueue::default(),
     }))
 }
 
@@ -808,6 +825,6 @@ fn attention(
         ctx_ptr: unsafe { ctx.arena.add(ctx_base) },
         nseh: [n, s, e, heads],
         exp: ctx.exp,
-        barrier: ctx.barrier,
+        heads: WorkQueue::default(),
     })))
 }

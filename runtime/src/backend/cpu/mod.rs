@@ -8,7 +8,10 @@
 //! their epilogues run on each block of output while it is in cache.
 //! Activations are generated F32X4 code, with eight-lane AVX2 twins
 //! (`vmath.rs`) that CPUs with AVX2 run. Work is split across a persistent
-//! pool of threads (`pool.rs`) that meet at a barrier between layers.
+//! pool of threads (`pool.rs`): each layer's units are claimed from its
+//! `conv::WorkQueue`, and a thread moves to the next layer once all of them
+//! are done (no barrier: a descheduled thread holds up only the chunk it
+//! holds).
 //!
 //! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
 //! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues,
@@ -368,16 +371,10 @@ pub struct CpuProgram {
     acts: HashMap<Activation, Act>,
     exp: Act,
     _act_code: jit::Jit,
-    barrier: Box<pool::Barrier>,
     pool: pool::Pool,
     options: CpuOptions,
     compiled: Mutex<HashMap<usize, Compiled>>,
     times: CompileTimes,
-}
-
-unsafe extern "C" fn barrier_wait(b: *const u8) {
-    // SAFETY: the network function passes the program's barrier.
-    unsafe { (*(b as *const pool::Barrier)).wait() }
 }
 
 fn backend_error(e: String) -> Diagnostic {
@@ -431,7 +428,6 @@ impl CpuProgram {
             acts,
             exp: exp.ok_or_else(|| backend_error("no exp kernel".into()))?,
             _act_code: code,
-            barrier: Box::new(pool::Barrier::new(threads)),
             pool: pool::Pool::new(threads),
             options,
             compiled: Mutex::new(HashMap::new()),
@@ -489,7 +485,6 @@ impl CpuProgram {
             batch,
             acts: &self.acts,
             exp: self.exp,
-            barrier: &*self.barrier,
         };
         let lowered = lower::lower(&ctx).map_err(|e| {
             let d = backend_error(e.message);
@@ -506,19 +501,10 @@ impl CpuProgram {
             .iter()
             .map(|k| {
                 let (func, desc) = k.entry();
-                jit::Call {
-                    func,
-                    desc,
-                    barrier: true,
-                }
+                jit::Call { func, desc }
             })
             .collect();
-        let generated = jit::compile_network(
-            &calls,
-            barrier_wait,
-            &*self.barrier as *const pool::Barrier as *const u8,
-        )
-        .map_err(backend_error)?;
+        let generated = jit::compile_network(&calls).map_err(backend_error)?;
         Ok(Compiled {
             _arena: arena,
             lowered,

@@ -1,7 +1,8 @@
 //! A persistent pool of worker threads that run one function together (SPMD):
-//! the caller is thread 0, workers are 1..n. Between layers the network
-//! function meets at a spinning [`Barrier`]; between runs workers sleep on a
-//! condition variable. Each participating thread flushes denormals to zero
+//! the caller is thread 0, workers are 1..n. Within a run, threads move from
+//! layer to layer as each layer's work is done (`conv::WorkQueue`); the
+//! spinning [`Barrier`] serves the profiler, which times layers one by one.
+//! Between runs workers sleep on a condition variable. Each participating thread flushes denormals to zero
 //! (FTZ/DAZ) for the duration of the job.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

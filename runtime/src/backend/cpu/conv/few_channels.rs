@@ -71,7 +71,7 @@ impl Problem {
         let ps = self.per_sample;
         let per_sample = ps.div_ceil(LANES);
         let units = self.n / ps * per_sample;
-        while let Some((u0, u1)) = self.queue.claim(units, threads, 1) {
+        for (u0, u1) in self.queue.chunks(units, threads, 1) {
             for u in u0..u1 {
                 let (n, p0) = (u / per_sample, u % per_sample * LANES);
                 let strip = Strip {
@@ -93,7 +93,6 @@ impl Problem {
                 }
             }
         }
-        self.queue.leave(threads);
     }
 
     /// The `Q` row panels (m rounded up to MR rows; those past m have zero
@@ -289,12 +288,13 @@ mod tests {
                 let want = arena[out.clone()].to_vec();
                 for threads in [1, 2] {
                     arena[out.clone()].fill(f32::NAN);
+                    p.queue.reset();
                     std::thread::scope(|sc| {
-                        for tid in 0..threads {
+                        for _ in 0..threads {
                             let p = &p;
                             sc.spawn(move || {
                                 // SAFETY: as above; threads write disjoint strips.
-                                unsafe { p.run(tid, threads, &mut Scratch::default()) }
+                                unsafe { p.run(threads, &mut Scratch::default()) }
                             });
                         }
                     });

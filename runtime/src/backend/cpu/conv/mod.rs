@@ -119,16 +119,40 @@ pub struct Problem {
     pub queue: WorkQueue,
 }
 
-/// Hands a problem's work units (panels or column panels) to its threads as
-/// they ask: a `1/(2·threads)` share of what is left at a time, so chunks
-/// shrink as the work runs out. A thread slowed by its core (this machine is
-/// shared) then takes less, where an even split held the other one at the
-/// layer's barrier: two-thread profiles of ResNet-50 showed one thread
-/// 10–24% slower than the other on identical shares.
+/// Hands a layer's work units (panels, column panels, channels, rows) to its
+/// threads as they ask, and tells each thread when all of them are done: a
+/// `1/(2·threads)` share of what is left at a time, so chunks shrink as the
+/// work runs out. A thread slowed by its core (this machine is shared) then
+/// takes less, where an even split held the other one at the layer's
+/// barrier: two-thread profiles of ResNet-50 showed one thread 10–24% slower
+/// than the other on identical shares.
+///
+/// A layer ends when its units are done, not when every thread has arrived:
+/// the network function has no barrier between layers. A thread that the
+/// system has descheduled therefore holds the others up only while it holds
+/// a claimed chunk; one descheduled before it claims anything finds each
+/// layer finished when it comes back and skips it.
+///
+/// `next` and `done` are on cache lines of their own: a thread waiting for
+/// the last chunks spins on `done`, which would otherwise make every claim
+/// at the end of a layer a coherence miss for the thread still working.
 #[derive(Default)]
 pub struct WorkQueue {
-    next: AtomicUsize,
-    left: AtomicUsize,
+    next: Line,
+    done: Line,
+}
+
+/// An atomic counter alone on its (128-byte, for the adjacent-line
+/// prefetcher) stretch of cache.
+#[derive(Default)]
+#[repr(align(128))]
+struct Line(AtomicUsize);
+
+impl std::ops::Deref for Line {
+    type Target = AtomicUsize;
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
 }
 
 impl Clone for WorkQueue {
@@ -145,9 +169,10 @@ impl std::fmt::Debug for WorkQueue {
 
 impl WorkQueue {
     /// The next chunk `[lo, hi)` of `units`, at least `min` long (unless
-    /// fewer are left); `None` once all are claimed, after which the caller
-    /// must [`WorkQueue::leave`].
-    pub(crate) fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
+    /// fewer are left); `None` once all are claimed. Use [`WorkQueue::chunks`],
+    /// which also reports them done.
+    #[inline(always)]
+    fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
         let mut cur = self.next.load(Ordering::Relaxed);
         loop {
             if cur >= units {
@@ -167,19 +192,70 @@ impl WorkQueue {
         }
     }
 
-    /// Empties the queue (only while no thread is running the problem).
-    pub fn reset(&self) {
-        self.next.store(0, Ordering::Relaxed);
-        self.left.store(0, Ordering::Relaxed);
+    /// This thread's chunks of the `units` (see [`Chunks`]). Every thread
+    /// that runs the layer iterates them to the end; the iterator returns
+    /// `None` only once every unit, whoever claimed it, is done, so what
+    /// follows may read all of the layer's output.
+    #[inline(always)]
+    pub(crate) fn chunks(&self, units: usize, threads: usize, min: usize) -> Chunks<'_> {
+        Chunks {
+            queue: self,
+            units,
+            threads,
+            min: min.max(1),
+            ran: 0,
+        }
     }
 
-    /// Called by each of the `threads` threads once `claim` has returned
-    /// `None`: the last one resets the queue for the next run, before it
-    /// reaches the barrier that every thread passes before that run.
-    pub(crate) fn leave(&self, threads: usize) {
-        if self.left.fetch_add(1, Ordering::AcqRel) + 1 == threads {
-            self.reset();
+    /// Empties the queue. Only while no thread runs the layer: the program
+    /// does it for every layer before each run.
+    pub fn reset(&self) {
+        self.next.store(0, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The iterator of [`WorkQueue::chunks`]. The units a thread ran are
+/// reported done together, once its claims come back empty: one atomic
+/// add per thread and layer, where one per chunk cost EfficientNet-B0 its
+/// small layers' worth of cache-line transfers (≈ 6% end to end).
+pub(crate) struct Chunks<'a> {
+    queue: &'a WorkQueue,
+    units: usize,
+    threads: usize,
+    min: usize,
+    /// Units this thread has claimed (and, once it asks again, run).
+    ran: usize,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let q = self.queue;
+        if let Some((lo, hi)) = q.claim(self.units, self.threads, self.min) {
+            self.ran += hi - lo;
+            return Some((lo, hi));
         }
+        if self.ran > 0 {
+            // Release: this thread's writes are visible to whoever sees the
+            // count (the adds form one release sequence).
+            q.done.fetch_add(self.ran, Ordering::Release);
+            self.ran = 0;
+        }
+        // Chunks other threads still run: spin (a layer is microseconds to
+        // milliseconds), then yield so that a descheduled holder can run.
+        let mut spins = 0u32;
+        while q.done.load(Ordering::Acquire) < self.units {
+            if spins < 20_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        None
     }
 }
 
@@ -351,7 +427,7 @@ impl Problem {
     /// the output must not overlap the input, and other threads running the same
     /// problem write disjoint parts of it.
     #[inline(always)]
-    pub unsafe fn run(&self, tid: usize, threads: usize, scratch: &mut Scratch) {
+    pub unsafe fn run(&self, threads: usize, scratch: &mut Scratch) {
         let panels = self.m.div_ceil(MR);
         let ps = self.per_sample;
         let samples = self.n / ps;
@@ -366,7 +442,7 @@ impl Problem {
                 if matches!(self.b, Gather::Window(..)) {
                     self.run_pixels(threads, scratch);
                 } else {
-                    self.run_tokens(tid, threads, scratch);
+                    self.run_tokens(threads, scratch);
                 }
             }
             return;
@@ -384,13 +460,12 @@ impl Problem {
             && self.paddable()
         {
             let per = self.in_place_panels_per_sample();
-            while let Some((q0, q1)) = self.queue.claim(samples * per, threads, 1) {
+            for (q0, q1) in self.queue.chunks(samples * per, threads, 1) {
                 // SAFETY: as for this function.
                 unsafe { self.pad_samples(q0 / per..(q1 - 1) / per + 1, scratch) };
                 // SAFETY: as for this function; the samples read are padded.
                 unsafe { self.run_in_place((q0, q1), scratch) };
             }
-            self.queue.leave(threads);
             return;
         }
         if let Gather::Strided(l) = self.b {
@@ -400,11 +475,10 @@ impl Problem {
                 && avx2
             {
                 let units = samples * ps.div_ceil(NR);
-                while let Some(share) = self.queue.claim(units, threads, 1) {
+                for share in self.queue.chunks(units, threads, 1) {
                     // SAFETY: as for this function.
                     unsafe { self.run_strided_in_place(share, scratch) };
                 }
-                self.queue.leave(threads);
                 return;
             }
         }
@@ -412,7 +486,7 @@ impl Problem {
         if self.n >= threads * 4 * NR || panels < threads {
             // Column panels, claimed as threads are free: each chunk packs
             // only its columns, so no work is done twice.
-            while let Some((q0, q1)) = self.queue.claim(self.n.div_ceil(NR), threads, 1) {
+            for (q0, q1) in self.queue.chunks(self.n.div_ceil(NR), threads, 1) {
                 let (c0, c1) = (q0 * NR, (q1 * NR).min(self.n));
                 if scratch.padded_ready {
                     // SAFETY: as for this function.
@@ -421,17 +495,21 @@ impl Problem {
                 // SAFETY: as for this function.
                 unsafe { self.run_block(0, panels, c0, c1, scratch) };
             }
-            self.queue.leave(threads);
             return;
         }
-        // Row panels, split evenly: every share packs all of B, so fewer,
-        // larger shares.
-        let (p0, p1) = split(panels, tid, threads);
-        if scratch.padded_ready {
+        // Row panels in `threads` even shares: every share packs all of B,
+        // so few, large ones (claimed, so that one thread runs both when the
+        // other is held up).
+        for (s0, s1) in self.queue.chunks(threads, threads, 1) {
+            let (p0, _) = split(panels, s0, threads);
+            let (_, p1) = split(panels, s1 - 1, threads);
+            if scratch.padded_ready {
+                // SAFETY: as for this function.
+                unsafe { self.pad_samples(0..samples, scratch) };
+            }
             // SAFETY: as for this function.
-            unsafe { self.pad_samples(0..samples, scratch) };
+            unsafe { self.run_block(p0, p1, 0, self.n, scratch) };
         }
-        unsafe { self.run_block(p0, p1, 0, self.n, scratch) };
     }
 
     /// Pads the samples in `wanted` that this thread has not padded in this
@@ -912,31 +990,51 @@ pub(super) mod tests {
     }
 
     /// A work queue hands out every unit exactly once, in chunks that do not
-    /// grow, is ready again once every thread has left, and `reset` empties
-    /// one left half-claimed (a run that panicked).
+    /// grow; a thread's chunks end only once every unit is done, whoever
+    /// holds it (one thread here is slow inside its chunks); one thread
+    /// runs a whole layer alone while the other has not arrived, and the
+    /// latecomer finds it done; `reset` empties a queue left half-claimed.
     #[test]
-    fn work_queue_hands_out_every_unit_once_per_run() {
+    fn work_queue_ends_a_layer_when_its_units_are_done() {
+        use std::sync::atomic::AtomicU32;
         let q = WorkQueue::default();
         for units in [0usize, 1, 7, 13, 196] {
-            for _run in 0..2 {
-                let mut seen = vec![0u32; units];
-                let mut last = usize::MAX;
-                while let Some((lo, hi)) = q.claim(units, 2, 1) {
-                    assert!(lo < hi && hi - lo <= last, "{units}: chunk {lo}..{hi}");
-                    last = hi - lo;
-                    seen[lo..hi].iter_mut().for_each(|s| *s += 1);
+            q.reset();
+            let seen: Vec<AtomicU32> = (0..units).map(|_| AtomicU32::new(0)).collect();
+            std::thread::scope(|sc| {
+                for slow in [false, true] {
+                    let (q, seen) = (&q, &seen);
+                    sc.spawn(move || {
+                        let mut last = usize::MAX;
+                        for (lo, hi) in q.chunks(units, 2, 1) {
+                            assert!(lo < hi && hi - lo <= last, "{units}: chunk {lo}..{hi}");
+                            last = hi - lo;
+                            if slow {
+                                std::thread::sleep(std::time::Duration::from_millis(2));
+                            }
+                            seen[lo..hi].iter().for_each(|s| {
+                                s.fetch_add(1, Ordering::Relaxed);
+                            });
+                        }
+                        let counts: Vec<u32> =
+                            seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+                        assert!(counts.iter().all(|&c| c == 1), "{units}: {counts:?}");
+                    });
                 }
-                q.leave(2);
-                // The other thread finds nothing left, leaves, and the queue
-                // is ready for the next run.
-                assert_eq!(q.claim(units, 2, 1), None);
-                q.leave(2);
-                assert!(seen.iter().all(|&s| s == 1), "{units}: {seen:?}");
-            }
+            });
         }
-        let _ = q.claim(10, 2, 1);
+        // The partner never comes: one thread does all 50 units, then the
+        // latecomer is told the layer is done.
+        q.reset();
+        assert_eq!(
+            q.chunks(50, 2, 1).map(|(lo, hi)| hi - lo).sum::<usize>(),
+            50
+        );
+        assert_eq!(q.chunks(50, 2, 1).next(), None);
         q.reset();
         assert_eq!(q.claim(10, 2, 1), Some((0, 2)));
+        q.reset();
+        assert_eq!(q.chunks(10, 2, 1).next(), Some((0, 2)));
     }
 
     /// 1×1 convolutions reading B in place give the packed path's results
@@ -1050,7 +1148,7 @@ pub(super) mod tests {
                     };
                     let mut s = Scratch::default();
                     // SAFETY: the arena holds input, output and residual.
-                    unsafe { p.run(0, 1, &mut s) };
+                    unsafe { p.run(1, &mut s) };
                     arena[samples * input..res_base]
                         .iter()
                         .map(|v| v.to_bits())
@@ -1117,8 +1215,8 @@ mod bench {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(p: &Problem, s: &mut Scratch, tid: usize, threads: usize) {
-        unsafe { p.run(tid, threads, s) }
+    unsafe fn run_avx2(p: &Problem, s: &mut Scratch, threads: usize) {
+        unsafe { p.run(threads, s) }
     }
 
     #[test]
@@ -1209,9 +1307,10 @@ mod bench {
             let flush = std::env::var_os("FLUSH").is_some();
             let mut junk = vec![0u8; if flush { 96 << 20 } else { 0 }];
             const RUNS: usize = 40;
-            // Persistent threads meeting at the network function's spinning
-            // barrier before and after each run, as its layers do (spawning
-            // threads per run added tens of microseconds to small layers).
+            // Persistent threads meeting at a spinning barrier before and
+            // after each run (spawning threads per run added tens of
+            // microseconds to small layers; the second barrier keeps every
+            // thread out of the queue while the timing thread empties it).
             // The timing thread flushes the caches between runs, outside the
             // timed span, and arrives last at the first barrier: the span
             // starts before it, so that a worker running ahead while the
@@ -1244,7 +1343,7 @@ mod bench {
                             // SAFETY: the arena holds input and output;
                             // threads write disjoint parts; AVX2 checked by
                             // the kernel choice.
-                            unsafe { run_avx2(p, s, i + 1, threads) };
+                            unsafe { run_avx2(p, s, threads) };
                             barrier.wait();
                         }
                     });
@@ -1259,9 +1358,10 @@ mod bench {
                     let t = std::time::Instant::now();
                     barrier.wait();
                     // SAFETY: as above.
-                    unsafe { run_avx2(&p, first, 0, threads) };
+                    unsafe { run_avx2(&p, first, threads) };
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
+                    p.queue.reset();
                 }
             });
             let flops = 2.0 * (cout * k * n) as f64;

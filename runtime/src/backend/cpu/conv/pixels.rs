@@ -96,7 +96,7 @@ impl Problem {
     #[inline(always)]
     unsafe fn run_pixels_on(&self, threads: usize, s: &mut Scratch, zmm: bool) {
         let Gather::Window(_, window) = self.b else {
-            return;
+            unreachable!("pixel-major products gather windows");
         };
         let kernel = Kernel::detect();
         let ps = self.per_sample;
@@ -139,7 +139,7 @@ impl Problem {
         // Panels per kernel call: four for the zmm tile, one for the AVX2 kernel.
         let group = if zmm { 4 } else { 1 };
         let units = samples * tblocks * fblocks;
-        while let Some((u0, u1)) = self.queue.claim(units, threads, 1) {
+        for (u0, u1) in self.queue.chunks(units, threads, 1) {
             for u in u0..u1 {
                 let (nb, fq) = (u / fblocks, u % fblocks);
                 let (n, b) = (nb / tblocks, nb % tblocks);
@@ -244,7 +244,6 @@ impl Problem {
                 }
             }
         }
-        self.queue.leave(threads);
         s.cols = corners;
         s.k_offsets = offsets;
     }

@@ -10,7 +10,7 @@
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
-use super::{grow, split, FusedPlan, Gather, Problem, Scratch, Step};
+use super::{grow, FusedPlan, Gather, Problem, Scratch, Step};
 use crate::backend::cpu::gemm::{Kernel, RowPointers, K_BLOCK, MR, NR};
 
 /// The most token panels per block: 192 tokens, 192 KiB of packed tokens
@@ -21,17 +21,17 @@ const FEATURE_PANELS: usize = 16;
 
 impl Problem {
     /// Runs this thread's share of a token-major product: blocks of up to
-    /// [`TOKEN_PANELS`]·MR tokens × [`FEATURE_PANELS`]·NR features, split
-    /// across threads.
+    /// [`TOKEN_PANELS`]·MR tokens × [`FEATURE_PANELS`]·NR features, claimed
+    /// from [`Problem::queue`].
     ///
     /// # Safety
     /// As [`Problem::run`]; `self.a_cols` holds the weights packed by
     /// `pack_weights_cols`, B gathers K-contiguous token rows, the output is
     /// token-major (`out.row_stride == 1`).
     #[inline(always)]
-    pub(super) unsafe fn run_tokens(&self, tid: usize, threads: usize, s: &mut Scratch) {
+    pub(super) unsafe fn run_tokens(&self, threads: usize, s: &mut Scratch) {
         let Gather::Strided(x) = self.b else {
-            return;
+            unreachable!("token-major products gather strided token rows");
         };
         let kernel = Kernel::detect();
         let ps = self.per_sample;
@@ -49,66 +49,69 @@ impl Problem {
         let fblocks = fpanels.div_ceil(fb);
         let fb = fpanels.div_ceil(fblocks);
         let blocks = self.k.div_ceil(K_BLOCK);
-        let (u0, u1) = split(tblocks * fblocks, tid, threads);
         let ld = fb * NR;
         grow(&mut s.acc, tb * ld);
         // Tile rows are tokens: a residual must be unit-stride along features.
         let plan = self.plan_epilogue(|l| l.row_stride == 1);
         let mut rows = std::mem::take(&mut s.cols);
         let mut tile = [0f32; MR * NR];
-        for u in u0..u1 {
-            let (t0, q0) = (u / fblocks * tb, u % fblocks * fb);
-            if t0 >= self.n || q0 >= fpanels {
-                continue;
-            }
-            let tn = tb.min(self.n - t0);
-            let q1 = (q0 + fb).min(fpanels);
-            // Where each token's features start (one division each, here).
-            rows.clear();
-            rows.extend((t0..t0 + tn).map(|t| x.at(ps, 0, t)));
-            for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
-                let kc = K_BLOCK.min(self.k - k0);
-                let last = kb + 1 == blocks;
-                for q in q0..q1 {
-                    let f0 = q * NR;
-                    let nr = NR.min(self.m - f0);
-                    // SAFETY: the packed weights hold mpad·k floats; block
-                    // k0 starts at k0·mpad.
-                    let bp = unsafe { self.a_cols.add(k0 * mpad + q * kc * NR) };
-                    for p in 0..tn.div_ceil(MR) {
-                        let (j, mr) = (t0 + p * MR, MR.min(tn - p * MR));
-                        // The panel's tokens read in place from K block k0;
-                        // rows past the last token repeat it (their sums
-                        // are not stored).
-                        let ap = RowPointers(std::array::from_fn(|r| {
-                            let t = p * MR + r.min(mr - 1);
-                            self.at_ptr(rows[t] + k0) as *const f32
-                        }));
-                        // SAFETY: acc holds `tb` rows of `ld` floats.
-                        let acc = unsafe { s.acc.as_mut_ptr().add(p * MR * ld + (q - q0) * NR) };
-                        let prior = if kb == 0 {
-                            (std::ptr::null(), 0)
-                        } else {
-                            (acc as *const f32, ld)
-                        };
-                        // SAFETY: panels and tiles as above; the output and
-                        // residual rows are the layer's.
-                        unsafe {
-                            if last && mr == MR && nr == NR && j / ps == (j + MR - 1) / ps {
-                                if let Some(plan) = &plan {
-                                    if self.fused_token_tile(plan, kernel, kc, ap, bp, prior, f0, j)
-                                    {
-                                        continue;
+        for (u0, u1) in self.queue.chunks(tblocks * fblocks, threads, 1) {
+            for u in u0..u1 {
+                let (t0, q0) = (u / fblocks * tb, u % fblocks * fb);
+                if t0 >= self.n || q0 >= fpanels {
+                    continue;
+                }
+                let tn = tb.min(self.n - t0);
+                let q1 = (q0 + fb).min(fpanels);
+                // Where each token's features start (one division each, here).
+                rows.clear();
+                rows.extend((t0..t0 + tn).map(|t| x.at(ps, 0, t)));
+                for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
+                    let kc = K_BLOCK.min(self.k - k0);
+                    let last = kb + 1 == blocks;
+                    for q in q0..q1 {
+                        let f0 = q * NR;
+                        let nr = NR.min(self.m - f0);
+                        // SAFETY: the packed weights hold mpad·k floats; block
+                        // k0 starts at k0·mpad.
+                        let bp = unsafe { self.a_cols.add(k0 * mpad + q * kc * NR) };
+                        for p in 0..tn.div_ceil(MR) {
+                            let (j, mr) = (t0 + p * MR, MR.min(tn - p * MR));
+                            // The panel's tokens read in place from K block k0;
+                            // rows past the last token repeat it (their sums
+                            // are not stored).
+                            let ap = RowPointers(std::array::from_fn(|r| {
+                                let t = p * MR + r.min(mr - 1);
+                                self.at_ptr(rows[t] + k0) as *const f32
+                            }));
+                            // SAFETY: acc holds `tb` rows of `ld` floats.
+                            let acc =
+                                unsafe { s.acc.as_mut_ptr().add(p * MR * ld + (q - q0) * NR) };
+                            let prior = if kb == 0 {
+                                (std::ptr::null(), 0)
+                            } else {
+                                (acc as *const f32, ld)
+                            };
+                            // SAFETY: panels and tiles as above; the output and
+                            // residual rows are the layer's.
+                            unsafe {
+                                if last && mr == MR && nr == NR && j / ps == (j + MR - 1) / ps {
+                                    if let Some(plan) = &plan {
+                                        if self.fused_token_tile(
+                                            plan, kernel, kc, ap, bp, prior, f0, j,
+                                        ) {
+                                            continue;
+                                        }
                                     }
                                 }
-                            }
-                            if last && kb == 0 {
-                                kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
-                                self.token_epilogue(f0, nr, j, mr, tile.as_ptr(), NR);
-                            } else {
-                                kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0);
-                                if last {
-                                    self.token_epilogue(f0, nr, j, mr, acc, ld);
+                                if last && kb == 0 {
+                                    kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                    self.token_epilogue(f0, nr, j, mr, tile.as_ptr(), NR);
+                                } else {
+                                    kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0);
+                                    if last {
+                                        self.token_epilogue(f0, nr, j, mr, acc, ld);
+                                    }
                                 }
                             }
                         }
