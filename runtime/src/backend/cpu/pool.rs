@@ -52,6 +52,26 @@ impl Barrier {
 
 type Job = Arc<dyn Fn(usize) + Send + Sync>;
 
+thread_local! {
+    /// This thread's index in the job it runs (0 outside the pool's jobs).
+    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's index in the pool's job it runs: 0 for the caller
+/// (and for threads outside the pool), `1..n` for the workers. Work queues
+/// give each thread its own home range by it.
+#[inline(always)]
+pub fn thread_index() -> usize {
+    THREAD_INDEX.with(|t| t.get())
+}
+
+/// Sets [`thread_index`] for the calling thread (tests that stand in for
+/// the pool's threads).
+#[cfg(test)]
+pub(crate) fn set_thread_index(index: usize) {
+    THREAD_INDEX.with(|t| t.set(index));
+}
+
 struct State {
     job: Option<Job>,
     epoch: u64,
@@ -127,7 +147,9 @@ impl Pool {
             self.shared.epoch.store(s.epoch, Ordering::Release);
         }
         self.shared.start.notify_all();
+        let outer = THREAD_INDEX.with(|t| t.replace(0));
         with_flush_to_zero(|| f(0));
+        THREAD_INDEX.with(|t| t.set(outer));
         spin_while(|| self.shared.done.load(Ordering::Acquire) + 1 < self.threads);
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         while s.done + 1 < self.threads {
@@ -168,6 +190,7 @@ fn spin_while(busy: impl Fn() -> bool) {
 }
 
 fn worker(tid: usize, shared: &Shared) {
+    THREAD_INDEX.with(|t| t.set(tid));
     let mut seen = 0u64;
     loop {
         spin_while(|| shared.epoch.load(Ordering::Acquire) == seen);

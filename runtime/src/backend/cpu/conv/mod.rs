@@ -21,7 +21,7 @@ pub use pixels::pixel_major;
 
 use super::gemm::{Indirect, Kernel, K_BLOCK, MR, NR};
 use super::Act;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a tensor's elements are addressed by (row, column) of a GEMM:
 /// column `j` is position `j % per_sample` of sample `j / per_sample`, and
@@ -120,12 +120,13 @@ pub struct Problem {
 }
 
 /// Hands a layer's work units (panels, column panels, channels, rows) to its
-/// threads as they ask, and tells each thread when all of them are done: a
-/// `1/(2·threads)` share of what is left at a time, so chunks shrink as the
-/// work runs out. A thread slowed by its core (this machine is shared) then
-/// takes less, where an even split held the other one at the layer's
-/// barrier: two-thread profiles of ResNet-50 showed one thread 10–24% slower
-/// than the other on identical shares.
+/// threads as they ask, and tells each thread when all of them are done.
+/// Each thread claims from its own even share first, half of what is left
+/// there at a time, then from the back of the others' (see
+/// [`WorkQueue::claim`]): a thread slowed by its core (this machine is
+/// shared) then takes less, where an even split held the other one at the
+/// layer's end (two-thread profiles of ResNet-50 showed one thread 10–24%
+/// slower than the other on identical shares).
 ///
 /// A layer ends when its units are done, not when every thread has arrived:
 /// the network function has no barrier between layers. A thread that the
@@ -133,24 +134,62 @@ pub struct Problem {
 /// a claimed chunk; one descheduled before it claims anything finds each
 /// layer finished when it comes back and skips it.
 ///
-/// `next` and `done` are on cache lines of their own: a thread waiting for
+/// The counters are on cache lines of their own: a thread waiting for
 /// the last chunks spins on `done`, which would otherwise make every claim
 /// at the end of a layer a coherence miss for the thread still working.
 #[derive(Default)]
 pub struct WorkQueue {
+    /// Per thread (up to [`HOMES`] threads), the units taken from the front
+    /// and from the back of its home range (low and high 32 bits).
+    homes: [Line; HOMES],
+    /// With more threads than [`HOMES`]: the next unclaimed unit.
     next: Line,
     done: Line,
+}
+
+/// The most threads that claim from home ranges (see [`WorkQueue::claim`]).
+const HOMES: usize = 4;
+
+/// Half of what is left of the home range `[lo, hi)` whose taken counts
+/// `line` holds (at least `min` units, at most all that is left), from
+/// its front or, for a thread whose own range is empty, its back.
+#[inline(always)]
+fn take_half(
+    line: &Line,
+    (lo, hi): (usize, usize),
+    min: usize,
+    back: bool,
+) -> Option<(usize, usize)> {
+    let mut w = line.load(Ordering::Relaxed);
+    loop {
+        let (front, taken_back) = ((w & 0xffff_ffff) as usize, (w >> 32) as usize);
+        let left = (hi - lo).saturating_sub(front + taken_back);
+        if left == 0 {
+            return None;
+        }
+        let size = left.div_ceil(2).max(min).min(left);
+        let (next, chunk) = if back {
+            let end = hi - taken_back;
+            (w + ((size as u64) << 32), (end - size, end))
+        } else {
+            (w + size as u64, (lo + front, lo + front + size))
+        };
+        match line.compare_exchange_weak(w, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(chunk),
+            Err(now) => w = now,
+        }
+    }
 }
 
 /// An atomic counter alone on its (128-byte, for the adjacent-line
 /// prefetcher) stretch of cache.
 #[derive(Default)]
 #[repr(align(128))]
-struct Line(AtomicUsize);
+struct Line(AtomicU64);
 
 impl std::ops::Deref for Line {
-    type Target = AtomicUsize;
-    fn deref(&self) -> &AtomicUsize {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
         &self.0
     }
 }
@@ -168,12 +207,32 @@ impl std::fmt::Debug for WorkQueue {
 }
 
 impl WorkQueue {
-    /// The next chunk `[lo, hi)` of `units`, at least `min` long (unless
-    /// fewer are left); `None` once all are claimed. Use [`WorkQueue::chunks`],
-    /// which also reports them done.
+    /// The next chunk `[lo, hi)` of `units` for the calling thread, at least
+    /// `min` long (unless fewer are left); `None` once all are claimed. Use
+    /// [`WorkQueue::chunks`], which also reports them done.
+    ///
+    /// Each thread has a home range, its even share of the units, and
+    /// claims from its front, half of what is left there at a time; a
+    /// thread whose range is empty takes half of what is left at the back
+    /// of another's. Consecutive layers whose units map to the same data
+    /// (pixel blocks, column panels) thus run mostly on the thread that
+    /// wrote it, and claims mostly touch a cache line of the thread's own.
     #[inline(always)]
     fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
-        let mut cur = self.next.load(Ordering::Relaxed);
+        if threads > HOMES || units > u32::MAX as usize {
+            return self.claim_shared(units, threads, min);
+        }
+        let me = super::pool::thread_index() % threads;
+        let home = |t: usize| (units * t / threads, units * (t + 1) / threads);
+        (0..threads)
+            .map(|i| (me + i) % threads)
+            .find_map(|t| take_half(&self.homes[t], home(t), min, t != me))
+    }
+
+    /// [`WorkQueue::claim`] for more threads than home ranges: one cursor,
+    /// a `1/(2·threads)` share of what is left at a time.
+    fn claim_shared(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
+        let mut cur = self.next.load(Ordering::Relaxed) as usize;
         loop {
             if cur >= units {
                 return None;
@@ -181,13 +240,13 @@ impl WorkQueue {
             let left = units - cur;
             let size = (left / (2 * threads)).max(min).min(left);
             match self.next.compare_exchange_weak(
-                cur,
-                cur + size,
+                cur as u64,
+                (cur + size) as u64,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Some((cur, cur + size)),
-                Err(now) => cur = now,
+                Err(now) => cur = now as usize,
             }
         }
     }
@@ -210,6 +269,9 @@ impl WorkQueue {
     /// Empties the queue. Only while no thread runs the layer: the program
     /// does it for every layer before each run.
     pub fn reset(&self) {
+        self.homes
+            .iter()
+            .for_each(|h| h.store(0, Ordering::Relaxed));
         self.next.store(0, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
     }
@@ -241,13 +303,13 @@ impl Iterator for Chunks<'_> {
         if self.ran > 0 {
             // Release: this thread's writes are visible to whoever sees the
             // count (the adds form one release sequence).
-            q.done.fetch_add(self.ran, Ordering::Release);
+            q.done.fetch_add(self.ran as u64, Ordering::Release);
             self.ran = 0;
         }
         // Chunks other threads still run: spin (a layer is microseconds to
         // milliseconds), then yield so that a descheduled holder can run.
         let mut spins = 0u32;
-        while q.done.load(Ordering::Acquire) < self.units {
+        while q.done.load(Ordering::Acquire) < self.units as u64 {
             if spins < 20_000 {
                 std::hint::spin_loop();
                 spins += 1;
@@ -989,39 +1051,42 @@ pub(super) mod tests {
         }
     }
 
-    /// A work queue hands out every unit exactly once, in chunks that do not
-    /// grow; a thread's chunks end only once every unit is done, whoever
-    /// holds it (one thread here is slow inside its chunks); one thread
-    /// runs a whole layer alone while the other has not arrived, and the
-    /// latecomer finds it done; `reset` empties a queue left half-claimed.
+    /// A work queue hands out every unit exactly once (two threads, and
+    /// four threads sharing two home ranges, and more threads than home
+    /// ranges); a thread's chunks end only once every unit is done, whoever
+    /// holds it (one thread in each pair is slow inside its chunks); one
+    /// thread runs a whole layer alone while the other has not arrived, and
+    /// the latecomer finds it done; `reset` empties a queue left
+    /// half-claimed.
     #[test]
     fn work_queue_ends_a_layer_when_its_units_are_done() {
         use std::sync::atomic::AtomicU32;
         let q = WorkQueue::default();
-        for units in [0usize, 1, 7, 13, 196] {
-            q.reset();
-            let seen: Vec<AtomicU32> = (0..units).map(|_| AtomicU32::new(0)).collect();
-            std::thread::scope(|sc| {
-                for slow in [false, true] {
-                    let (q, seen) = (&q, &seen);
-                    sc.spawn(move || {
-                        let mut last = usize::MAX;
-                        for (lo, hi) in q.chunks(units, 2, 1) {
-                            assert!(lo < hi && hi - lo <= last, "{units}: chunk {lo}..{hi}");
-                            last = hi - lo;
-                            if slow {
-                                std::thread::sleep(std::time::Duration::from_millis(2));
+        for (threads, indices) in [(2, vec![0, 1]), (2, vec![0, 1, 0, 1]), (6, vec![0, 5, 2])] {
+            for units in [0usize, 1, 7, 13, 196] {
+                q.reset();
+                let seen: Vec<AtomicU32> = (0..units).map(|_| AtomicU32::new(0)).collect();
+                std::thread::scope(|sc| {
+                    for (i, &index) in indices.iter().enumerate() {
+                        let (q, seen) = (&q, &seen);
+                        sc.spawn(move || {
+                            crate::backend::cpu::pool::set_thread_index(index);
+                            for (lo, hi) in q.chunks(units, threads, 1) {
+                                assert!(lo < hi && hi <= units, "{units}: chunk {lo}..{hi}");
+                                if i % 2 == 1 {
+                                    std::thread::sleep(std::time::Duration::from_millis(2));
+                                }
+                                seen[lo..hi].iter().for_each(|s| {
+                                    s.fetch_add(1, Ordering::Relaxed);
+                                });
                             }
-                            seen[lo..hi].iter().for_each(|s| {
-                                s.fetch_add(1, Ordering::Relaxed);
-                            });
-                        }
-                        let counts: Vec<u32> =
-                            seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-                        assert!(counts.iter().all(|&c| c == 1), "{units}: {counts:?}");
-                    });
-                }
-            });
+                            let counts: Vec<u32> =
+                                seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+                            assert!(counts.iter().all(|&c| c == 1), "{units}: {counts:?}");
+                        });
+                    }
+                });
+            }
         }
         // The partner never comes: one thread does all 50 units, then the
         // latecomer is told the layer is done.
@@ -1032,9 +1097,32 @@ pub(super) mod tests {
         );
         assert_eq!(q.chunks(50, 2, 1).next(), None);
         q.reset();
-        assert_eq!(q.claim(10, 2, 1), Some((0, 2)));
+        assert_eq!(q.claim(10, 2, 1), Some((0, 3)));
         q.reset();
-        assert_eq!(q.chunks(10, 2, 1).next(), Some((0, 2)));
+        assert_eq!(q.chunks(10, 2, 1).next(), Some((0, 3)));
+    }
+
+    /// Each thread claims from the front of its home range first, halving
+    /// what is left there; then takes halves from the back of the other's.
+    #[test]
+    fn work_queue_claims_home_first_then_steals_from_the_back() {
+        let q = WorkQueue::default();
+        let on = |index: usize| {
+            crate::backend::cpu::pool::set_thread_index(index);
+            q.claim(20, 2, 1)
+        };
+        assert_eq!(on(1), Some((10, 15)));
+        assert_eq!(on(0), Some((0, 5)));
+        assert_eq!(on(1), Some((15, 18)));
+        assert_eq!(on(1), Some((18, 19)));
+        assert_eq!(on(1), Some((19, 20)));
+        // Thread 1's range is empty: it takes from the back of thread 0's.
+        assert_eq!(on(1), Some((7, 10)));
+        assert_eq!(on(0), Some((5, 6)));
+        assert_eq!(on(0), Some((6, 7)));
+        assert_eq!(on(0), None);
+        assert_eq!(on(1), None);
+        crate::backend::cpu::pool::set_thread_index(0);
     }
 
     /// 1×1 convolutions reading B in place give the packed path's results
