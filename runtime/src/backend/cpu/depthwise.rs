@@ -40,8 +40,8 @@ pub struct Depthwise {
     /// Batch.
     pub batch: usize,
     /// Hands out channels (or blocks of eight) to the threads as they ask:
-    /// a static split held the layer at its barrier for a thread whose core
-    /// was busy (this machine is shared), as `conv::WorkQueue` says.
+    /// a static split made the layer wait for a thread whose core was busy
+    /// (this machine is shared), as `conv::WorkQueue` says.
     pub queue: conv::WorkQueue,
 }
 
@@ -1322,9 +1322,12 @@ mod tests {
         unsafe impl Sync for Shared<'_> {}
         let k = Shared(k);
         std::thread::scope(|sc| {
-            for _ in 0..threads {
+            for index in 0..threads {
                 let k = &k;
-                sc.spawn(move || k.0.run_path(threads, channel_blocked));
+                sc.spawn(move || {
+                    crate::backend::cpu::pool::set_thread_index(index);
+                    k.0.run_path(threads, channel_blocked)
+                });
             }
         });
     }
@@ -1568,9 +1571,10 @@ mod tests {
             let barrier = Barrier::new(threads);
             let mut best = f64::MAX;
             std::thread::scope(|sc| {
-                for _ in 1..threads {
+                for index in 1..threads {
                     let (k, barrier) = (Shared(&k, path), &barrier);
                     sc.spawn(move || {
+                        crate::backend::cpu::pool::set_thread_index(index);
                         for _ in 0..RUNS {
                             barrier.wait();
                             k.run(threads);

@@ -74,7 +74,10 @@ pub(super) const ERFC_POLY: [f32; 10] = [
 /// An activation kernel: `dst[i] = f(src[i])` for `i < len` (`dst` may be `src`).
 pub type ActFn = unsafe extern "C" fn(src: *const f32, dst: *mut f32, len: usize);
 
-/// A layer kernel called by the network function: `(descriptor, tid, threads)`.
+/// A layer kernel called by the network function: `(descriptor, tid,
+/// threads)`. The kernels take their units from work queues and do not read
+/// `tid` (a queue finds the calling thread's home range through
+/// `pool::thread_index`); it stays in the signature for kernels that need it.
 pub type LayerFn = unsafe extern "C" fn(desc: *const u8, tid: usize, threads: usize);
 
 /// The network function: `(tid, threads)`.

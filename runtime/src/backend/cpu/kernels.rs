@@ -1402,10 +1402,10 @@ macro_rules! entry {
 }
 
 impl Kernel {
-    /// Empties the work queues of this kernel (GEMM problems, attention's
-    /// projections, depthwise channels). Called before every run, while no
-    /// thread runs: a run that ended in a panic could otherwise leave a queue
-    /// claimed, and the next run would skip its work.
+    /// Empties every work queue of this kernel (its own, and those of its
+    /// GEMM problems and attention's phases). Required before every run,
+    /// while no thread runs: a queue keeps what the last run claimed and
+    /// finished, and the next run would otherwise skip all its work.
     pub fn reset_work_queues(&self) {
         match self {
             Kernel::Gemm(g) => {
@@ -1489,9 +1489,10 @@ mod tests {
         k.reset_work_queues();
         let k = Shared(k);
         std::thread::scope(|sc| {
-            for _ in 0..threads {
+            for index in 0..threads {
                 let k = &k;
                 sc.spawn(move || {
+                    super::super::pool::set_thread_index(index);
                     let (f, d) = k.0.entry();
                     // SAFETY: the kernel's buffers outlive the scope.
                     unsafe { f(d, 0, threads) }

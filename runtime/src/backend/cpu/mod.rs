@@ -579,9 +579,11 @@ impl CpuProgram {
             }
             Some(entries) => {
                 // One job for the whole run, the threads meeting at a barrier
-                // after each layer as in the network function: a job per
-                // layer would add the pool's wake-up (tens of microseconds,
-                // erratic) to every layer's time.
+                // after each layer so that each layer is timed from a common
+                // start (the network function has no barrier: a layer ends
+                // when its units are done). A job per layer would add the
+                // pool's wake-up (tens of microseconds, erratic) to every
+                // layer's time.
                 let layers: Vec<(usize, usize)> = c
                     .lowered
                     .kernels

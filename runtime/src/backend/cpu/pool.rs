@@ -136,7 +136,9 @@ impl Pool {
     }
 
     /// Runs `f(tid)` on every thread of the pool and returns when all are done.
-    /// A panic in a worker is re-raised here.
+    /// `f` must not panic: a worker that panics never reports done (and the
+    /// other threads would wait for its layer's units), so this would not
+    /// return. The kernels are checked at lowering so that they do not.
     pub fn run(&self, f: Job) {
         {
             let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -290,9 +290,10 @@ mod tests {
                     arena[out.clone()].fill(f32::NAN);
                     p.queue.reset();
                     std::thread::scope(|sc| {
-                        for _ in 0..threads {
+                        for index in 0..threads {
                             let p = &p;
                             sc.spawn(move || {
+                                crate::backend::cpu::pool::set_thread_index(index);
                                 // SAFETY: as above; threads write disjoint strips.
                                 unsafe { p.run(threads, &mut Scratch::default()) }
                             });

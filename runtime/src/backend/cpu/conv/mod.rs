@@ -142,7 +142,8 @@ pub struct WorkQueue {
     /// Per thread (up to [`HOMES`] threads), the units taken from the front
     /// and from the back of its home range (low and high 32 bits).
     homes: [Line; HOMES],
-    /// With more threads than [`HOMES`]: the next unclaimed unit.
+    /// With more threads than [`HOMES`] (or more than `u32::MAX` units): the
+    /// next unclaimed unit.
     next: Line,
     done: Line,
 }
@@ -223,7 +224,9 @@ impl WorkQueue {
             return self.claim_shared(units, threads, min);
         }
         let me = super::pool::thread_index() % threads;
-        let home = |t: usize| (units * t / threads, units * (t + 1) / threads);
+        // In u64: `units · t` may not fit a 32-bit usize.
+        let at = |t: usize| (units as u64 * t as u64 / threads as u64) as usize;
+        let home = |t: usize| (at(t), at(t + 1));
         (0..threads)
             .map(|i| (me + i) % threads)
             .find_map(|t| take_half(&self.homes[t], home(t), min, t != me))
@@ -480,9 +483,10 @@ impl Problem {
     }
 
     /// Runs this thread's part of the problem: chunks of column panels (or of
-    /// in-place panels) claimed from [`Problem::queue`] as the thread is free,
-    /// or, when columns are too few for every thread, an even share of the
-    /// row panels. Every thread running the problem must call this.
+    /// in-place panels, pixel or token blocks) claimed from [`Problem::queue`]
+    /// as the thread is free, or, when columns are too few for every thread,
+    /// claimed halves of the row panels. Every thread running the problem
+    /// must call this; it returns once all of the problem is done.
     ///
     /// # Safety
     /// Every layout must address memory valid for the extents of this problem;
@@ -917,7 +921,8 @@ fn grow(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// `tid`'s share `[lo, hi)` of `n` items split as evenly as possible.
+/// Share `tid` of `threads` (`[lo, hi)`) of `n` items split as evenly as
+/// possible.
 pub fn split(n: usize, tid: usize, threads: usize) -> (usize, usize) {
     (n * tid / threads, n * (tid + 1) / threads)
 }
@@ -1100,6 +1105,12 @@ pub(super) mod tests {
         assert_eq!(q.claim(10, 2, 1), Some((0, 3)));
         q.reset();
         assert_eq!(q.chunks(10, 2, 1).next(), Some((0, 3)));
+        // Beyond 32-bit counts: the shared cursor, a quarter at a time.
+        #[cfg(target_pointer_width = "64")]
+        {
+            q.reset();
+            assert_eq!(q.claim(1 << 33, 2, 1), Some((0, 1 << 31)));
+        }
     }
 
     /// Each thread claims from the front of its home range first, halving
@@ -1416,6 +1427,7 @@ mod bench {
                     let (p, barrier) = (&p, &barrier);
                     let arena_ptr = arena_addr;
                     sc.spawn(move || {
+                        crate::backend::cpu::pool::set_thread_index(i + 1);
                         for _ in 0..RUNS {
                             if producer && i == 0 {
                                 // SAFETY: the input is the arena's first `input`
