@@ -360,44 +360,58 @@ impl Activation {
 }
 
 /// The rows (all dims but the last) of `dims` that this thread claims from
-/// a queue, as an odometer: `while let Some(idx) = rows.next()`; `None`
-/// once every row is done (see [`conv::WorkQueue::chunks`]). A loop rather
-/// than a function taking a closure: the closure was compiled as a function
-/// of its own, for the baseline CPU, outside the kernels' AVX2 entry
-/// (`perf`: a scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of
-/// EfficientNet-B0).
+/// a queue, cut into segments of at most [`ROW_SEGMENT`] elements, as an
+/// odometer: `while let Some((idx, start, len)) = rows.next()` (the row's
+/// index, the segment's first element and its length); `None` once every
+/// segment is done (see [`conv::WorkQueue::chunks`]). Segments, because
+/// coalescing makes a contiguous tensor one row (ConvNeXt's residual adds,
+/// 301 056 elements), which one thread ran alone. A loop rather than a
+/// function taking a closure: the closure was compiled as a function of its
+/// own, for the baseline CPU, outside the kernels' AVX2 entry (`perf`: a
+/// scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of EfficientNet-B0).
 struct Rows<'a> {
-    outer: &'a [usize],
+    /// The rows' dims, then the segments per row.
+    outer: Vec<usize>,
     chunks: conv::Chunks<'a>,
+    /// The row's index, then the segment's.
     idx: Vec<usize>,
-    /// Rows left in the current chunk.
+    /// Elements per row.
+    len: usize,
+    /// Segments left in the current chunk.
     left: usize,
     started: bool,
 }
 
+/// The most elements of a row [`Rows`] hands out as one unit.
+const ROW_SEGMENT: usize = 4096;
+
 impl<'a> Rows<'a> {
     #[inline(always)]
-    fn new(dims: &'a [usize], queue: &'a conv::WorkQueue, threads: usize) -> Rows<'a> {
-        let outer = &dims[..dims.len() - 1];
+    fn new(dims: &[usize], queue: &'a conv::WorkQueue, threads: usize) -> Rows<'a> {
+        let len = dims[dims.len() - 1];
+        let mut outer = dims[..dims.len() - 1].to_vec();
+        outer.push(len.div_ceil(ROW_SEGMENT).max(1));
         let units: usize = outer.iter().product();
         Rows {
+            idx: vec![0usize; outer.len()],
             outer,
             chunks: queue.chunks(units, threads, share(units, threads)),
-            idx: vec![0usize; outer.len()],
+            len,
             left: 0,
             started: false,
         }
     }
 
-    /// The next row's index (all dims but the last).
+    /// The next segment: its row's index (all dims but the last), its first
+    /// element and its length.
     #[inline(always)]
-    fn next(&mut self) -> Option<&[usize]> {
+    fn next(&mut self) -> Option<(&[usize], usize, usize)> {
         if self.left == 0 {
             let (lo, hi) = self.chunks.next()?;
-            // Divisions for a chunk's first row only; then count like an
+            // Divisions for a chunk's first segment only; then count like an
             // odometer.
             let mut rem = lo;
-            for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
+            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
                 *i = rem % d;
                 rem /= d;
             }
@@ -405,7 +419,7 @@ impl<'a> Rows<'a> {
             self.started = false;
         }
         if self.started {
-            for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
+            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
                 *i += 1;
                 if *i < *d {
                     break;
@@ -415,7 +429,9 @@ impl<'a> Rows<'a> {
         }
         self.started = true;
         self.left -= 1;
-        Some(&self.idx)
+        let (row, seg) = self.idx.split_at(self.idx.len() - 1);
+        let start = seg[0] * ROW_SEGMENT;
+        Some((row, start, ROW_SEGMENT.min(self.len - start)))
     }
 }
 
@@ -453,15 +469,21 @@ impl Copy {
         let last = d.len() - 1;
         let (ss, ds) = (self.src.strides[last], self.dst.strides[last]);
         let mut rows = Rows::new(d, &self.queue, threads);
-        while let Some(idx) = rows.next() {
+        while let Some((idx, start, n)) = rows.next() {
             // SAFETY: extents checked at lowering.
             unsafe {
-                let s = self.src.ptr.add(offset(idx, &self.src.strides));
-                let t = self.dst.ptr.add(offset(idx, &self.dst.strides));
+                let s = self
+                    .src
+                    .ptr
+                    .add(offset(idx, &self.src.strides) + start * ss);
+                let t = self
+                    .dst
+                    .ptr
+                    .add(offset(idx, &self.dst.strides) + start * ds);
                 if ss == 1 && ds == 1 {
-                    std::ptr::copy(s, t, d[last]);
+                    std::ptr::copy(s, t, n);
                 } else {
-                    for i in 0..d[last] {
+                    for i in 0..n {
                         *t.add(i * ds) = *s.add(i * ss);
                     }
                 }
@@ -576,14 +598,17 @@ impl Binary {
         let d = &self.out.dims;
         let last = d.len() - 1;
         let (sa, sb) = (self.a.strides[last], self.b.strides[last]);
+        let so = self.out.strides[last];
         let mut rows = Rows::new(d, &self.queue, threads);
-        while let Some(idx) = rows.next() {
+        while let Some((idx, start, n)) = rows.next() {
             // SAFETY: extents checked at lowering; in-place is element-wise.
             unsafe {
-                let a = self.a.ptr.add(offset(idx, &self.a.strides));
-                let b = self.b.ptr.add(offset(idx, &self.b.strides));
-                let o = self.out.ptr.add(offset(idx, &self.out.strides));
-                let n = d[last];
+                let a = self.a.ptr.add(offset(idx, &self.a.strides) + start * sa);
+                let b = self.b.ptr.add(offset(idx, &self.b.strides) + start * sb);
+                let o = self
+                    .out
+                    .ptr
+                    .add(offset(idx, &self.out.strides) + start * so);
                 match self.op {
                     BinaryOp::Add => binary_row(o, a, b, n, sa, sb, |x, y| x + y),
                     BinaryOp::Sub => binary_row(o, a, b, n, sa, sb, |x, y| x - y),
@@ -1542,6 +1567,68 @@ mod tests {
                 assert_eq!(k.is_transpose(), rows >= 8 && cols >= 8, "{rows}x{cols}");
                 run_on_threads(&Kernel::Copy(k), threads);
                 assert_eq!(got, want, "{batch}x{rows}x{cols}, {threads} threads");
+            }
+        }
+    }
+
+    /// Rows longer than a segment (a contiguous tensor coalesced into one
+    /// row, a broadcast operand, a partial last segment) are cut into
+    /// segments that threads share, and every element comes out as the
+    /// element-wise definition says: binary ops and copies, one and two
+    /// threads.
+    #[test]
+    fn long_rows_run_in_segments_on_every_thread() {
+        for &(rows, len) in &[(1, 3 * ROW_SEGMENT + 17), (3, ROW_SEGMENT + 1), (2, 100)] {
+            let total = rows * len;
+            let a: Vec<f32> = (0..total).map(|i| i as f32 * 0.25).collect();
+            let scale: Vec<f32> = (0..rows).map(|r| r as f32 + 1.5).collect();
+            for threads in [1, 2] {
+                // out[r, i] = a[r, i] · scale[r] (scale broadcast along rows).
+                let mut out = vec![f32::NAN; total];
+                let k = Kernel::Binary(Binary {
+                    op: BinaryOp::Mul,
+                    a: View {
+                        ptr: a.as_ptr() as *mut f32,
+                        dims: vec![rows, len],
+                        strides: vec![len, 1],
+                    },
+                    b: View {
+                        ptr: scale.as_ptr() as *mut f32,
+                        dims: vec![rows, len],
+                        strides: vec![1, 0],
+                    },
+                    out: View {
+                        ptr: out.as_mut_ptr(),
+                        dims: vec![rows, len],
+                        strides: vec![len, 1],
+                    },
+                    queue: conv::WorkQueue::default(),
+                });
+                run_on_threads(&k, threads);
+                for (i, v) in out.iter().enumerate() {
+                    assert_eq!(
+                        *v,
+                        a[i] * scale[i / len],
+                        "{rows}x{len} at {i}, {threads} threads"
+                    );
+                }
+                // A contiguous copy: one row after coalescing.
+                let mut copied = vec![f32::NAN; total];
+                let k = Kernel::Copy(Copy {
+                    src: View {
+                        ptr: a.as_ptr() as *mut f32,
+                        dims: vec![total],
+                        strides: vec![1],
+                    },
+                    dst: View {
+                        ptr: copied.as_mut_ptr(),
+                        dims: vec![total],
+                        strides: vec![1],
+                    },
+                    queue: conv::WorkQueue::default(),
+                });
+                run_on_threads(&k, threads);
+                assert_eq!(copied, a, "{rows}x{len}, {threads} threads");
             }
         }
     }
