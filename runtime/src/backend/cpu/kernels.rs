@@ -446,7 +446,7 @@ pub struct Copy {
     pub src: View,
     /// Destination.
     pub dst: View,
-    /// Hands out the rows (or transpose blocks).
+    /// Hands out the row segments (see [`Rows`]) or transpose blocks.
     pub queue: conv::WorkQueue,
 }
 
@@ -462,7 +462,7 @@ impl Copy {
         self.run_rows(threads);
     }
 
-    /// [`Copy::run`] row by row of the destination's last dimension.
+    /// [`Copy::run`] by segments of the destination's rows (see [`Rows`]).
     #[inline(always)]
     fn run_rows(&self, threads: usize) {
         let d = &self.dst.dims;
@@ -588,7 +588,7 @@ pub struct Binary {
     pub b: View,
     /// Output.
     pub out: View,
-    /// Hands out the rows.
+    /// Hands out the row segments (see [`Rows`]).
     pub queue: conv::WorkQueue,
 }
 
@@ -610,18 +610,21 @@ impl Binary {
                     .ptr
                     .add(offset(idx, &self.out.strides) + start * so);
                 match self.op {
-                    BinaryOp::Add => binary_row(o, a, b, n, sa, sb, |x, y| x + y),
-                    BinaryOp::Sub => binary_row(o, a, b, n, sa, sb, |x, y| x - y),
-                    BinaryOp::Mul => binary_row(o, a, b, n, sa, sb, |x, y| x * y),
-                    BinaryOp::Div => binary_row(o, a, b, n, sa, sb, |x, y| x / y),
+                    BinaryOp::Add => binary_row(o, a, b, n, [sa, sb, so], |x, y| x + y),
+                    BinaryOp::Sub => binary_row(o, a, b, n, [sa, sb, so], |x, y| x - y),
+                    BinaryOp::Mul => binary_row(o, a, b, n, [sa, sb, so], |x, y| x * y),
+                    BinaryOp::Div => binary_row(o, a, b, n, [sa, sb, so], |x, y| x / y),
                 }
             }
         }
     }
 }
 
-/// `o[i] = f(a[i·sa], b[i·sb])` for `i < n`, with the common strides (both
-/// unit, one operand broadcast) as separate loops the compiler vectorizes.
+/// `o[i·so] = f(a[i·sa], b[i·sb])` for `i < n`, with the common strides
+/// (all unit, or one operand broadcast, into a contiguous output) as
+/// separate loops the compiler vectorizes. The output's stride is not always
+/// 1: a `[N, 1, 1, 1]` result that is a slice of a concatenation coalesces to
+/// `[N]` with the concatenation's sample stride.
 ///
 /// # Safety
 /// Each pointer must be valid for `n` elements at its stride; `o` may equal
@@ -632,8 +635,7 @@ unsafe fn binary_row(
     a: *const f32,
     b: *const f32,
     n: usize,
-    sa: usize,
-    sb: usize,
+    [sa, sb, so]: [usize; 3],
     f: impl Fn(f32, f32) -> f32,
 ) {
     // Eight lanes read whole before any is written, so the compiler needs
@@ -648,7 +650,7 @@ unsafe fn binary_row(
                 _ => std::ptr::read_unaligned(p.add(i) as *const [f32; L]),
             }
         };
-        if matches!((sa, sb), (1, 1) | (1, 0) | (0, 1)) {
+        if so == 1 && matches!((sa, sb), (1, 1) | (1, 0) | (0, 1)) {
             for i in (0..full).step_by(L) {
                 let (x, y) = (lanes(a, i, sa), lanes(b, i, sb));
                 let mut r = [0f32; L];
@@ -660,7 +662,7 @@ unsafe fn binary_row(
             (full..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb)));
             return;
         }
-        (0..n).for_each(|i| *o.add(i) = f(*a.add(i * sa), *b.add(i * sb)));
+        (0..n).for_each(|i| *o.add(i * so) = f(*a.add(i * sa), *b.add(i * sb)));
     }
 }
 
@@ -1113,7 +1115,8 @@ pub struct Reduce {
     pub dims: [usize; 3],
     /// The generated `exp` kernel (softmax).
     pub exp: Act,
-    /// Hands out the rows.
+    /// Hands out the rows, or for a channels-first layer norm groups of
+    /// [`PIXELS`] pixels.
     pub queue: conv::WorkQueue,
 }
 
@@ -1137,13 +1140,13 @@ impl Reduce {
     #[inline(always)]
     fn run(&self, threads: usize) {
         if let ReduceKind::LayerNorm { eps, gamma, beta } = self.kind {
-            if self.dims[2] == 1 {
-                return self.layer_norm_rows(threads, eps, gamma, beta);
-            }
-            if self.dims[2] > 1 {
-                return self.layer_norm_across(threads, eps, gamma, beta);
-            }
+            return if self.dims[2] == 1 {
+                self.layer_norm_rows(threads, eps, gamma, beta)
+            } else {
+                self.layer_norm_across(threads, eps, gamma, beta)
+            };
         }
+        // Softmax along `len` elements `inner` apart.
         let [outer, len, inner] = self.dims;
         let [mut v] = take_buffers([len]);
         let units = self.batch * outer * inner;
@@ -1159,29 +1162,12 @@ impl Reduce {
                         *x = *src.add(k * inner);
                     }
                 }
-                match self.kind {
-                    ReduceKind::Softmax => {
-                        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        v.iter_mut().for_each(|x| *x -= m);
-                        self.exp.apply(&mut v);
-                        let s: f32 = v.iter().sum();
-                        let r = 1.0 / s;
-                        v.iter_mut().for_each(|x| *x *= r);
-                    }
-                    ReduceKind::LayerNorm { eps, gamma, beta } => {
-                        // In f64 (a large mean would otherwise cost the centred
-                        // values their precision), four lanes at a time so the
-                        // sums vectorize instead of forming one serial chain.
-                        let mean = sum_f64(&v, |x| x) / len as f64;
-                        let var = sum_f64(&v, |x| (x - mean) * (x - mean)) / len as f64;
-                        let r = 1.0 / (var + eps as f64).sqrt();
-                        for (k, x) in v.iter_mut().enumerate() {
-                            // SAFETY: gamma and beta hold `len` floats.
-                            let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
-                            *x = ((*x as f64 - mean) * r) as f32 * g + b;
-                        }
-                    }
-                }
+                let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                v.iter_mut().for_each(|x| *x -= m);
+                self.exp.apply(&mut v);
+                let s: f32 = v.iter().sum();
+                let r = 1.0 / s;
+                v.iter_mut().for_each(|x| *x *= r);
                 // SAFETY: as above.
                 unsafe {
                     let dst = self.out.at(n).add(off);
@@ -1201,9 +1187,10 @@ const PIXELS: usize = 8;
 
 impl Reduce {
     /// Layer norm over contiguous rows (`inner` = 1, token-major): read in
-    /// place, the same sums and formula as the general path (same bits),
-    /// the row normalized into a buffer and copied out (the output may be
-    /// the input).
+    /// place, normalized into a buffer and copied out (the output may be the
+    /// input). In f64 (a large mean would otherwise cost the centred values
+    /// their precision), the sums four lanes at a time so that they
+    /// vectorize instead of forming one serial chain.
     #[inline(always)]
     fn layer_norm_rows(&self, threads: usize, eps: f32, gamma: *const f32, beta: *const f32) {
         let [outer, len, _] = self.dims;
@@ -1834,6 +1821,44 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A binary op whose output is not contiguous along its last dimension
+    /// (a `[N, 1, 1, 1]` slice of a concatenation coalesces to that) writes
+    /// each result at its stride and nothing between.
+    #[test]
+    fn binary_ops_write_strided_outputs_at_their_stride() {
+        let n = 21;
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let b = [0.5f32];
+        let mut out = vec![f32::NAN; 3 * n];
+        let k = Kernel::Binary(Binary {
+            op: BinaryOp::Add,
+            a: View {
+                ptr: a.as_ptr() as *mut f32,
+                dims: vec![n],
+                strides: vec![1],
+            },
+            b: View {
+                ptr: b.as_ptr() as *mut f32,
+                dims: vec![n],
+                strides: vec![0],
+            },
+            out: View {
+                ptr: out.as_mut_ptr(),
+                dims: vec![n],
+                strides: vec![3],
+            },
+            queue: conv::WorkQueue::default(),
+        });
+        run_on_threads(&k, 2);
+        for (i, v) in out.iter().enumerate() {
+            if i % 3 == 0 {
+                assert_eq!(*v, a[i / 3] + 0.5, "at {i}");
+            } else {
+                assert!(v.is_nan(), "at {i}: {v}");
             }
         }
     }
