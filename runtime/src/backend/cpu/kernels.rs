@@ -286,30 +286,27 @@ impl ChannelAffine {
     #[allow(clippy::manual_clamp)]
     fn run(&self, threads: usize) {
         let [outer, c, inner] = self.dims;
-        let units = self.batch * outer * c;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let n = u / (outer * c);
-                let ch = u % c;
-                let o = (u / c) % outer;
-                let off = (o * c + ch) * inner;
-                let (s, t) = (self.scale[ch], self.shift.as_ref().map_or(0.0, |v| v[ch]));
-                // SAFETY: extents checked at lowering; in-place is element-wise.
-                unsafe {
-                    let src = self.x.at(n).add(off);
-                    let dst = self.out.at(n).add(off);
-                    // `max`/`min` as in `Act::apply` (NaN maps to 0).
-                    match self.act {
-                        None => (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t),
-                        Some(super::Act::Relu) => {
-                            (0..inner).for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0))
-                        }
-                        Some(super::Act::Relu6) => (0..inner)
-                            .for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0).min(6.0)),
-                        Some(a) => {
-                            (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t);
-                            a.apply(std::slice::from_raw_parts_mut(dst, inner));
-                        }
+        for u in claimed_units(&self.queue, self.batch * outer * c, threads) {
+            let n = u / (outer * c);
+            let ch = u % c;
+            let o = (u / c) % outer;
+            let off = (o * c + ch) * inner;
+            let (s, t) = (self.scale[ch], self.shift.as_ref().map_or(0.0, |v| v[ch]));
+            // SAFETY: extents checked at lowering; in-place is element-wise.
+            unsafe {
+                let src = self.x.at(n).add(off);
+                let dst = self.out.at(n).add(off);
+                // `max`/`min` as in `Act::apply` (NaN maps to 0).
+                match self.act {
+                    None => (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t),
+                    Some(super::Act::Relu) => {
+                        (0..inner).for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0))
+                    }
+                    Some(super::Act::Relu6) => (0..inner)
+                        .for_each(|i| *dst.add(i) = (*src.add(i) * s + t).max(0.0).min(6.0)),
+                    Some(a) => {
+                        (0..inner).for_each(|i| *dst.add(i) = *src.add(i) * s + t);
+                        a.apply(std::slice::from_raw_parts_mut(dst, inner));
                     }
                 }
             }
@@ -339,21 +336,18 @@ impl Activation {
     fn run(&self, threads: usize) {
         // Chunks of whole vectors so threads never share a cache line's worth of work.
         let chunks = self.len.div_ceil(1024);
-        let units = self.batch * chunks;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let (n, c) = (u / chunks, u % chunks);
-                let start = c * 1024;
-                let len = 1024.min(self.len - start);
-                // SAFETY: extents checked at lowering.
-                unsafe {
-                    let src = self.x.at(n).add(start);
-                    let dst = self.out.at(n).add(start);
-                    if src != dst {
-                        std::ptr::copy_nonoverlapping(src, dst, len);
-                    }
-                    self.act.apply(std::slice::from_raw_parts_mut(dst, len));
+        for u in claimed_units(&self.queue, self.batch * chunks, threads) {
+            let (n, c) = (u / chunks, u % chunks);
+            let start = c * 1024;
+            let len = 1024.min(self.len - start);
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let src = self.x.at(n).add(start);
+                let dst = self.out.at(n).add(start);
+                if src != dst {
+                    std::ptr::copy_nonoverlapping(src, dst, len);
                 }
+                self.act.apply(std::slice::from_raw_parts_mut(dst, len));
             }
         }
     }
@@ -370,11 +364,15 @@ impl Activation {
 /// own, for the baseline CPU, outside the kernels' AVX2 entry (`perf`: a
 /// scalar SSE loop in `Binary::run::{{closure}}`, 3.5% of EfficientNet-B0).
 struct Rows<'a> {
-    /// The rows' dims, then the segments per row.
-    outer: Vec<usize>,
+    /// The rows' dims (all but the last).
+    outer: &'a [usize],
+    /// Segments per row.
+    segs: usize,
     chunks: conv::Chunks<'a>,
-    /// The row's index, then the segment's.
+    /// The row's index.
     idx: Vec<usize>,
+    /// The segment's index in its row.
+    seg: usize,
     /// Elements per row.
     len: usize,
     /// Segments left in the current chunk.
@@ -387,15 +385,16 @@ const ROW_SEGMENT: usize = 4096;
 
 impl<'a> Rows<'a> {
     #[inline(always)]
-    fn new(dims: &[usize], queue: &'a conv::WorkQueue, threads: usize) -> Rows<'a> {
-        let len = dims[dims.len() - 1];
-        let mut outer = dims[..dims.len() - 1].to_vec();
-        outer.push(len.div_ceil(ROW_SEGMENT).max(1));
-        let units: usize = outer.iter().product();
+    fn new(dims: &'a [usize], queue: &'a conv::WorkQueue, threads: usize) -> Rows<'a> {
+        let (outer, len) = dims.split_at(dims.len() - 1);
+        let (len, segs) = (len[0], len[0].div_ceil(ROW_SEGMENT).max(1));
+        let units = outer.iter().product::<usize>() * segs;
         Rows {
-            idx: vec![0usize; outer.len()],
             outer,
+            segs,
             chunks: queue.chunks(units, threads, share(units, threads)),
+            idx: vec![0usize; outer.len()],
+            seg: 0,
             len,
             left: 0,
             started: false,
@@ -409,9 +408,10 @@ impl<'a> Rows<'a> {
         if self.left == 0 {
             let (lo, hi) = self.chunks.next()?;
             // Divisions for a chunk's first segment only; then count like an
-            // odometer.
-            let mut rem = lo;
-            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
+            // odometer, the segment the fastest digit.
+            self.seg = lo % self.segs;
+            let mut rem = lo / self.segs;
+            for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
                 *i = rem % d;
                 rem /= d;
             }
@@ -419,19 +419,22 @@ impl<'a> Rows<'a> {
             self.started = false;
         }
         if self.started {
-            for (i, d) in self.idx.iter_mut().zip(&self.outer).rev() {
-                *i += 1;
-                if *i < *d {
-                    break;
+            self.seg += 1;
+            if self.seg == self.segs {
+                self.seg = 0;
+                for (i, d) in self.idx.iter_mut().zip(self.outer).rev() {
+                    *i += 1;
+                    if *i < *d {
+                        break;
+                    }
+                    *i = 0;
                 }
-                *i = 0;
             }
         }
         self.started = true;
         self.left -= 1;
-        let (row, seg) = self.idx.split_at(self.idx.len() - 1);
-        let start = seg[0] * ROW_SEGMENT;
-        Some((row, start, ROW_SEGMENT.min(self.len - start)))
+        let start = self.seg * ROW_SEGMENT;
+        Some((&self.idx, start, ROW_SEGMENT.min(self.len - start)))
     }
 }
 
@@ -537,39 +540,36 @@ impl Copy {
         let outer: usize = d[..n - 2].iter().product();
         let blocks = rows.div_ceil(8);
         let mut idx = vec![0usize; n - 2];
-        let units = outer * blocks;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let (o, r0) = (u / blocks, u % blocks * 8);
-                let mut rem = o;
-                for (i, dim) in idx.iter_mut().zip(&d[..n - 2]).rev() {
-                    *i = rem % dim;
-                    rem /= dim;
-                }
-                // SAFETY (the whole block): every element read and written is
-                // inside the views, whose extents the lowering checked.
-                unsafe {
-                    let src = self.src.ptr.add(offset(&idx, &self.src.strides) + r0);
-                    let dst = self
-                        .dst
-                        .ptr
-                        .add(offset(&idx, &self.dst.strides) + r0 * d_row);
-                    let rn = (rows - r0).min(8);
-                    let full = if rn == 8 { cols / 8 * 8 } else { 0 };
-                    for c0 in (0..full).step_by(8) {
-                        let mut v = [_mm256_setzero_ps(); 8];
-                        for (t, v) in v.iter_mut().enumerate() {
-                            *v = _mm256_loadu_ps(src.add((c0 + t) * s_col));
-                        }
-                        let w = super::vmath::transpose8(v);
-                        for (r, w) in w.iter().enumerate() {
-                            _mm256_storeu_ps(dst.add(r * d_row + c0), *w);
-                        }
+        for u in claimed_units(&self.queue, outer * blocks, threads) {
+            let (o, r0) = (u / blocks, u % blocks * 8);
+            let mut rem = o;
+            for (i, dim) in idx.iter_mut().zip(&d[..n - 2]).rev() {
+                *i = rem % dim;
+                rem /= dim;
+            }
+            // SAFETY (the whole block): every element read and written is
+            // inside the views, whose extents the lowering checked.
+            unsafe {
+                let src = self.src.ptr.add(offset(&idx, &self.src.strides) + r0);
+                let dst = self
+                    .dst
+                    .ptr
+                    .add(offset(&idx, &self.dst.strides) + r0 * d_row);
+                let rn = (rows - r0).min(8);
+                let full = if rn == 8 { cols / 8 * 8 } else { 0 };
+                for c0 in (0..full).step_by(8) {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for (t, v) in v.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(src.add((c0 + t) * s_col));
                     }
-                    for r in 0..rn {
-                        for c in full..cols {
-                            *dst.add(r * d_row + c) = *src.add(c * s_col + r);
-                        }
+                    let w = super::vmath::transpose8(v);
+                    for (r, w) in w.iter().enumerate() {
+                        _mm256_storeu_ps(dst.add(r * d_row + c0), *w);
+                    }
+                }
+                for r in 0..rn {
+                    for c in full..cols {
+                        *dst.add(r * d_row + c) = *src.add(c * s_col + r);
                     }
                 }
             }
@@ -1149,31 +1149,28 @@ impl Reduce {
         // Softmax along `len` elements `inner` apart.
         let [outer, len, inner] = self.dims;
         let [mut v] = take_buffers([len]);
-        let units = self.batch * outer * inner;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let n = u / (outer * inner);
-                let (o, i) = ((u / inner) % outer, u % inner);
-                let off = o * len * inner + i;
-                // SAFETY: extents checked at lowering.
-                unsafe {
-                    let src = self.x.at(n).add(off);
-                    for (k, x) in v.iter_mut().enumerate() {
-                        *x = *src.add(k * inner);
-                    }
+        for u in claimed_units(&self.queue, self.batch * outer * inner, threads) {
+            let n = u / (outer * inner);
+            let (o, i) = ((u / inner) % outer, u % inner);
+            let off = o * len * inner + i;
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                let src = self.x.at(n).add(off);
+                for (k, x) in v.iter_mut().enumerate() {
+                    *x = *src.add(k * inner);
                 }
-                let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                v.iter_mut().for_each(|x| *x -= m);
-                self.exp.apply(&mut v);
-                let s: f32 = v.iter().sum();
-                let r = 1.0 / s;
-                v.iter_mut().for_each(|x| *x *= r);
-                // SAFETY: as above.
-                unsafe {
-                    let dst = self.out.at(n).add(off);
-                    for (k, x) in v.iter().enumerate() {
-                        *dst.add(k * inner) = *x;
-                    }
+            }
+            let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            v.iter_mut().for_each(|x| *x -= m);
+            self.exp.apply(&mut v);
+            let s: f32 = v.iter().sum();
+            let r = 1.0 / s;
+            v.iter_mut().for_each(|x| *x *= r);
+            // SAFETY: as above.
+            unsafe {
+                let dst = self.out.at(n).add(off);
+                for (k, x) in v.iter().enumerate() {
+                    *dst.add(k * inner) = *x;
                 }
             }
         }
@@ -1202,23 +1199,20 @@ impl Reduce {
                 std::slice::from_raw_parts(beta, len),
             )
         };
-        let units = self.batch * outer;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let (n, o) = (u / outer, u % outer);
-                // SAFETY: extents checked at lowering; the row is read
-                // whole before the output (which may be it) is written.
-                let x = unsafe { std::slice::from_raw_parts(self.x.at(n).add(o * len), len) };
-                let mean = sum_f64(x, |x| x) / len as f64;
-                let var = sum_f64(x, |x| (x - mean) * (x - mean)) / len as f64;
-                let r = 1.0 / (var + eps as f64).sqrt();
-                for (((y, &x), &g), &b) in v.iter_mut().zip(x).zip(g).zip(b) {
-                    *y = ((x as f64 - mean) * r) as f32 * g + b;
-                }
-                // SAFETY: as above.
-                unsafe {
-                    std::ptr::copy(v.as_ptr(), self.out.at(n).add(o * len), len);
-                }
+        for u in claimed_units(&self.queue, self.batch * outer, threads) {
+            let (n, o) = (u / outer, u % outer);
+            // SAFETY: extents checked at lowering; the row is read
+            // whole before the output (which may be it) is written.
+            let x = unsafe { std::slice::from_raw_parts(self.x.at(n).add(o * len), len) };
+            let mean = sum_f64(x, |x| x) / len as f64;
+            let var = sum_f64(x, |x| (x - mean) * (x - mean)) / len as f64;
+            let r = 1.0 / (var + eps as f64).sqrt();
+            for (((y, &x), &g), &b) in v.iter_mut().zip(x).zip(g).zip(b) {
+                *y = ((x as f64 - mean) * r) as f32 * g + b;
+            }
+            // SAFETY: as above.
+            unsafe {
+                std::ptr::copy(v.as_ptr(), self.out.at(n).add(o * len), len);
             }
         }
         put_buffers([v]);
@@ -1233,70 +1227,67 @@ impl Reduce {
     fn layer_norm_across(&self, threads: usize, eps: f32, gamma: *const f32, beta: *const f32) {
         let [outer, len, inner] = self.dims;
         let groups = inner.div_ceil(PIXELS);
-        let units = self.batch * outer * groups;
-        for (lo, hi) in self.queue.chunks(units, threads, share(units, threads)) {
-            for u in lo..hi {
-                let n = u / (outer * groups);
-                let (o, q) = ((u / groups) % outer, u % groups);
-                // The last group may be partial: `m` pixels (its lanes past
-                // them are zeros, never stored; the output may be the input,
-                // so groups must not overlap).
-                let i0 = q * PIXELS;
-                let m = PIXELS.min(inner - i0);
-                let off = o * len * inner + i0;
-                // SAFETY: extents checked at lowering: channel k's m floats
-                // from `off + k·inner` are inside the sample.
-                let (src, dst) = unsafe { (self.x.at(n).add(off), self.out.at(n).add(off)) };
-                let row = |k: usize| -> [f32; PIXELS] {
-                    // SAFETY: as above.
-                    unsafe {
-                        let p = src.add(k * inner);
-                        if m == PIXELS {
-                            std::ptr::read_unaligned(p as *const [f32; PIXELS])
-                        } else {
-                            let mut x = [0f32; PIXELS];
-                            std::ptr::copy_nonoverlapping(p, x.as_mut_ptr(), m);
-                            x
-                        }
-                    }
-                };
-                let mut mean = [0f64; PIXELS];
-                for k in 0..len {
-                    let x = row(k);
-                    for j in 0..PIXELS {
-                        mean[j] += x[j] as f64;
+        for u in claimed_units(&self.queue, self.batch * outer * groups, threads) {
+            let n = u / (outer * groups);
+            let (o, q) = ((u / groups) % outer, u % groups);
+            // The last group may be partial: `m` pixels (its lanes past
+            // them are zeros, never stored; the output may be the input,
+            // so groups must not overlap).
+            let i0 = q * PIXELS;
+            let m = PIXELS.min(inner - i0);
+            let off = o * len * inner + i0;
+            // SAFETY: extents checked at lowering: channel k's m floats
+            // from `off + k·inner` are inside the sample.
+            let (src, dst) = unsafe { (self.x.at(n).add(off), self.out.at(n).add(off)) };
+            let row = |k: usize| -> [f32; PIXELS] {
+                // SAFETY: as above.
+                unsafe {
+                    let p = src.add(k * inner);
+                    if m == PIXELS {
+                        std::ptr::read_unaligned(p as *const [f32; PIXELS])
+                    } else {
+                        let mut x = [0f32; PIXELS];
+                        std::ptr::copy_nonoverlapping(p, x.as_mut_ptr(), m);
+                        x
                     }
                 }
-                mean.iter_mut().for_each(|m| *m /= len as f64);
-                let mut var = [0f64; PIXELS];
-                for k in 0..len {
-                    let x = row(k);
-                    for j in 0..PIXELS {
-                        let d = x[j] as f64 - mean[j];
-                        var[j] += d * d;
-                    }
-                }
-                let mut r = [0f64; PIXELS];
+            };
+            let mut mean = [0f64; PIXELS];
+            for k in 0..len {
+                let x = row(k);
                 for j in 0..PIXELS {
-                    r[j] = 1.0 / (var[j] / len as f64 + eps as f64).sqrt();
+                    mean[j] += x[j] as f64;
                 }
-                for k in 0..len {
-                    let x = row(k);
-                    // SAFETY: gamma and beta hold `len` floats.
-                    let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
-                    let mut y = [0f32; PIXELS];
-                    for j in 0..PIXELS {
-                        y[j] = ((x[j] as f64 - mean[j]) * r[j]) as f32 * g + b;
-                    }
-                    // SAFETY: as above; channel k's pixels are read (all
-                    // sums above, and `x` here) before they are written.
-                    unsafe {
-                        let p = dst.add(k * inner);
-                        if m == PIXELS {
-                            std::ptr::write_unaligned(p as *mut [f32; PIXELS], y);
-                        } else {
-                            std::ptr::copy_nonoverlapping(y.as_ptr(), p, m);
-                        }
+            }
+            mean.iter_mut().for_each(|m| *m /= len as f64);
+            let mut var = [0f64; PIXELS];
+            for k in 0..len {
+                let x = row(k);
+                for j in 0..PIXELS {
+                    let d = x[j] as f64 - mean[j];
+                    var[j] += d * d;
+                }
+            }
+            let mut r = [0f64; PIXELS];
+            for j in 0..PIXELS {
+                r[j] = 1.0 / (var[j] / len as f64 + eps as f64).sqrt();
+            }
+            for k in 0..len {
+                let x = row(k);
+                // SAFETY: gamma and beta hold `len` floats.
+                let (g, b) = unsafe { (*gamma.add(k), *beta.add(k)) };
+                let mut y = [0f32; PIXELS];
+                for j in 0..PIXELS {
+                    y[j] = ((x[j] as f64 - mean[j]) * r[j]) as f32 * g + b;
+                }
+                // SAFETY: as above; channel k's pixels are read (all
+                // sums above, and `x` here) before they are written.
+                unsafe {
+                    let p = dst.add(k * inner);
+                    if m == PIXELS {
+                        std::ptr::write_unaligned(p as *mut [f32; PIXELS], y);
+                    } else {
+                        std::ptr::copy_nonoverlapping(y.as_ptr(), p, m);
                     }
                 }
             }
@@ -1341,21 +1332,19 @@ impl MatMul {
         let count: usize = batch_dims.iter().product();
         let [mut abuf, mut bbuf] = take_buffers([m * k, k * n]);
         let mut idx = vec![0; r - 2];
-        for (lo, hi) in self.queue.chunks(count, threads, share(count, threads)) {
-            for u in lo..hi {
-                let mut rem = u;
-                for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
-                    *i = rem % d;
-                    rem /= d;
-                }
-                // SAFETY: extents checked at lowering.
-                unsafe {
-                    gather(&self.a, &idx, m, k, &mut abuf);
-                    gather(&self.b, &idx, k, n, &mut bbuf);
-                    let o = self.out.ptr.add(offset(&idx, &self.out.strides));
-                    let c = std::slice::from_raw_parts_mut(o, m * n);
-                    sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
-                }
+        for u in claimed_units(&self.queue, count, threads) {
+            let mut rem = u;
+            for (i, d) in idx.iter_mut().zip(batch_dims).rev() {
+                *i = rem % d;
+                rem /= d;
+            }
+            // SAFETY: extents checked at lowering.
+            unsafe {
+                gather(&self.a, &idx, m, k, &mut abuf);
+                gather(&self.b, &idx, k, n, &mut bbuf);
+                let o = self.out.ptr.add(offset(&idx, &self.out.strides));
+                let c = std::slice::from_raw_parts_mut(o, m * n);
+                sgemm(mat(&abuf, m, k), mat(&bbuf, k, n), c, n, false);
             }
         }
         put_buffers([abuf, bbuf]);
@@ -1480,10 +1469,20 @@ fn channel_planes(
     channels: usize,
     threads: usize,
 ) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let units = batch * channels;
+    claimed_units(queue, batch * channels, threads).map(move |u| (u / channels, u % channels))
+}
+
+/// The units of `units` this thread claims from `queue` (in chunks of
+/// [`share`]), one by one; ends once every unit is done.
+#[inline(always)]
+fn claimed_units(
+    queue: &conv::WorkQueue,
+    units: usize,
+    threads: usize,
+) -> impl Iterator<Item = usize> + '_ {
     queue
         .chunks(units, threads, share(units, threads))
-        .flat_map(move |(lo, hi)| (lo..hi).map(move |u| (u / channels, u % channels)))
+        .flat_map(|(lo, hi)| lo..hi)
 }
 
 /// Every kernel.

@@ -38,14 +38,23 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == gen {
-            if spins < 20_000 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-            }
+        wait_until(|| self.generation.load(Ordering::Acquire) != gen);
+    }
+}
+
+/// Spins until `done()` holds, then (after 20 000 spins) yields between
+/// checks so that a descheduled thread being waited for can run: the waits
+/// inside a run (layers, the profiler's barrier) are microseconds to
+/// milliseconds long.
+#[inline(always)]
+pub(crate) fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < 20_000 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
         }
     }
 }

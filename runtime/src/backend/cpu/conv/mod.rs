@@ -309,17 +309,8 @@ impl Iterator for Chunks<'_> {
             q.done.fetch_add(self.ran as u64, Ordering::Release);
             self.ran = 0;
         }
-        // Chunks other threads still run: spin (a layer is microseconds to
-        // milliseconds), then yield so that a descheduled holder can run.
-        let mut spins = 0u32;
-        while q.done.load(Ordering::Acquire) < self.units as u64 {
-            if spins < 20_000 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        // Chunks other threads still run.
+        super::pool::wait_until(|| q.done.load(Ordering::Acquire) >= self.units as u64);
         None
     }
 }
