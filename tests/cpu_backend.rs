@@ -519,3 +519,30 @@ fn activations_are_accurate_on_both_paths() {
     }
     eprintln!("{}", report.join(", "));
 }
+
+/// A tensor without a batch axis is broadcast to every sample, so an
+/// element-wise op or a fused residual add must not write its output over it:
+/// sample 0's result would replace what sample 1 still reads. (The memory plan
+/// counts sizes per sample, where the two look alike.)
+#[test]
+fn unbatched_operands_are_not_overwritten_in_place() {
+    let src = "network t() {
+    input x: [8, 3, 3]
+    param a: [4, 3, 3]
+    param b: [4, 3, 3]
+    s = concat([a, b], axis=0)
+    t = concat([b, a], axis=0)
+    y = x + s
+    z = x -> conv(8, k=1) -> batch_norm
+    return (y + (z + t)) * x
+}
+";
+    let mut model =
+        Model::from_source("case.net", src, Path::new("."), &[]).unwrap_or_else(|e| panic!("{e}"));
+    for level in [0, 2] {
+        for batch in [1, 3] {
+            let err = run_both(&mut model, level, batch, 2, 7);
+            assert!(err <= TOLERANCE, "-O{level} batch {batch}: {err:.2e}");
+        }
+    }
+}

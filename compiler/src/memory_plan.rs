@@ -8,7 +8,8 @@
 //! - `reshape`/`flatten` are views: they share their operand's buffer.
 //! - element-wise ops (activations, binary ops, layer scale) and fused
 //!   epilogues may write over an operand that dies at that node and has the
-//!   output's size (for a fused convolution, only its residual operand: the
+//!   output's size and batching (a tensor without a batch axis is read by
+//!   every sample) (for a fused convolution, only its residual operand: the
 //!   convolution's own input is read through a window);
 //! - concat elimination: the operands of a channel concatenation are written
 //!   straight into their slices of its buffer, and concats whose operands are a
@@ -113,6 +114,10 @@ pub fn plan(g: &Graph) -> MemoryPlan {
             continue;
         }
         let dies_here = |o: NodeIndex| last_use.get(&o) == Some(&s);
+        // Sizes are per sample, so an operand without a batch axis (broadcast to
+        // every sample) may only be overwritten by an output without one: sample
+        // 0's result would otherwise replace what sample 1 still has to read.
+        let same_batching = |o: NodeIndex| g.node(o).shape.has_batch() == node.shape.has_batch();
         let operands = g.operands(n);
         // A view or an in-place write reuses an operand's buffer.
         let reuse = match &node.op {
@@ -120,6 +125,7 @@ pub fn plan(g: &Graph) -> MemoryPlan {
             // Never write in place over a concat member: its buffer is shared.
             op if is_elementwise(op) => operands.iter().copied().find(|&o| {
                 dies_here(o)
+                    && same_batching(o)
                     && bytes_of(o) == bytes_of(n)
                     && plan.buffer_of.contains_key(&o)
                     && !member.contains_key(&o)
@@ -128,6 +134,7 @@ pub fn plan(g: &Graph) -> MemoryPlan {
                 Epilogue::Add(i) => {
                     let o = operands[*i];
                     (dies_here(o)
+                        && same_batching(o)
                         && plan.buffer_of.contains_key(&o)
                         && operands[0] != o
                         && !member.contains_key(&o))

@@ -467,7 +467,13 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     } => dims.len() - 1,
                     _ => 1,
                 };
-                if !batched || axis == 0 {
+                if !batched {
+                    return Err(format!(
+                        "`{}`: a normalization of a value without a batch axis (computed from parameters alone)",
+                        node.name
+                    ));
+                }
+                if axis == 0 {
                     return Err(format!("`{}`: reduction over the batch", node.name));
                 }
                 let outer: usize = dims[1..axis].iter().product();
