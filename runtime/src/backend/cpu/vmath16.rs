@@ -11,6 +11,12 @@
 //! (`activation_throughput`, and a 12-register tile as the fused GEMM kernel
 //! runs it): GELU 1.93 → 1.17 ns per element on one core. The cheap
 //! activations (ReLU, ReLU6, hard sigmoid and swish) stay on ymm.
+//!
+//! Each function takes N registers and runs their chains interleaved, step
+//! by step: one chain at a time leaves the out-of-order window full of
+//! operations waiting on each other. GELU over a slice, one core: 0.85 ns
+//! per element as one chain, 0.76 as two, 0.67 as four, 0.63 as six (the
+//! same bits each way).
 
 use super::jit::{ERFC_POLY, EXP_POLY, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q};
 use netc_compiler::ir::Activation;
@@ -36,97 +42,120 @@ pub fn covers(a: Option<Activation>) -> bool {
     matches!(a, None | Some(Sigmoid | Silu | Tanh | Gelu | GeluTanh))
 }
 
+/// `[f(0), f(1), …, f(N − 1)]` with `$i` bound to each index in turn: one
+/// step of every chain, written out lane after lane (the loop is unrolled
+/// and the array lives in registers).
+macro_rules! each {
+    ($n:expr, $i:ident => $e:expr) => {{
+        let mut r = [_mm512_setzero_ps(); $n];
+        for $i in 0..$n {
+            r[$i] = $e;
+        }
+        r
+    }};
+}
+
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn poly(x: __m512, coeffs: &[f32]) -> __m512 {
-    let mut acc = _mm512_set1_ps(coeffs[0]);
+fn poly<const N: usize>(x: [__m512; N], coeffs: &[f32]) -> [__m512; N] {
+    let mut acc = [_mm512_set1_ps(coeffs[0]); N];
     for &k in &coeffs[1..] {
-        acc = _mm512_fmadd_ps(acc, x, _mm512_set1_ps(k));
+        let k = _mm512_set1_ps(k);
+        acc = each!(N, i => _mm512_fmadd_ps(acc[i], x[i], k));
     }
     acc
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn exp16(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
-    let x = _mm512_min_ps(_mm512_set1_ps(88.0), x);
-    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(LN2_PARTS[0]), x);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(LN2_PARTS[1]), r);
+fn exp16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+    let x = each!(N, i => _mm512_max_ps(_mm512_set1_ps(-87.0), x[i]));
+    let x = each!(N, i => _mm512_min_ps(_mm512_set1_ps(88.0), x[i]));
+    let t = each!(N, i => _mm512_mul_ps(x[i], _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    let n = each!(N, i => {
+        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t[i])
+    });
+    let r = each!(N, i => _mm512_fmadd_ps(n[i], _mm512_set1_ps(LN2_PARTS[0]), x[i]));
+    let r = each!(N, i => _mm512_fmadd_ps(n[i], _mm512_set1_ps(LN2_PARTS[1]), r[i]));
     let p = poly(r, &EXP_POLY);
-    let r2 = _mm512_mul_ps(r, r);
-    let p = _mm512_fmadd_ps(p, r2, r);
-    let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
-    let shifted = _mm512_add_ps(n, _mm512_set1_ps(12_582_912.0));
-    let e = _mm512_sub_epi32(
-        _mm512_castps_si512(shifted),
-        _mm512_set1_epi32(0x4B40_0000 - 127),
-    );
-    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e));
-    _mm512_mul_ps(p, scale)
+    let r2 = each!(N, i => _mm512_mul_ps(r[i], r[i]));
+    let p = each!(N, i => _mm512_fmadd_ps(p[i], r2[i], r[i]));
+    let p = each!(N, i => _mm512_add_ps(p[i], _mm512_set1_ps(1.0)));
+    each!(N, i => {
+        let shifted = _mm512_add_ps(n[i], _mm512_set1_ps(12_582_912.0));
+        let e = _mm512_sub_epi32(
+            _mm512_castps_si512(shifted),
+            _mm512_set1_epi32(0x4B40_0000 - 127),
+        );
+        _mm512_mul_ps(p[i], _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn sigmoid16(x: __m512) -> __m512 {
-    let nx = _mm512_xor_ps(x, _mm512_set1_ps(-0.0));
+fn sigmoid16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let one = _mm512_set1_ps(1.0);
-    _mm512_div_ps(one, _mm512_add_ps(one, exp16(nx)))
+    let e = exp16(each!(N, i => _mm512_xor_ps(x[i], _mm512_set1_ps(-0.0))));
+    each!(N, i => _mm512_div_ps(one, _mm512_add_ps(one, e[i])))
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn silu16(x: __m512) -> __m512 {
-    _mm512_mul_ps(x, sigmoid16(x))
+fn silu16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+    let s = sigmoid16(x);
+    each!(N, i => _mm512_mul_ps(x[i], s[i]))
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn tanh16(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(_mm512_set1_ps(-TANH_LIMIT), x);
-    let x = _mm512_min_ps(_mm512_set1_ps(TANH_LIMIT), x);
-    let x2 = _mm512_mul_ps(x, x);
+fn tanh16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+    let x = each!(N, i => _mm512_max_ps(_mm512_set1_ps(-TANH_LIMIT), x[i]));
+    let x = each!(N, i => _mm512_min_ps(_mm512_set1_ps(TANH_LIMIT), x[i]));
+    let x2 = each!(N, i => _mm512_mul_ps(x[i], x[i]));
     let p = poly(x2, &TANH_P);
-    let p = _mm512_mul_ps(p, x);
+    let p = each!(N, i => _mm512_mul_ps(p[i], x[i]));
     let q = poly(x2, &TANH_Q);
-    _mm512_div_ps(p, q)
+    each!(N, i => _mm512_div_ps(p[i], q[i]))
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn gelu16(x: __m512) -> __m512 {
+fn gelu16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let half = _mm512_set1_ps(0.5);
     let one = _mm512_set1_ps(1.0);
-    let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-    let z = _mm512_andnot_ps(_mm512_set1_ps(-0.0), z);
-    let hz = _mm512_fmadd_ps(half, z, one);
-    let t = _mm512_div_ps(one, hz);
+    let z = each!(N, i => _mm512_mul_ps(x[i], _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+    let z = each!(N, i => _mm512_andnot_ps(_mm512_set1_ps(-0.0), z[i]));
+    let hz = each!(N, i => _mm512_fmadd_ps(half, z[i], one));
+    let t = each!(N, i => _mm512_div_ps(one, hz[i]));
     let p = poly(t, &ERFC_POLY);
-    let x2 = _mm512_mul_ps(x, x);
-    let nx2 = _mm512_xor_ps(x2, _mm512_set1_ps(-0.0));
-    let x2_lo = _mm512_fmadd_ps(x, x, nx2);
-    let e_hi = _mm512_mul_ps(nx2, half);
-    let lo = _mm512_mul_ps(x2_lo, half);
-    let arg_lo = _mm512_sub_ps(p, lo);
-    let arg = _mm512_add_ps(e_hi, arg_lo);
-    let erfc = _mm512_mul_ps(t, exp16(arg));
-    let h = _mm512_mul_ps(half, erfc);
-    let pos = _mm512_sub_ps(one, h);
-    // `select_negative`: h where x < 0 (ordered), else pos.
-    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-    _mm512_mul_ps(x, _mm512_mask_blend_ps(lt, pos, h))
+    let x2 = each!(N, i => _mm512_mul_ps(x[i], x[i]));
+    let nx2 = each!(N, i => _mm512_xor_ps(x2[i], _mm512_set1_ps(-0.0)));
+    let x2_lo = each!(N, i => _mm512_fmadd_ps(x[i], x[i], nx2[i]));
+    let e_hi = each!(N, i => _mm512_mul_ps(nx2[i], half));
+    let lo = each!(N, i => _mm512_mul_ps(x2_lo[i], half));
+    let arg_lo = each!(N, i => _mm512_sub_ps(p[i], lo[i]));
+    let e = exp16(each!(N, i => _mm512_add_ps(e_hi[i], arg_lo[i])));
+    each!(N, i => {
+        let erfc = _mm512_mul_ps(t[i], e[i]);
+        let h = _mm512_mul_ps(half, erfc);
+        let pos = _mm512_sub_ps(one, h);
+        // `select_negative`: h where x < 0 (ordered), else pos.
+        let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x[i], _mm512_setzero_ps());
+        _mm512_mul_ps(x[i], _mm512_mask_blend_ps(lt, pos, h))
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
-fn gelu_tanh16(x: __m512) -> __m512 {
-    let x2 = _mm512_mul_ps(x, x);
-    let inner = _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), x2, _mm512_set1_ps(1.0));
-    let u = _mm512_mul_ps(x, inner);
-    let u2 = _mm512_mul_ps(u, _mm512_set1_ps(2.0 * 0.797_884_6));
-    _mm512_mul_ps(x, sigmoid16(u2))
+fn gelu_tanh16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+    let u2 = each!(N, i => {
+        let x2 = _mm512_mul_ps(x[i], x[i]);
+        let inner = _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), x2, _mm512_set1_ps(1.0));
+        let u = _mm512_mul_ps(x[i], inner);
+        _mm512_mul_ps(u, _mm512_set1_ps(2.0 * 0.797_884_6))
+    });
+    let s = sigmoid16(u2);
+    each!(N, i => _mm512_mul_ps(x[i], s[i]))
 }
 
 /// Expands `$body` with `$f` bound to the zmm twin of `$a` (one of
@@ -163,8 +192,28 @@ macro_rules! per_twin {
     };
 }
 
+/// Runs `$f` over `$n` zmm registers at a time, each made of two
+/// neighbouring ymm registers of `$tile` (a `&mut [__m256]`, left holding
+/// what remains).
+macro_rules! zmm_chunks {
+    ($tile:ident, $f:ident, $n:literal) => {
+        let mut chunks = std::mem::take(&mut $tile).chunks_exact_mut(2 * $n);
+        for c in &mut chunks {
+            let z = $f(each!($n, i => {
+                _mm512_insertf32x8::<1>(_mm512_castps256_ps512(c[2 * i]), c[2 * i + 1])
+            }));
+            for (i, z) in z.iter().enumerate() {
+                c[2 * i] = _mm512_castps512_ps256(*z);
+                c[2 * i + 1] = _mm512_extractf32x8_ps::<1>(*z);
+            }
+        }
+        $tile = chunks.into_remainder();
+    };
+}
+
 /// `vmath::act_tile` on zmm registers: two ymm registers of the tile per
-/// zmm (an odd last one zero-extended). Only for [`covers`]'s functions.
+/// zmm (an odd last one zero-extended), six chains interleaved — a whole
+/// 6×16 GEMM tile at once. Only for [`covers`]'s functions.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and DQ ([`available`]).
@@ -172,43 +221,41 @@ macro_rules! per_twin {
 #[inline(never)]
 pub unsafe fn act_tile(a: Activation, tile: &mut [__m256]) {
     per_twin!(Some(a), f => {
-        let mut pairs = tile.chunks_exact_mut(2);
-        for p in &mut pairs {
-            let z = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(p[0]), p[1]);
-            let z = f(z);
-            p[0] = _mm512_castps512_ps256(z);
-            p[1] = _mm512_extractf32x8_ps::<1>(z);
-        }
-        for v in pairs.into_remainder() {
-            *v = _mm512_castps512_ps256(f(_mm512_zextps256_ps512(*v)));
+        let mut rest = tile;
+        zmm_chunks!(rest, f, 6);
+        zmm_chunks!(rest, f, 2);
+        zmm_chunks!(rest, f, 1);
+        for v in rest {
+            *v = _mm512_castps512_ps256(f([_mm512_zextps256_ps512(*v)])[0]);
         }
     })
 }
 
-/// `vmath::apply` on zmm registers, 32 lanes per step in two chains, the
-/// tail through a padded register. Only for [`covers`]'s functions.
+/// `vmath::apply` on zmm registers: 64 lanes per step in four interleaved
+/// chains, then 16 at a time, the tail through a padded register. Only for
+/// [`covers`]'s functions.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and DQ ([`available`]).
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 pub unsafe fn apply(a: Option<Activation>, x: &mut [f32]) {
     per_twin!(a, f => {
-        let mut pairs = x.chunks_exact_mut(32);
-        for c in &mut pairs {
-            // SAFETY: the chunk holds 32 floats.
-            unsafe {
-                let p = c.as_mut_ptr();
-                let (u, v) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-                _mm512_storeu_ps(p, f(u));
-                _mm512_storeu_ps(p.add(16), f(v));
+        let mut quads = x.chunks_exact_mut(64);
+        for c in &mut quads {
+            let p = c.as_mut_ptr();
+            // SAFETY: the chunk holds 64 floats.
+            let y = f(each!(4, i => unsafe { _mm512_loadu_ps(p.add(16 * i)) }));
+            for (i, y) in y.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(p.add(16 * i), *y) };
             }
         }
-        for c in pairs.into_remainder().chunks_mut(16) {
+        for c in quads.into_remainder().chunks_mut(16) {
             let mut lanes = [0f32; 16];
             lanes[..c.len()].copy_from_slice(c);
             // SAFETY: `lanes` holds 16 floats.
             unsafe {
-                _mm512_storeu_ps(lanes.as_mut_ptr(), f(_mm512_loadu_ps(lanes.as_ptr())));
+                _mm512_storeu_ps(lanes.as_mut_ptr(), f([_mm512_loadu_ps(lanes.as_ptr())])[0]);
             }
             let n = c.len();
             c.copy_from_slice(&lanes[..n]);
@@ -261,21 +308,26 @@ mod tests {
             unsafe { apply(a, &mut got) };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{name}: apply");
-            if let Some(a) = a {
-                // 7 registers: three pairs and an odd one.
-                let mut tile: Vec<__m256> = xs[..56]
+            let Some(a) = a else { continue };
+            // Every way through the tile: six-register chunks, pairs of
+            // registers, single pairs and an odd register.
+            // Values from the whole range (with the special ones at the end).
+            for n in [7, 12, 13, 25] {
+                let at: Vec<usize> = (0..8 * n).map(|j| (j * 157 + 4001) % xs.len()).collect();
+                let pick = |v: &[f32]| at.iter().map(|&j| v[j]).collect::<Vec<f32>>();
+                let mut tile: Vec<__m256> = pick(&xs)
                     .chunks_exact(8)
                     // SAFETY: each chunk holds 8 floats.
                     .map(|c| unsafe { _mm256_loadu_ps(c.as_ptr()) })
                     .collect();
                 // SAFETY: available() checked above.
                 unsafe { act_tile(a, &mut tile) };
-                let mut out = vec![0f32; 56];
+                let mut out = vec![0f32; 8 * n];
                 for (i, v) in tile.iter().enumerate() {
-                    // SAFETY: out holds 56 floats.
+                    // SAFETY: out holds 8·n floats.
                     unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *v) };
                 }
-                assert_eq!(bits(&out), bits(&want[..56]), "{name}: tile");
+                assert_eq!(bits(&out), bits(&pick(&want)), "{name}: tile of {n}");
             }
         }
     }

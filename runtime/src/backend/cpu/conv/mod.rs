@@ -365,6 +365,8 @@ pub struct Scratch {
     bpack: Vec<f32>,
     acc: Vec<f32>,
     cols: Vec<usize>,
+    /// The token panels of a token-major block.
+    token_panels: Vec<token::TokenPanel>,
     /// One output column of a token-major epilogue.
     column: Vec<f32>,
     /// A stride-1 convolution's input with its padding written out
@@ -1255,7 +1257,8 @@ pub(super) mod tests {
 /// single-thread GFLOP/s of the convolution driver on ResNet-50's layer shapes.
 /// `THREADS=N` runs N threads; `SHAPE=s` only the shapes whose name contains
 /// `s`; `FLUSH=1` evicts the caches (a 96 MiB sweep) before each timed run,
-/// so weights come from memory as they do in a whole network.
+/// so weights come from memory as they do in a whole network; `ACT=gelu`
+/// (any smooth activation's name) puts it in the epilogue instead of ReLU.
 #[cfg(test)]
 mod bench {
     use super::*;
@@ -1313,6 +1316,16 @@ mod bench {
     #[ignore = "a measurement, not a check"]
     fn conv_throughput() {
         let mut total_ms = 0.0;
+        // ACT=name: that smooth activation in the epilogue instead of ReLU.
+        let (_jit, kernels) = super::super::jit::compile_activations().unwrap();
+        let act = match std::env::var("ACT") {
+            Ok(name) => kernels
+                .iter()
+                .find(|(a, _)| a.is_some_and(|a| a.name() == name))
+                .map(|(a, f)| Act::Generated(*a, *f))
+                .unwrap_or_else(|| panic!("ACT={name}: not a smooth activation")),
+            Err(_) => Act::Relu,
+        };
         let only = std::env::var("SHAPE").unwrap_or_default();
         for &(name, cin, cout, hw, kern, stride, pad) in SHAPES {
             if !name.contains(only.as_str()) {
@@ -1383,7 +1396,7 @@ mod bench {
                     row_stride,
                     col_stride,
                 },
-                epilogue: vec![Step::Act(Act::Relu)],
+                epilogue: vec![Step::Act(act)],
                 arena: arena.as_mut_ptr(),
                 queue: WorkQueue::default(),
             };

@@ -10,8 +10,28 @@
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
-use super::{grow, FusedPlan, Gather, Problem, Scratch, Step};
-use crate::backend::cpu::gemm::{Kernel, RowPointers, K_BLOCK, MR, NR};
+use super::{grow, Gather, Problem, Scratch, Step};
+use crate::backend::cpu::gemm::{Kernel, RowPointers, TileEpilogue, K_BLOCK, MR, NR};
+
+/// One panel of MR tokens of a block, as every feature panel's tiles use it.
+pub(super) struct TokenPanel {
+    /// Each tile row's token, at feature 0.
+    rows: [*const f32; MR],
+    /// The output of the panel's first token at feature 0.
+    out: *mut f32,
+    /// The residual of the first token at feature 0 (null: none fused).
+    residual: *const f32,
+    /// The first token and how many the panel holds.
+    j: usize,
+    mr: usize,
+    /// A full panel within one sample: the fused kernel can store it.
+    fusable: bool,
+}
+
+// SAFETY: the pointers are into the arena of the run that wrote them; the
+// list is rebuilt for every block before it is read, so a thread's scratch
+// never uses another run's (or thread's) pointers.
+unsafe impl Send for TokenPanel {}
 
 /// The most token panels per block: 192 tokens, 192 KiB of packed tokens
 /// at K = 256, so that each weight panel serves up to 32 tiles once in L1.
@@ -53,7 +73,7 @@ impl Problem {
         grow(&mut s.acc, tb * ld);
         // Tile rows are tokens: a residual must be unit-stride along features.
         let plan = self.plan_epilogue(|l| l.row_stride == 1);
-        let mut rows = std::mem::take(&mut s.cols);
+        let mut panels = std::mem::take(&mut s.token_panels);
         let mut tile = [0f32; MR * NR];
         for (u0, u1) in self.queue.chunks(tblocks * fblocks, threads, 1) {
             for u in u0..u1 {
@@ -63,9 +83,31 @@ impl Problem {
                 }
                 let tn = tb.min(self.n - t0);
                 let q1 = (q0 + fb).min(fpanels);
-                // Where each token's features start (one division each, here).
-                rows.clear();
-                rows.extend((t0..t0 + tn).map(|t| x.at(ps, 0, t)));
+                // Each token panel's rows, output and residual at feature 0,
+                // once per block rather than per tile: the divisions and
+                // pointer arrays cost a K = 96 product a quarter of its time
+                // when they were redone for every tile.
+                panels.clear();
+                panels.extend((0..tn.div_ceil(MR)).map(|p| {
+                    let (j, mr) = (t0 + p * MR, MR.min(tn - p * MR));
+                    TokenPanel {
+                        // Rows past the last token repeat it (their sums are
+                        // not stored).
+                        rows: std::array::from_fn(|r| {
+                            self.at_ptr(x.at(ps, 0, j + r.min(mr - 1))) as *const f32
+                        }),
+                        out: self.at_ptr(self.out.at(ps, 0, j)),
+                        residual: plan
+                            .as_ref()
+                            .and_then(|plan| plan.residual)
+                            .map_or(std::ptr::null(), |l| {
+                                self.at_ptr(l.at(ps, 0, j)) as *const f32
+                            }),
+                        j,
+                        mr,
+                        fusable: mr == MR && j / ps == (j + MR - 1) / ps,
+                    }
+                }));
                 for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                     let kc = K_BLOCK.min(self.k - k0);
                     let last = kb + 1 == blocks;
@@ -75,14 +117,25 @@ impl Problem {
                         // SAFETY: the packed weights hold mpad·k floats; block
                         // k0 starts at k0·mpad.
                         let bp = unsafe { self.a_cols.add(k0 * mpad + q * kc * NR) };
-                        for p in 0..tn.div_ceil(MR) {
-                            let (j, mr) = (t0 + p * MR, MR.min(tn - p * MR));
-                            // The panel's tokens read in place from K block k0;
-                            // rows past the last token repeat it (their sums
-                            // are not stored).
-                            let ap = RowPointers(std::array::from_fn(|r| {
-                                let t = p * MR + r.min(mr - 1);
-                                self.at_ptr(rows[t] + k0) as *const f32
+                        // The fused epilogue of this feature panel (its
+                        // residual pointer set per token panel).
+                        let fused = match &plan {
+                            Some(plan) if last && nr == NR => {
+                                // SAFETY: bias holds m floats and f0 + NR <= m.
+                                let mut e = unsafe { plan.tile(f0, true, None) };
+                                let res_stride = plan.residual.map_or(0, |l| {
+                                    e.residual_ld = l.col_stride;
+                                    l.row_stride
+                                });
+                                Some((e, f0 * res_stride))
+                            }
+                            _ => None,
+                        };
+                        for (p, panel) in panels.iter().enumerate() {
+                            // The panel's tokens read in place from K block k0.
+                            let ap = RowPointers(panel.rows.map(|r| {
+                                // SAFETY: each token row holds k floats.
+                                unsafe { r.add(k0) }
                             }));
                             // SAFETY: acc holds `tb` rows of `ld` floats.
                             let acc =
@@ -95,15 +148,14 @@ impl Problem {
                             // SAFETY: panels and tiles as above; the output and
                             // residual rows are the layer's.
                             unsafe {
-                                if last && mr == MR && nr == NR && j / ps == (j + MR - 1) / ps {
-                                    if let Some(plan) = &plan {
-                                        if self.fused_token_tile(
-                                            plan, kernel, kc, ap, bp, prior, f0, j,
-                                        ) {
-                                            continue;
-                                        }
+                                if let (Some((e, res_at)), true) = (fused, panel.fusable) {
+                                    if self.fused_token_tile(
+                                        e, res_at, panel, kernel, kc, ap, bp, prior, f0,
+                                    ) {
+                                        continue;
                                     }
                                 }
+                                let (j, mr) = (panel.j, panel.mr);
                                 if last && kb == 0 {
                                     kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
                                     self.token_epilogue(f0, nr, j, mr, tile.as_ptr(), NR);
@@ -119,12 +171,13 @@ impl Problem {
                 }
             }
         }
-        s.cols = rows;
+        s.token_panels = panels;
     }
 
-    /// A full tile (tokens `j..j+MR` of one sample, features `f0..f0+NR`)
-    /// through the fused kernel, straight to the output; false, doing
-    /// nothing, where the CPU has no fused kernel.
+    /// A full tile (MR tokens of one sample, features `f0..f0+NR`) through
+    /// the fused kernel with epilogue `e` (bias from `f0`; the residual, if
+    /// any, at `res_at` floats from the panel's), straight to the output;
+    /// false, doing nothing, where the CPU has no fused kernel.
     ///
     /// # Safety
     /// As [`Problem::run_tokens`], for this tile.
@@ -132,22 +185,22 @@ impl Problem {
     #[inline(always)]
     unsafe fn fused_token_tile(
         &self,
-        plan: &FusedPlan,
+        mut e: TileEpilogue,
+        res_at: usize,
+        panel: &TokenPanel,
         kernel: Kernel,
         kc: usize,
         ap: RowPointers,
         bp: *const f32,
         (prior, prior_ld): (*const f32, usize),
         f0: usize,
-        j: usize,
     ) -> bool {
-        let ps = self.per_sample;
-        let residual = plan
-            .residual
-            .map(|l| (self.at_ptr(l.at(ps, f0, j)) as *const f32, l.col_stride));
-        // SAFETY: bias holds m floats and f0 + NR <= m.
-        let e = unsafe { plan.tile(f0, true, residual) };
-        let out = self.at_ptr(self.out.at(ps, f0, j));
+        if !panel.residual.is_null() {
+            // SAFETY: the residual has the output's extent.
+            e.residual = unsafe { panel.residual.add(res_at) };
+        }
+        // SAFETY: the output's features are `row_stride` (1) apart.
+        let out = unsafe { panel.out.add(f0 * self.out.row_stride) };
         // SAFETY: the caller's extents; output and residual rows are runs of
         // NR features of one token each, `col_stride` apart.
         unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.col_stride, &e) }
