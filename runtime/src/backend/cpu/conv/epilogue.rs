@@ -1,7 +1,7 @@
 //! Epilogues: bias, activation and residual add applied to finished tiles
 //! of a GEMM, fused into the micro-kernel where it can run them in registers.
 
-use super::{FusedPlan, Layout, Problem, Step};
+use super::{FusedColumns, FusedPlan, Layout, Problem, Step};
 use crate::backend::cpu::gemm::{Kernel, PanelRows, MR, NR};
 
 impl Problem {
@@ -44,38 +44,59 @@ impl Problem {
         Some(plan)
     }
 
-    /// Runs the last K block of a full tile (rows `r0..r0+MR`, columns
-    /// `j..j+NR`) with the epilogue fused into the micro-kernel, storing
-    /// straight to the output; false when the tile or CPU does not allow it.
+    /// The fused kernel's view of output columns `j..j+nr` (one column
+    /// panel), for every row panel's tile: `None` where a tile cannot be
+    /// fused (no plan, a partial panel, or columns of two samples).
+    #[inline(always)]
+    pub(super) fn fused_columns<'a>(
+        &self,
+        plan: &'a Option<FusedPlan>,
+        j: usize,
+        nr: usize,
+    ) -> Option<FusedColumns<'a>> {
+        let ps = self.per_sample;
+        let plan = plan.as_ref()?;
+        if nr != NR || j / ps != (j + NR - 1) / ps {
+            return None;
+        }
+        Some(FusedColumns {
+            plan,
+            out: self.at_ptr(self.out.at(ps, 0, j)),
+            residual: plan.residual.map_or(std::ptr::null(), |l| {
+                self.at_ptr(l.at(ps, 0, j)) as *const f32
+            }),
+        })
+    }
+
+    /// Runs the last K block of a full tile (rows `r0..r0+MR` of the column
+    /// panel `cols`) with the epilogue fused into the micro-kernel, storing
+    /// straight to the output; false when the panel or CPU does not allow it.
     ///
     /// # Safety
     /// As [`Problem::run`]; `ap`/`bp` are this tile's panels and `prior` its
-    /// partial sums (or null).
+    /// partial sums (or null); rows `r0..r0+MR` are inside the output.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn try_fused(
         &self,
-        plan: &Option<FusedPlan>,
+        cols: &Option<FusedColumns>,
         kernel: Kernel,
         kc: usize,
         ap: *const f32,
         bp: impl PanelRows,
         (prior, prior_ld): (*const f32, usize),
         r0: usize,
-        j: usize,
-        nr: usize,
     ) -> bool {
-        let ps = self.per_sample;
-        let Some(plan) = plan else { return false };
-        if nr != NR || j / ps != (j + NR - 1) / ps {
-            return false;
-        }
-        let residual = plan
+        let Some(c) = cols else { return false };
+        // SAFETY: row r0 of the residual and output is inside them.
+        let residual = c
+            .plan
             .residual
-            .map(|l| (self.at_ptr(l.at(ps, r0, j)) as *const f32, l.row_stride));
+            .map(|l| (unsafe { c.residual.add(r0 * l.row_stride) }, l.row_stride));
         // SAFETY: bias holds m floats and r0 + MR <= m.
-        let e = unsafe { plan.tile(r0, false, residual) };
-        let out = self.at_ptr(self.out.at(ps, r0, j));
+        let e = unsafe { c.plan.tile(r0, false, residual) };
+        // SAFETY: as above.
+        let out = unsafe { c.out.add(r0 * self.out.row_stride) };
         // SAFETY: the caller's extents; the output and residual rows of the
         // tile are unit-stride runs of NR inside their tensors.
         unsafe { kernel.run_fused(kc, ap, bp, prior, prior_ld, out, self.out.row_stride, &e) }

@@ -320,6 +320,17 @@ impl Iterator for Chunks<'_> {
 unsafe impl Send for Problem {}
 unsafe impl Sync for Problem {}
 
+/// One column panel's part of a [`FusedPlan`]: where its output and
+/// residual start at row 0, worked out once per panel
+/// ([`Problem::fused_columns`]) rather than per tile — the divisions cost
+/// small-K products measurably when every tile redid them.
+struct FusedColumns<'a> {
+    plan: &'a FusedPlan,
+    out: *mut f32,
+    /// Null without a fused residual.
+    residual: *const f32,
+}
+
 /// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
 struct FusedPlan {
     bias: *const f32,
@@ -677,6 +688,11 @@ impl Problem {
                             }
                         }
                     }
+                    let fused = if last && !by_column {
+                        self.fused_columns(&plan, j, nr)
+                    } else {
+                        None
+                    };
                     for p in tiled {
                         // SAFETY: the packed weights hold mpad·k floats and block
                         // k0 starts at k0·mpad; acc holds rows×nc_max.
@@ -691,7 +707,7 @@ impl Problem {
                                     let c = s.acc.as_ptr().add((p - p0) * MR * ncp + q * NR);
                                     (c, ncp)
                                 };
-                                if self.try_fused(&plan, kernel, kc, ap, bp, prior, r0, j, nr) {
+                                if self.try_fused(&fused, kernel, kc, ap, bp, prior, r0) {
                                     continue;
                                 }
                             }
@@ -852,6 +868,7 @@ impl Problem {
         let mpad = panels * MR;
         let blocks = self.k.div_ceil(K_BLOCK);
         let mut tile = [0f32; MR * NR];
+        let fused = self.fused_columns(plan, j, nr);
         for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
             let kc = K_BLOCK.min(self.k - k0);
             let last = kb + 1 == blocks;
@@ -874,7 +891,7 @@ impl Problem {
                         } else {
                             (acc as *const f32, NR)
                         };
-                        if self.try_fused(plan, kernel, kc, ap, b, prior, r0, j, nr) {
+                        if self.try_fused(&fused, kernel, kc, ap, b, prior, r0) {
                             continue;
                         }
                     }
