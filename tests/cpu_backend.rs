@@ -546,3 +546,34 @@ fn unbatched_operands_are_not_overwritten_in_place() {
         }
     }
 }
+/// Linear layers whose epilogue ends in a smooth activation (no residual
+/// after it) apply it over each finished block of rows rather than per tile
+/// (`conv/token.rs`); the random cases above always add a residual. Token
+/// counts that leave partial tiles and cross samples, features that are not a
+/// multiple of 16, depths past one K block, with and without a bias.
+#[test]
+fn linear_layers_with_a_smooth_activation_match_candle() {
+    let mut r = Rng(77);
+    for (tokens, kin, kout, bias, act) in [
+        (7, 40, 24, true, "gelu"),
+        (50, 40, 64, true, "gelu"),
+        (197, 300, 70, false, "silu"),
+        (13, 520, 33, true, "sigmoid"),
+        (64, 16, 400, true, "gelu(approximate=\"tanh\")"),
+    ] {
+        let src = format!(
+            "network t() {{\n    input x: [{tokens}, {kin}]\n    return x -> linear({kout}, bias={bias}) -> {act}\n}}\n"
+        );
+        let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        for level in [0, 2] {
+            let batch = r.range(1, 3);
+            let threads = r.range(1, 3);
+            let err = run_both(&mut model, level, batch, threads, tokens as u64);
+            assert!(
+                err <= TOLERANCE,
+                "{src}-O{level} batch {batch} threads {threads}: {err:.2e}"
+            );
+        }
+    }
+}

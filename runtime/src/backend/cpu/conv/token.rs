@@ -10,7 +10,7 @@
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
-use super::{grow, Gather, Problem, Scratch, Step};
+use super::{grow, Act, Gather, Problem, Scratch, Step};
 use crate::backend::cpu::gemm::{Kernel, RowPointers, TileEpilogue, K_BLOCK, MR, NR};
 
 /// One panel of MR tokens of a block, as every feature panel's tiles use it.
@@ -72,7 +72,22 @@ impl Problem {
         let ld = fb * NR;
         grow(&mut s.acc, tb * ld);
         // Tile rows are tokens: a residual must be unit-stride along features.
-        let plan = self.plan_epilogue(|l| l.row_stride == 1);
+        let mut plan = self.plan_epilogue(|l| l.row_stride == 1);
+        // A smooth activation ending the epilogue (no residual after it) runs
+        // over each finished block's rows, not inside every tile: there its
+        // chains have whole rows to interleave and no accumulators to spill.
+        let deferred = match self.epilogue.as_slice() {
+            [Step::Bias(_), Step::Act(a @ Act::Generated(..))]
+            | [Step::Act(a @ Act::Generated(..))]
+                if self.out.row_stride == 1 =>
+            {
+                Some(*a)
+            }
+            _ => None,
+        };
+        if let (Some(plan), Some(_)) = (&mut plan, deferred) {
+            plan.act = None;
+        }
         let mut panels = std::mem::take(&mut s.token_panels);
         let mut tile = [0f32; MR * NR];
         for (u0, u1) in self.queue.chunks(tblocks * fblocks, threads, 1) {
@@ -158,15 +173,30 @@ impl Problem {
                                 let (j, mr) = (panel.j, panel.mr);
                                 if last && kb == 0 {
                                     kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
-                                    self.token_epilogue(f0, nr, j, mr, tile.as_ptr(), NR);
+                                    let src = tile.as_ptr();
+                                    self.token_epilogue(f0, nr, j, mr, src, NR, deferred.is_none());
                                 } else {
                                     kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0);
                                     if last {
-                                        self.token_epilogue(f0, nr, j, mr, acc, ld);
+                                        let act = deferred.is_none();
+                                        self.token_epilogue(f0, nr, j, mr, acc, ld, act);
                                     }
                                 }
                             }
                         }
+                    }
+                }
+                if let Some(a) = deferred {
+                    let (f0, f1) = (q0 * NR, (q1 * NR).min(self.m));
+                    for t in t0..t0 + tn {
+                        // SAFETY: token t's features f0..f1 are contiguous
+                        // (row stride 1) inside the output.
+                        a.apply(unsafe {
+                            std::slice::from_raw_parts_mut(
+                                self.at_ptr(self.out.at(ps, f0, t)),
+                                f1 - f0,
+                            )
+                        });
                     }
                 }
             }
@@ -209,11 +239,12 @@ impl Problem {
     /// The epilogue of a partial tile (or one the fused kernel cannot run):
     /// rows are tokens `j..j+mr`, columns features `f0..f0+nr`, sums at `src`
     /// (rows `ld` apart). The same operations as the fused kernel's, in the
-    /// same order.
+    /// same order; without `act` the activation is left to the block's pass.
     ///
     /// # Safety
     /// As [`Problem::run_tokens`], for this tile.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn token_epilogue(
         &self,
         f0: usize,
@@ -222,6 +253,7 @@ impl Problem {
         mr: usize,
         src: *const f32,
         ld: usize,
+        act: bool,
     ) {
         let ps = self.per_sample;
         for r in 0..mr {
@@ -236,7 +268,8 @@ impl Problem {
                         let b = unsafe { std::slice::from_raw_parts(b.add(f0), nr) };
                         row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                     }
-                    Step::Act(a) => a.apply(row),
+                    Step::Act(a) if act => a.apply(row),
+                    Step::Act(_) => {}
                     Step::Add(l) => {
                         let at = l.at(ps, f0, j + r);
                         for (i, v) in row.iter_mut().enumerate() {
