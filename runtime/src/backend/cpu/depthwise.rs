@@ -165,6 +165,22 @@ impl Depthwise {
         None
     }
 
+    /// The epilogue the kernels apply, and a smooth final activation (after
+    /// at most a bias) split off to run over each finished plane instead:
+    /// per tile it goes through a call and short chains, over a plane
+    /// (or a channel block's adjacent planes) `vmath16::apply` interleaves
+    /// four. ReLU and ReLU6 stay in the registers.
+    fn deferred_act(&self) -> (&[conv::Step], Option<super::Act>) {
+        match self.epilogue.as_slice() {
+            [rest @ .., conv::Step::Act(a @ super::Act::Generated(..))]
+                if rest.iter().all(|s| matches!(s, conv::Step::Bias(_))) =>
+            {
+                (rest, Some(*a))
+            }
+            steps => (steps, None),
+        }
+    }
+
     /// [`Depthwise::run`] on the channel-blocked path or the row path.
     #[inline(always)]
     fn run_path(&self, threads: usize, channel_blocked: bool) {
@@ -224,10 +240,17 @@ impl Depthwise {
             }
             let (phases, rest) = geometry.split_at(3 * s);
             let (taps, cols) = rest.split_at(kh * kw);
-            // Bias and activations run on the registers before the store.
+            // Bias and activations run on the registers before the store; a
+            // smooth final activation over each finished plane.
             let fused = fma && avx2::fusable(&self.epilogue);
+            let (steps, deferred) = match self.deferred_act() {
+                (steps, Some(a)) if fused => (steps, Some(a)),
+                _ => (self.epilogue.as_slice(), None),
+            };
             #[cfg(target_arch = "x86_64")]
-            let row_blocked = self.row_blocked();
+            let row_blocked = self
+                .row_blocked()
+                .map(|(bias, act)| (bias, if deferred.is_some() { None } else { act }));
             for (lo, hi) in self.queue.chunks(self.batch * c_out, threads, 1) {
                 for unit in lo..hi {
                     let (n, oc) = (unit / c_out, unit % c_out);
@@ -286,6 +309,10 @@ impl Depthwise {
                         // `rows` rows of `plen ≥ owc` columns past every column
                         // offset per phase; `row` holds 4·owc floats.
                         unsafe { avx2::plane(&p, win.kernel, sy) };
+                        if let Some(a) = deferred {
+                            // SAFETY: the channel's oh·ow outputs.
+                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.out, oh * ow) });
+                        }
                         continue;
                     }
                     #[cfg(target_arch = "x86_64")]
@@ -312,7 +339,7 @@ impl Depthwise {
                                     plane.as_ptr().add(oy * sy * plen),
                                     taps,
                                     wk,
-                                    fused.then_some((self.epilogue.as_slice(), oc)),
+                                    fused.then_some((steps, oc)),
                                     dst,
                                     ow,
                                 )
@@ -325,6 +352,10 @@ impl Depthwise {
                             } else {
                                 self.finish(n, oc, oy, &mut row[..ow]);
                             }
+                        }
+                        if let Some(a) = deferred {
+                            // SAFETY: the channel's oh·ow outputs.
+                            a.apply(unsafe { std::slice::from_raw_parts_mut(out, oh * ow) });
                         }
                         continue;
                     }
@@ -586,6 +617,8 @@ impl Depthwise {
             step: sx * L,
         };
         let ps = oh * ow;
+        // A smooth final activation over each block's finished planes.
+        let (steps, deferred) = self.deferred_act();
         // Every unit writes the same pixels of the plane (all eight lanes),
         // so its padding is zeroed once per run.
         plane.fill(0.0);
@@ -627,7 +660,7 @@ impl Depthwise {
                         }
                     }
                     let out = self.out.at(n).add(c0 * ps);
-                    let epilogue = (self.epilogue.as_slice(), c0, lanes);
+                    let epilogue = (steps, c0, lanes);
                     for oy in 0..oh {
                         let base = plane.as_ptr().add(oy * sy * wp * L);
                         let mut ox = 0;
@@ -684,6 +717,10 @@ impl Depthwise {
                             }
                             ox += m;
                         }
+                    }
+                    if let Some(a) = deferred {
+                        // The block's channels are adjacent planes.
+                        a.apply(std::slice::from_raw_parts_mut(out, lanes * ps));
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! Epilogues: bias, activation and residual add applied to finished tiles
 //! of a GEMM, fused into the micro-kernel where it can run them in registers.
 
-use super::{FusedColumns, FusedPlan, Layout, Problem, Step};
+use super::{Act, FusedColumns, FusedPlan, Layout, Problem, Step};
 use crate::backend::cpu::gemm::{Kernel, PanelRows, MR, NR};
 
 impl Problem {
@@ -12,6 +12,20 @@ impl Problem {
     pub(super) fn fused_plan(&self) -> Option<FusedPlan> {
         self.plan_epilogue(|l| l.col_stride == 1)
             .filter(|_| self.out.col_stride == 1)
+    }
+
+    /// A smooth activation that ends the epilogue (after at most a bias, with
+    /// no residual after it), which a driver may apply over whole finished
+    /// rows instead of per tile: a tile's accumulators go through a call, the
+    /// stack and one short chain per register pair, where rows of a block
+    /// still in cache give `vmath16::apply` four chains to interleave.
+    /// ReLU and ReLU6 stay in the registers.
+    pub(super) fn deferred_act(&self) -> Option<Act> {
+        match self.epilogue.as_slice() {
+            [Step::Bias(_), Step::Act(a @ Act::Generated(..))]
+            | [Step::Act(a @ Act::Generated(..))] => Some(*a),
+            _ => None,
+        }
     }
 
     /// [`Problem::fused_plan`]'s parsing of the steps, with `residual_fits`
@@ -158,6 +172,9 @@ impl Problem {
     /// Applies the epilogue to one micro-tile, rows `r0..r0+mr` and columns
     /// `j..j+nr` of the output, whose sums are at `src` (rows `ld` apart), and
     /// stores it. Runs right after the tile's last K block, while it is in L1.
+    /// Without `act` the activation is left to a later pass
+    /// ([`Problem::deferred_act`]).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(super) unsafe fn epilogue_tile(
         &self,
@@ -167,6 +184,7 @@ impl Problem {
         nr: usize,
         src: *const f32,
         ld: usize,
+        act: bool,
     ) {
         let ps = self.per_sample;
         let unit = |l: &Layout| l.col_stride == 1;
@@ -193,7 +211,8 @@ impl Problem {
                             let b = unsafe { *b.add(r) };
                             row.iter_mut().for_each(|v| *v += b);
                         }
-                        Step::Act(a) => a.apply(&mut row),
+                        Step::Act(a) if act => a.apply(&mut row),
+                        Step::Act(_) => {}
                         Step::Add(l) => {
                             // SAFETY: the residual has the output's extent.
                             let res = unsafe {
@@ -229,7 +248,8 @@ impl Problem {
                         row.iter_mut().for_each(|v| *v += b);
                     }
                 }
-                Step::Act(a) => a.apply(buf),
+                Step::Act(a) if act => a.apply(buf),
+                Step::Act(_) => {}
                 Step::Add(l) => {
                     for (t, (n, p)) in tile_columns(j, nr, ps).enumerate() {
                         let at =

@@ -242,7 +242,7 @@ impl Problem {
                         // output is the layer's.
                         unsafe {
                             let src = s.bpack.as_ptr().add((r0 - c0) * ld_t + t0);
-                            self.epilogue_tile(r0, mr, j0 + t0, nr, src, ld_t);
+                            self.epilogue_tile(r0, mr, j0 + t0, nr, src, ld_t, true);
                         }
                     }
                 }

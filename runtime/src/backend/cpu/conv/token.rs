@@ -10,7 +10,7 @@
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
-use super::{grow, Act, Gather, Problem, Scratch, Step};
+use super::{grow, Gather, Problem, Scratch, Step};
 use crate::backend::cpu::gemm::{Kernel, RowPointers, TileEpilogue, K_BLOCK, MR, NR};
 
 /// One panel of MR tokens of a block, as every feature panel's tiles use it.
@@ -73,18 +73,9 @@ impl Problem {
         grow(&mut s.acc, tb * ld);
         // Tile rows are tokens: a residual must be unit-stride along features.
         let mut plan = self.plan_epilogue(|l| l.row_stride == 1);
-        // A smooth activation ending the epilogue (no residual after it) runs
-        // over each finished block's rows, not inside every tile: there its
-        // chains have whole rows to interleave and no accumulators to spill.
-        let deferred = match self.epilogue.as_slice() {
-            [Step::Bias(_), Step::Act(a @ Act::Generated(..))]
-            | [Step::Act(a @ Act::Generated(..))]
-                if self.out.row_stride == 1 =>
-            {
-                Some(*a)
-            }
-            _ => None,
-        };
+        // A smooth final activation over each finished block's rows of
+        // features (see `deferred_act`).
+        let deferred = self.deferred_act().filter(|_| self.out.row_stride == 1);
         if let (Some(plan), Some(_)) = (&mut plan, deferred) {
             plan.act = None;
         }
