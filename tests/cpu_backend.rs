@@ -546,6 +546,7 @@ fn unbatched_operands_are_not_overwritten_in_place() {
         }
     }
 }
+
 /// Linear layers whose epilogue ends in a smooth activation (no residual
 /// after it) apply it over each finished block of rows rather than per tile
 /// (`conv/token.rs`); the random cases above always add a residual. Token

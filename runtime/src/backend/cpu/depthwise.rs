@@ -128,7 +128,8 @@ impl Depthwise {
     /// whose columns are split into `stride` phases, so that every kernel tap
     /// reads a contiguous run; then each chunk of output columns sums all
     /// taps in registers (on AVX2, blocks of up to eight vectors, with bias
-    /// and activation applied there) and is stored once.
+    /// and activation applied there — a smooth activation over the finished
+    /// plane instead, see [`Depthwise::deferred_act`]) and is stored once.
     #[inline(always)]
     pub(super) fn run(&self, threads: usize) {
         let ow = self.out_chw[2];
@@ -165,15 +166,15 @@ impl Depthwise {
         None
     }
 
-    /// The epilogue the kernels apply, and a smooth final activation (after
-    /// at most a bias) split off to run over each finished plane instead:
-    /// per tile it goes through a call and short chains, over a plane
-    /// (or a channel block's adjacent planes) `vmath16::apply` interleaves
-    /// four. ReLU and ReLU6 stay in the registers.
+    /// The epilogue the kernels apply, and a smooth final activation (see
+    /// `Act::is_smooth`; after at most a bias) split off to run over each
+    /// finished plane instead: per tile it goes through a call and short
+    /// chains, over a plane (or a channel block's adjacent planes)
+    /// `vmath16::apply` interleaves four.
     fn deferred_act(&self) -> (&[conv::Step], Option<super::Act>) {
         match self.epilogue.as_slice() {
-            [rest @ .., conv::Step::Act(a @ super::Act::Generated(..))]
-                if rest.iter().all(|s| matches!(s, conv::Step::Bias(_))) =>
+            [rest @ .., conv::Step::Act(a)]
+                if a.is_smooth() && matches!(rest, [] | [conv::Step::Bias(_)]) =>
             {
                 (rest, Some(*a))
             }
@@ -585,7 +586,9 @@ impl Depthwise {
     /// of bias and activations: 8×8 transposes interleave eight channels'
     /// rows into pixel vectors and take each output row back apart; each
     /// output pixel vector sums its taps in its own chain, eight pixels at a
-    /// time, and gets its bias and activation before it leaves the register.
+    /// time, and gets its bias and activation before it leaves the register
+    /// (a smooth activation runs over the block's planes once they are
+    /// done, see [`Depthwise::deferred_act`]).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; extents as checked at lowering.
@@ -1346,7 +1349,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::pool::Barrier;
     use crate::backend::cpu::Act;
-    use netc_compiler::ir::Window;
+    use netc_compiler::ir::{Activation, Window};
 
     /// Runs `k` on `threads` threads at once, each claiming channels from
     /// the queue as the network function's threads do (a write past a
@@ -1371,11 +1374,17 @@ mod tests {
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
     /// padding, partial channel blocks, ragged widths, two samples, one and
-    /// two threads; a third of them with the row-blocked tiles' kernels): the
-    /// row path and the channel-blocked path give the same bits, and both
-    /// match a direct sum in f64.
+    /// two threads; a third of them with the row-blocked tiles' kernels; no
+    /// activation, ReLU, ReLU6, SiLU or GELU): the row path and the
+    /// channel-blocked path give the same bits, and both match a direct sum
+    /// in f64 (through the activation).
     #[test]
     fn row_and_channel_blocked_paths_agree_bit_for_bit() {
+        let (_jit, kernels) = crate::backend::cpu::jit::compile_activations().unwrap();
+        let smooth = [Activation::Silu, Activation::Gelu].map(|a| {
+            let (_, f) = kernels.iter().find(|(k, _)| *k == Some(a)).unwrap();
+            Act::Generated(Some(a), *f)
+        });
         let mut seed = 0x5eed_u64;
         let mut rnd = |n: usize| {
             seed = seed
@@ -1415,7 +1424,15 @@ mod tests {
                 .map(|i| ((i * 31 % 23) as f32 - 11.0) * 0.04)
                 .collect();
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 0.5).collect();
-            let act = [None, Some(Act::Relu), Some(Act::Relu6)][rnd(3)];
+            // SiLU and GELU run over finished planes (`deferred_act`) on
+            // both paths' AVX2 kernels.
+            let act = [
+                None,
+                Some(Act::Relu),
+                Some(Act::Relu6),
+                Some(smooth[0]),
+                Some(smooth[1]),
+            ][rnd(5)];
             let mut epilogue = vec![conv::Step::Bias(bias.as_ptr())];
             epilogue.extend(act.map(conv::Step::Act));
             let threads = 1 + rnd(2);
@@ -1482,6 +1499,13 @@ mod tests {
                 let want = match act {
                     Some(Act::Relu) => sum.max(0.0),
                     Some(Act::Relu6) => sum.clamp(0.0, 6.0),
+                    Some(Act::Generated(Some(Activation::Silu), _)) => sum / (1.0 + (-sum).exp()),
+                    // Within 1e-5 of the exact GELU where it matters here.
+                    Some(Act::Generated(Some(Activation::Gelu), _)) => {
+                        let mut y = [sum as f32];
+                        smooth[1].apply(&mut y);
+                        f64::from(y[0])
+                    }
                     _ => sum,
                 };
                 assert!(

@@ -66,6 +66,17 @@ impl std::fmt::Debug for Act {
 }
 
 impl Act {
+    /// Whether this is one of the exp-based activations (sigmoid, SiLU,
+    /// tanh, the GELUs): long dependent chains per value, worth a pass of
+    /// their own over finished rows (see `conv::Problem::deferred_act`).
+    pub fn is_smooth(self) -> bool {
+        use Activation::*;
+        matches!(
+            self,
+            Act::Generated(Some(Sigmoid | Silu | Tanh | Gelu | GeluTanh), _)
+        )
+    }
+
     /// The activation as the fused GEMM kernels apply it to their registers
     /// (`None` for exp, which is softmax's and never an epilogue's).
     pub fn fusable(self) -> Option<Activation> {

@@ -311,7 +311,8 @@ mod tests {
             let Some(a) = a else { continue };
             // Every way through the tile: six-register chunks, pairs of
             // registers, single pairs and an odd register.
-            // Values from the whole range (with the special ones at the end).
+            // Values from across the range (the slice check above covers the
+            // special values).
             for n in [7, 12, 13, 25] {
                 let at: Vec<usize> = (0..8 * n).map(|j| (j * 157 + 4001) % xs.len()).collect();
                 let pick = |v: &[f32]| at.iter().map(|&j| v[j]).collect::<Vec<f32>>();

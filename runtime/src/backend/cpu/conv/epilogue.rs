@@ -14,16 +14,16 @@ impl Problem {
             .filter(|_| self.out.col_stride == 1)
     }
 
-    /// A smooth activation that ends the epilogue (after at most a bias, with
-    /// no residual after it), which a driver may apply over whole finished
-    /// rows instead of per tile: a tile's accumulators go through a call, the
-    /// stack and one short chain per register pair, where rows of a block
-    /// still in cache give `vmath16::apply` four chains to interleave.
-    /// ReLU and ReLU6 stay in the registers.
+    /// A smooth activation (sigmoid, SiLU, tanh, the GELUs) that ends the
+    /// epilogue after at most a bias, which a driver may apply over whole
+    /// finished rows instead of per tile: a tile's accumulators go through a
+    /// call, the stack and one short chain per register pair, where rows of
+    /// a block still in cache give `vmath16::apply` four chains to
+    /// interleave. ReLU and ReLU6 stay in the registers; the hard sigmoid
+    /// and swish are too cheap to repay a pass.
     pub(super) fn deferred_act(&self) -> Option<Act> {
         match self.epilogue.as_slice() {
-            [Step::Bias(_), Step::Act(a @ Act::Generated(..))]
-            | [Step::Act(a @ Act::Generated(..))] => Some(*a),
+            [Step::Bias(_), Step::Act(a)] | [Step::Act(a)] if a.is_smooth() => Some(*a),
             _ => None,
         }
     }

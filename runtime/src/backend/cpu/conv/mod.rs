@@ -5,7 +5,9 @@
 //! micro-kernel's panel layout (implicit im2col). Partial sums for a block of
 //! columns stay in a per-thread buffer in L2; when the last K block is done the
 //! epilogue (bias, activation, residual add, in the op's order) runs over it
-//! while it is hot and stores to the output.
+//! while it is hot and stores to the output — except a smooth final
+//! activation, which runs over a block's finished rows
+//! ([`Problem::deferred_act`]).
 //!
 //! `gather.rs` packs B; `epilogue.rs` finishes tiles; this module holds the
 //! problem description, the blocking and the split across threads.
@@ -332,6 +334,7 @@ struct FusedColumns<'a> {
 }
 
 /// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
+#[derive(Clone, Copy)]
 struct FusedPlan {
     bias: *const f32,
     act: Option<netc_compiler::ir::Activation>,
@@ -370,8 +373,8 @@ impl FusedPlan {
     }
 }
 
-/// The shortest rows (positions of one sample in a column block) over which
-/// a channel-major product applies a deferred activation: shorter rows
+/// The shortest rows (a column block's positions, all of one sample) over
+/// which a channel-major product applies a deferred activation: shorter rows
 /// leave `vmath16::apply` one chain per call and a call per row, slower
 /// than the tile path (EfficientNet-B0's 7×7 expansions, 49 positions:
 /// 0.121 → 0.139 ms with SiLU deferred; its one-pixel squeeze-excitation
@@ -635,25 +638,30 @@ impl Problem {
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
         let mut tile = [0f32; MR * NR];
         let mut narrow_tile = [0f32; 4 * MR * NR];
-        let mut plan = self.fused_plan();
-        // A smooth activation over each column block's finished rows of
-        // positions (see `deferred_act`), where they are contiguous.
-        // Only with rows of at least DEFERRED_ACT_MIN_RUN positions.
-        let deferred = self.deferred_act().filter(|_| {
-            !by_column
-                && self.out.col_stride == 1
-                && self.per_sample.min(nc_max) >= DEFERRED_ACT_MIN_RUN
-        });
-        if let (Some(plan), Some(_)) = (&mut plan, deferred) {
-            plan.act = None;
-        }
-        let act_in_tiles = deferred.is_none();
+        let plan = self.fused_plan();
+        // A smooth final activation over each column block's finished rows
+        // of positions (see `deferred_act`), where they are contiguous; the
+        // fused tiles then run without it.
+        let deferrable = self
+            .deferred_act()
+            .filter(|_| !by_column && self.out.col_stride == 1);
+        let plan_deferred = plan.map(|p| FusedPlan { act: None, ..p });
         if let (Gather::Window(_, w), true) = (self.b, s.padded_ready) {
             self.padded_offsets(&w, &mut s.k_offsets);
         }
         for j0 in (c0..c1).step_by(nc_max) {
             let nc = nc_max.min(c1 - j0);
             let ncp = nc.div_ceil(NR) * NR;
+            // Deferred over rows of at least DEFERRED_ACT_MIN_RUN positions
+            // of one sample, else applied in the tiles.
+            let deferred = deferrable.filter(|_| {
+                nc >= DEFERRED_ACT_MIN_RUN
+                    && j0 / self.per_sample == (j0 + nc - 1) / self.per_sample
+            });
+            let (plan, act_in_tiles) = match deferred {
+                Some(_) => (&plan_deferred, false),
+                None => (&plan, true),
+            };
             for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                 let kc = K_BLOCK.min(self.k - k0);
                 let last = kb + 1 == blocks;
@@ -710,7 +718,7 @@ impl Problem {
                         }
                     }
                     let fused = if last && !by_column {
-                        self.fused_columns(&plan, j, nr)
+                        self.fused_columns(plan, j, nr)
                     } else {
                         None
                     };

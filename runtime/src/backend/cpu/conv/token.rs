@@ -6,7 +6,9 @@
 //! panels. A finished tile is then six token rows of sixteen consecutive
 //! features: the epilogue (bias per feature, activation, residual) runs on
 //! the registers and stores contiguous rows, where the feature-major product
-//! would have to turn every block of sums around first.
+//! would have to turn every block of sums around first. A smooth final
+//! activation runs over each finished block's rows instead
+//! ([`Problem::deferred_act`]).
 //!
 //! [`pack_weights_cols`]: crate::backend::cpu::gemm::pack_weights_cols
 
