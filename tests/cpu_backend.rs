@@ -547,6 +547,46 @@ fn unbatched_operands_are_not_overwritten_in_place() {
     }
 }
 
+/// `src` at -O0 and -O2, each at a random batch (1–3) and thread count
+/// (1–2), within [`TOLERANCE`] of candle.
+fn matches_candle_at_both_levels(r: &mut Rng, src: &str, seed: u64) {
+    let mut model =
+        Model::from_source("case.net", src, Path::new("."), &[]).unwrap_or_else(|e| panic!("{e}"));
+    for level in [0, 2] {
+        let batch = r.range(1, 3);
+        let threads = r.range(1, 3);
+        let err = run_both(&mut model, level, batch, threads, seed);
+        assert!(
+            err <= TOLERANCE,
+            "{src}-O{level} batch {batch} threads {threads}: {err:.2e}"
+        );
+    }
+}
+
+/// Convolutions whose epilogue ends in a smooth activation (after batch
+/// norm's bias) apply it over finished rows of positions on the in-place
+/// paths (1×1 reading the input, windowed reading the padded input) and the
+/// packed path, when the rows are long enough, and in the tiles otherwise:
+/// maps above and below that length, batches whose chunks cross samples.
+#[test]
+fn convolutions_with_a_smooth_activation_match_candle() {
+    let mut r = Rng(78);
+    for (cin, hw, cout, k, act) in [
+        (16, 20, 40, 1, "silu"),
+        (24, 9, 48, 1, "gelu"),
+        (8, 17, 30, 3, "silu"),
+        (12, 6, 20, 3, "sigmoid"),
+        (32, 40, 96, 1, "silu"),
+        (16, 15, 80, 3, "tanh"),
+    ] {
+        let src = format!(
+            "network t() {{\n    input x: [{cin}, {hw}, {hw}]\n    return x -> conv({cout}, k={k}, pad={}, bias=false) -> batch_norm -> {act}\n}}\n",
+            k / 2
+        );
+        matches_candle_at_both_levels(&mut r, &src, hw as u64);
+    }
+}
+
 /// Linear layers whose epilogue ends in a smooth activation (no residual
 /// after it) apply it over each finished block of rows rather than per tile
 /// (`conv/token.rs`); the random cases above always add a residual. Token
@@ -565,16 +605,6 @@ fn linear_layers_with_a_smooth_activation_match_candle() {
         let src = format!(
             "network t() {{\n    input x: [{tokens}, {kin}]\n    return x -> linear({kout}, bias={bias}) -> {act}\n}}\n"
         );
-        let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
-            .unwrap_or_else(|e| panic!("{e}"));
-        for level in [0, 2] {
-            let batch = r.range(1, 3);
-            let threads = r.range(1, 3);
-            let err = run_both(&mut model, level, batch, threads, tokens as u64);
-            assert!(
-                err <= TOLERANCE,
-                "{src}-O{level} batch {batch} threads {threads}: {err:.2e}"
-            );
-        }
+        matches_candle_at_both_levels(&mut r, &src, tokens as u64);
     }
 }

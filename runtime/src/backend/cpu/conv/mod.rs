@@ -824,6 +824,9 @@ impl Problem {
         let Gather::Window(_, window) = self.b else {
             return;
         };
+        if q0 >= q1 {
+            return;
+        }
         let kernel = Kernel::detect();
         let (rows, phase_len, channels) = self.padded_geometry(&window);
         let w = self.padded_window(&window);
@@ -837,12 +840,19 @@ impl Problem {
         let oh = self.per_sample / ow;
         let per_row = ow.div_ceil(NR);
         grow(&mut s.acc, self.m.div_ceil(MR) * MR * NR);
-        let plan = self.fused_plan();
-        for q in q0..q1 {
+        // Panels follow output rows, so the chunk's panels are the positions
+        // from its first panel's to its last's end.
+        let at = |q: usize| {
             let (n, rest) = (q / (oh * per_row), q % (oh * per_row));
             let (oy, ox0) = (rest / per_row, rest % per_row * NR);
-            let nr = NR.min(ow - ox0);
-            let j = n * self.per_sample + oy * ow + ox0;
+            (n * self.per_sample + oy * ow + ox0, NR.min(ow - ox0))
+        };
+        let (first, (last, last_nr)) = (at(q0).0, at(q1 - 1));
+        let (plan, deferred) = self.chunk_plan(first..last + last_nr);
+        for q in q0..q1 {
+            let (j, nr) = at(q);
+            let (n, rest) = (q / (oh * per_row), q % (oh * per_row));
+            let (oy, ox0) = (rest / per_row, rest % per_row * NR);
             let corner = n * channels * plane + oy * sy * row_len + ox0;
             // Every row the kernel reads (NR floats, past `nr` into the next
             // padded row or the buffer's slack) is inside `padded`.
@@ -850,10 +860,30 @@ impl Problem {
             // SAFETY: checked just above; offsets holds k entries.
             unsafe {
                 let base = s.padded.as_ptr().add(corner);
-                self.in_place_panel(kernel, base, &offsets, j, nr, &mut s.acc, &plan);
+                let act = deferred.is_none();
+                self.in_place_panel(kernel, base, &offsets, j, nr, &mut s.acc, &plan, act);
             }
         }
+        if let Some(a) = deferred {
+            // SAFETY: the chunk's positions, all channels, are the output's.
+            unsafe { self.apply_to_rows(a, 0..self.m, first..last + last_nr) };
+        }
         s.cols = offsets;
+    }
+
+    /// The fused plan for a chunk of in-place panels covering output
+    /// positions `cols`, and the smooth final activation to apply over them
+    /// afterwards (then absent from the plan), when they are at least
+    /// [`DEFERRED_ACT_MIN_RUN`] long (see [`Problem::deferred_act`]).
+    #[inline(always)]
+    fn chunk_plan(&self, cols: std::ops::Range<usize>) -> (Option<FusedPlan>, Option<Act>) {
+        let plan = self.fused_plan();
+        match self.deferred_act() {
+            Some(a) if self.out.col_stride == 1 && cols.len() >= DEFERRED_ACT_MIN_RUN => {
+                (plan.map(|p| FusedPlan { act: None, ..p }), Some(a))
+            }
+            _ => (plan, None),
+        }
     }
 
     /// A 1×1 stride-1 convolution with few row panels, for the reason
@@ -869,6 +899,9 @@ impl Problem {
         let Gather::Strided(l) = self.b else {
             return;
         };
+        if q0 >= q1 {
+            return;
+        }
         let kernel = Kernel::detect();
         let ps = self.per_sample;
         let per_sample = ps.div_ceil(NR);
@@ -880,28 +913,39 @@ impl Problem {
         let (rows, packed) = offsets.split_at(self.k);
         grow(&mut s.acc, self.m.div_ceil(MR) * MR * NR);
         grow(&mut s.bpack, self.k * NR);
-        let plan = self.fused_plan();
+        // The chunk's panels are the positions from its first panel's to its
+        // last's end (panels follow samples).
+        let at = |q: usize| {
+            let (n, c0) = (q / per_sample, q % per_sample * NR);
+            (n * ps + c0, NR.min(ps - c0))
+        };
+        let (first, (last, last_nr)) = (at(q0).0, at(q1 - 1));
+        let (plan, deferred) = self.chunk_plan(first..last + last_nr);
+        let act = deferred.is_none();
         for q in q0..q1 {
             let (n, c0) = (q / per_sample, q % per_sample * NR);
-            let nr = NR.min(ps - c0);
-            let j = n * ps + c0;
-            let first = self.at_ptr(l.base + n * l.sample_stride + c0) as *const f32;
+            let (j, nr) = at(q);
+            let x0 = self.at_ptr(l.base + n * l.sample_stride + c0) as *const f32;
             // SAFETY: channel kk's run of nr pixels from c0 is inside the
             // input (the lowering checked its extent); with nr == NR the
             // kernel reads only those.
             unsafe {
                 if nr == NR {
-                    self.in_place_panel(kernel, first, rows, j, nr, &mut s.acc, &plan);
+                    self.in_place_panel(kernel, x0, rows, j, nr, &mut s.acc, &plan, act);
                     continue;
                 }
                 for (kk, &o) in rows.iter().enumerate() {
                     let dst = &mut s.bpack[kk * NR..(kk + 1) * NR];
-                    std::ptr::copy_nonoverlapping(first.add(o), dst.as_mut_ptr(), nr);
+                    std::ptr::copy_nonoverlapping(x0.add(o), dst.as_mut_ptr(), nr);
                     dst[nr..].fill(0.0);
                 }
                 let base = s.bpack.as_ptr();
-                self.in_place_panel(kernel, base, packed, j, nr, &mut s.acc, &plan);
+                self.in_place_panel(kernel, base, packed, j, nr, &mut s.acc, &plan, act);
             }
+        }
+        if let Some(a) = deferred {
+            // SAFETY: the chunk's positions, all channels, are the output's.
+            unsafe { self.apply_to_rows(a, 0..self.m, first..last + last_nr) };
         }
         s.cols = offsets;
     }
@@ -924,6 +968,7 @@ impl Problem {
         nr: usize,
         acc: &mut [f32],
         plan: &Option<FusedPlan>,
+        act_in_tiles: bool,
     ) {
         let panels = self.m.div_ceil(MR);
         let mpad = panels * MR;
@@ -959,11 +1004,11 @@ impl Problem {
                     if last && kb == 0 {
                         let t = tile.as_mut_ptr();
                         kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr, mr);
-                        self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR, true);
+                        self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR, act_in_tiles);
                     } else {
                         kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr, mr);
                         if last {
-                            self.epilogue_tile(r0, mr, j, nr, acc, NR, true);
+                            self.epilogue_tile(r0, mr, j, nr, acc, NR, act_in_tiles);
                         }
                     }
                 }
