@@ -7,7 +7,7 @@
 //! epilogue (bias, activation, residual add, in the op's order) runs over it
 //! while it is hot and stores to the output — except a smooth final
 //! activation, which runs over a block's finished rows
-//! ([`Problem::deferred_act`]).
+//! (`Problem::deferred_act`).
 //!
 //! `gather.rs` packs B; `epilogue.rs` finishes tiles; this module holds the
 //! problem description, the blocking and the split across threads.
