@@ -166,20 +166,11 @@ impl Depthwise {
         None
     }
 
-    /// The epilogue the kernels apply, and a smooth final activation (see
-    /// `Act::is_smooth`; after at most a bias) split off to run over each
-    /// finished plane instead: per tile it goes through a call and short
-    /// chains, over a plane (or a channel block's adjacent planes)
-    /// `vmath16::apply` interleaves four.
+    /// The epilogue the kernels apply, and a smooth final activation split
+    /// off to run over each finished plane (or a channel block's adjacent
+    /// planes) instead (`conv::split_deferred_act`).
     fn deferred_act(&self) -> (&[conv::Step], Option<super::Act>) {
-        match self.epilogue.as_slice() {
-            [rest @ .., conv::Step::Act(a)]
-                if a.is_smooth() && matches!(rest, [] | [conv::Step::Bias(_)]) =>
-            {
-                (rest, Some(*a))
-            }
-            steps => (steps, None),
-        }
+        conv::split_deferred_act(&self.epilogue)
     }
 
     /// [`Depthwise::run`] on the channel-blocked path or the row path.

@@ -1643,8 +1643,14 @@ mod tests {
     }
 
     fn view(dims: &[usize], strides: &[usize]) -> View {
+        view_at(std::ptr::null(), dims, strides)
+    }
+
+    /// A view of the elements at `ptr` (inputs' pointers are cast to
+    /// `*mut`: the kernels write only their outputs).
+    fn view_at(ptr: *const f32, dims: &[usize], strides: &[usize]) -> View {
         View {
-            ptr: std::ptr::null_mut(),
+            ptr: ptr as *mut f32,
             dims: dims.to_vec(),
             strides: strides.to_vec(),
         }
@@ -1662,16 +1668,12 @@ mod tests {
                 .collect();
             // dst[b, c, r] = src[b, r, c]: the source's rows are contiguous.
             let copy = |out: &mut Vec<f32>| Copy {
-                src: View {
-                    ptr: src.as_ptr() as *mut f32,
-                    dims: vec![batch, cols, rows],
-                    strides: vec![rows * cols, 1, cols],
-                },
-                dst: View {
-                    ptr: out.as_mut_ptr(),
-                    dims: vec![batch, cols, rows],
-                    strides: vec![rows * cols, rows, 1],
-                },
+                src: view_at(src.as_ptr(), &[batch, cols, rows], &[rows * cols, 1, cols]),
+                dst: view_at(
+                    out.as_mut_ptr(),
+                    &[batch, cols, rows],
+                    &[rows * cols, rows, 1],
+                ),
                 queue: conv::WorkQueue::default(),
             };
             let mut want = vec![f32::NAN; src.len()];
@@ -1703,21 +1705,9 @@ mod tests {
                 let mut out = vec![f32::NAN; total];
                 let k = Kernel::Binary(Binary {
                     op: BinaryOp::Mul,
-                    a: View {
-                        ptr: a.as_ptr() as *mut f32,
-                        dims: vec![rows, len],
-                        strides: vec![len, 1],
-                    },
-                    b: View {
-                        ptr: scale.as_ptr() as *mut f32,
-                        dims: vec![rows, len],
-                        strides: vec![1, 0],
-                    },
-                    out: View {
-                        ptr: out.as_mut_ptr(),
-                        dims: vec![rows, len],
-                        strides: vec![len, 1],
-                    },
+                    a: view_at(a.as_ptr(), &[rows, len], &[len, 1]),
+                    b: view_at(scale.as_ptr(), &[rows, len], &[1, 0]),
+                    out: view_at(out.as_mut_ptr(), &[rows, len], &[len, 1]),
                     queue: conv::WorkQueue::default(),
                 });
                 run_on_threads(&k, threads);
@@ -1731,16 +1721,8 @@ mod tests {
                 // A contiguous copy: one row after coalescing.
                 let mut copied = vec![f32::NAN; total];
                 let k = Kernel::Copy(Copy {
-                    src: View {
-                        ptr: a.as_ptr() as *mut f32,
-                        dims: vec![total],
-                        strides: vec![1],
-                    },
-                    dst: View {
-                        ptr: copied.as_mut_ptr(),
-                        dims: vec![total],
-                        strides: vec![1],
-                    },
+                    src: view_at(a.as_ptr(), &[total], &[1]),
+                    dst: view_at(copied.as_mut_ptr(), &[total], &[1]),
                     queue: conv::WorkQueue::default(),
                 });
                 run_on_threads(&k, threads);
@@ -1835,21 +1817,9 @@ mod tests {
         let mut out = vec![f32::NAN; 3 * n];
         let k = Kernel::Binary(Binary {
             op: BinaryOp::Add,
-            a: View {
-                ptr: a.as_ptr() as *mut f32,
-                dims: vec![n],
-                strides: vec![1],
-            },
-            b: View {
-                ptr: b.as_ptr() as *mut f32,
-                dims: vec![n],
-                strides: vec![0],
-            },
-            out: View {
-                ptr: out.as_mut_ptr(),
-                dims: vec![n],
-                strides: vec![3],
-            },
+            a: view_at(a.as_ptr(), &[n], &[1]),
+            b: view_at(b.as_ptr(), &[n], &[0]),
+            out: view_at(out.as_mut_ptr(), &[n], &[3]),
             queue: conv::WorkQueue::default(),
         });
         run_on_threads(&k, 2);

@@ -4,6 +4,22 @@
 use super::{Act, FusedColumns, FusedPlan, Layout, Problem, Step};
 use crate::backend::cpu::gemm::{Kernel, PanelRows, MR, NR};
 
+/// `steps` without a final smooth activation (`Act::is_smooth`, after at
+/// most a bias), and that activation, for kernels that apply it over whole
+/// finished rows or planes instead of per tile: a tile's accumulators go
+/// through a call, the stack and one short chain per register pair, where
+/// rows still in cache give `vmath16::apply` four chains to interleave.
+/// ReLU and ReLU6 stay in the registers; the hard sigmoid and swish are too
+/// cheap to repay a pass. Otherwise `steps` whole and `None`.
+pub(crate) fn split_deferred_act(steps: &[Step]) -> (&[Step], Option<Act>) {
+    match steps {
+        [rest @ .., Step::Act(a)] if a.is_smooth() && matches!(rest, [] | [Step::Bias(_)]) => {
+            (rest, Some(*a))
+        }
+        _ => (steps, None),
+    }
+}
+
 impl Problem {
     /// The epilogue as the fused micro-kernel runs it, if it can: an optional
     /// bias first, then at most one activation and one residual add in
@@ -16,16 +32,9 @@ impl Problem {
 
     /// A smooth activation (sigmoid, SiLU, tanh, the GELUs) that ends the
     /// epilogue after at most a bias, which a driver may apply over whole
-    /// finished rows instead of per tile: a tile's accumulators go through a
-    /// call, the stack and one short chain per register pair, where rows of
-    /// a block still in cache give `vmath16::apply` four chains to
-    /// interleave. ReLU and ReLU6 stay in the registers; the hard sigmoid
-    /// and swish are too cheap to repay a pass.
+    /// finished rows instead of per tile (see [`split_deferred_act`]).
     pub(super) fn deferred_act(&self) -> Option<Act> {
-        match self.epilogue.as_slice() {
-            [Step::Bias(_), Step::Act(a)] | [Step::Act(a)] if a.is_smooth() => Some(*a),
-            _ => None,
-        }
+        split_deferred_act(&self.epilogue).1
     }
 
     /// [`Problem::fused_plan`]'s parsing of the steps, with `residual_fits`

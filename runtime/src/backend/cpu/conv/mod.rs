@@ -18,6 +18,7 @@ mod gather;
 mod pixels;
 mod token;
 
+pub(crate) use epilogue::split_deferred_act;
 pub use gather::pads_one_sample;
 pub use pixels::pixel_major;
 
