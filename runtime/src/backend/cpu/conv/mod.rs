@@ -417,19 +417,19 @@ pub struct Scratch {
 const IN_PLACE_MAX_PANELS: usize = 11;
 
 /// Whether a B panel of a 1×1 convolution read in place (NR floats of each
-/// of up to [`K_BLOCK`] channels, `l.row_stride` apart) stays in a 32 KiB,
-/// 8-way L1 (64 sets) while every row panel reads it: at most half of L1's
-/// lines (two per row when rows are not 64-byte aligned), spread over at
-/// least 16 sets. Measured on MobileNetV2 (two threads, profiles of
-/// interleaved runs): its 144→24 projection at 56×56 (144 aligned lines, 16
-/// sets) took 0.59–0.67× the packed path's time; its 32→16 at 112×112
-/// (planes a multiple of 1 KiB apart: 4 sets) 1.17×, and its 384→64 at
-/// 14×14 (512 unaligned lines) about 1.1×.
-fn panel_stays_in_l1(l: &Layout, k: usize) -> bool {
+/// of `depth` channels, `l.row_stride` apart) stays in a 32 KiB, 8-way L1
+/// (64 sets) while every row panel reads it: at most half of L1's lines
+/// (two per row when rows are not 64-byte aligned), spread over at least 16
+/// sets. Measured on MobileNetV2 (two threads, profiles of interleaved
+/// runs): its 144→24 projection at 56×56 (144 aligned lines, 16 sets) took
+/// 0.59–0.67× the packed path's time; its 32→16 at 112×112 (planes a
+/// multiple of 1 KiB apart: 4 sets) 1.17×, and its 384→64 at 14×14 read
+/// 256 deep (512 unaligned lines) about 1.1×.
+fn panel_stays_in_l1(l: &Layout, depth: usize) -> bool {
     let aligned = [l.base, l.row_stride, l.sample_stride]
         .iter()
         .all(|v| (v * 4).is_multiple_of(64));
-    let lines = k.min(K_BLOCK) * if aligned { 1 } else { 2 };
+    let lines = depth * if aligned { 1 } else { 2 };
     // Rows `step` lines apart fall into 64 / gcd(step, 64) sets.
     let sets = if !(l.row_stride * 4).is_multiple_of(64) {
         64
@@ -491,6 +491,59 @@ const FEW_PANELS: usize = 4;
 /// `FLUSH=1`; with K = 1152 (their reductions) 0.7×.
 const NARROW_MIN_K: usize = 128;
 
+/// The most row panels for which a 1×1 convolution reads B in place in
+/// passes shallower than a K block ([`in_place_depth`]). In isolation
+/// (`conv_throughput`) 22 panels gained too (ResNet-50's layer2 512→128 at
+/// 28×28: 0.94–0.95× the packed path's time 64 deep), but in the network
+/// DenseNet-121's 128-channel bottlenecks at 14×14 (22 panels, weights
+/// coming from memory) took 1.07–1.16× the time (profile minima, 8
+/// interleaved rounds): each column panel streams all of the layer's
+/// weights, where a packed column block of seven panels streams them once.
+const IN_PLACE_1X1_MAX_PANELS: usize = 16;
+
+/// The fewest positions a sample for the shallower passes of
+/// [`in_place_depth`]. A 7×7 map's 49 positions end in a panel of one
+/// column, which costs a whole tile in place where the packed path runs it
+/// on the narrow kernel (EfficientNet-B0's 7×7 projections, 32 and 54 row
+/// panels: 1.15–1.25× the time), and squeeze-and-excitation layers (one
+/// position) took 3–4× the time in place.
+const IN_PLACE_MIN_POSITIONS: usize = 4 * NR;
+
+/// The most bytes between the first and last channel row of one pass over
+/// an in-place B panel ([`in_place_depth`]): 64 pages of 4 KiB, within
+/// Zen 4's 72-entry L1 data TLB.
+const IN_PLACE_PASS_SPAN: usize = 256 * 1024;
+
+/// How deep each pass over an in-place B panel of a 1×1 convolution with
+/// `panels` row panels and `positions` a sample goes, or None when the
+/// convolution packs B: a whole K block when the panel stays in L1
+/// ([`panel_stays_in_l1`]) and the row panels are at most
+/// [`IN_PLACE_MAX_PANELS`]; else, on maps of at least
+/// [`IN_PLACE_MIN_POSITIONS`] and up to [`IN_PLACE_1X1_MAX_PANELS`] row
+/// panels, the deepest of a half or a quarter K block whose rows stay in L1
+/// and span at most [`IN_PLACE_PASS_SPAN`]. Each pass adds its sums to the
+/// previous passes' in memory, so their sums round differently from the
+/// packed path's.
+///
+/// Measured (`conv_throughput`, two threads, interleaved; time in place
+/// over time packed): MobileNetV2's 384→64 at 14×14 (11 panels, 512
+/// unaligned lines 256 deep) 0.83–0.87 read 128 deep, its 576→96 (16
+/// panels) 0.89 at 128 deep; in the network (profile minima, 8 rounds)
+/// 0.88 and 0.94. ResNet-50's 512→128 at 28×28 0.94–0.95 at 64 deep, but
+/// 1.04–1.09 at 128 and 256 deep (a 256-deep pass spans 200 pages).
+fn in_place_depth(l: &Layout, k: usize, panels: usize, positions: usize) -> Option<usize> {
+    if panels <= IN_PLACE_MAX_PANELS && panel_stays_in_l1(l, k.min(K_BLOCK)) {
+        return Some(K_BLOCK);
+    }
+    if positions < IN_PLACE_MIN_POSITIONS || panels > IN_PLACE_1X1_MAX_PANELS {
+        return None;
+    }
+    [K_BLOCK, K_BLOCK / 2, K_BLOCK / 4].into_iter().find(|&d| {
+        let rows = k.min(d);
+        panel_stays_in_l1(l, rows) && rows * l.row_stride * 4 <= IN_PLACE_PASS_SPAN
+    })
+}
+
 impl Problem {
     #[inline(always)]
     fn at_ptr(&self, offset: usize) -> *mut f32 {
@@ -551,15 +604,12 @@ impl Problem {
             return;
         }
         if let Gather::Strided(l) = self.b {
-            if l.col_stride == 1
-                && panels <= IN_PLACE_MAX_PANELS
-                && panel_stays_in_l1(&l, self.k)
-                && avx2
-            {
+            let depth = in_place_depth(&l, self.k, panels, ps);
+            if let (true, Some(depth)) = (l.col_stride == 1 && avx2, depth) {
                 let units = samples * ps.div_ceil(NR);
                 for share in self.queue.chunks(units, threads, 1) {
                     // SAFETY: as for this function.
-                    unsafe { self.run_strided_in_place(share, scratch) };
+                    unsafe { self.run_strided_in_place(share, depth, scratch) };
                 }
                 return;
             }
@@ -862,7 +912,8 @@ impl Problem {
             unsafe {
                 let base = s.padded.as_ptr().add(corner);
                 let act = deferred.is_none();
-                self.in_place_panel(kernel, base, &offsets, j, nr, &mut s.acc, &plan, act);
+                let b = (base, offsets.as_slice(), K_BLOCK);
+                self.in_place_panel(kernel, b, j, nr, &mut s.acc, &plan, act);
             }
         }
         if let Some(a) = deferred {
@@ -896,7 +947,7 @@ impl Problem {
     /// # Safety
     /// As [`Problem::run`]; `self.b` is `Strided` with unit column stride.
     #[inline(always)]
-    unsafe fn run_strided_in_place(&self, (q0, q1): (usize, usize), s: &mut Scratch) {
+    unsafe fn run_strided_in_place(&self, (q0, q1): (usize, usize), depth: usize, s: &mut Scratch) {
         let Gather::Strided(l) = self.b else {
             return;
         };
@@ -932,7 +983,8 @@ impl Problem {
             // kernel reads only those.
             unsafe {
                 if nr == NR {
-                    self.in_place_panel(kernel, x0, rows, j, nr, &mut s.acc, &plan, act);
+                    let b = (x0, rows, depth);
+                    self.in_place_panel(kernel, b, j, nr, &mut s.acc, &plan, act);
                     continue;
                 }
                 for (kk, &o) in rows.iter().enumerate() {
@@ -941,7 +993,8 @@ impl Problem {
                     dst[nr..].fill(0.0);
                 }
                 let base = s.bpack.as_ptr();
-                self.in_place_panel(kernel, base, packed, j, nr, &mut s.acc, &plan, act);
+                let b = (base, packed, depth);
+                self.in_place_panel(kernel, b, j, nr, &mut s.acc, &plan, act);
             }
         }
         if let Some(a) = deferred {
@@ -952,7 +1005,10 @@ impl Problem {
     }
 
     /// One column panel of B read in place (row `kk` at `base + offsets[kk]`)
-    /// through every K block and row panel, finished by the epilogue.
+    /// through every K block and row panel, finished by the epilogue. Each
+    /// K block is read in passes of at most `depth` rows (a divisor of
+    /// [`K_BLOCK`]), each over every row panel, so that the panel's rows
+    /// stay in L1 while the row panels read them.
     ///
     /// # Safety
     /// Every row the kernel reads (NR floats from each `base + offsets[kk]`)
@@ -963,51 +1019,60 @@ impl Problem {
     unsafe fn in_place_panel(
         &self,
         kernel: Kernel,
-        base: *const f32,
-        offsets: &[usize],
+        (base, offsets, depth): (*const f32, &[usize], usize),
         j: usize,
         nr: usize,
         acc: &mut [f32],
         plan: &Option<FusedPlan>,
         act_in_tiles: bool,
     ) {
+        debug_assert!(depth > 0 && K_BLOCK.is_multiple_of(depth));
         let panels = self.m.div_ceil(MR);
         let mpad = panels * MR;
-        let blocks = self.k.div_ceil(K_BLOCK);
         let mut tile = [0f32; MR * NR];
         let fused = self.fused_columns(plan, j, nr);
-        for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
+        // Passes: (first K row, rows, rows of the packed K block holding
+        // them). The weights are packed per K block, row panel after row
+        // panel; a pass reads a run of steps of each.
+        let passes = (0..self.k).step_by(K_BLOCK).flat_map(|k0| {
             let kc = K_BLOCK.min(self.k - k0);
-            let last = kb + 1 == blocks;
+            (k0..k0 + kc)
+                .step_by(depth)
+                .map(move |d0| (d0, depth.min(k0 + kc - d0), k0, kc))
+        });
+        for (d0, dc, k0, kc) in passes {
+            let (first, last) = (d0 == 0, d0 + dc == self.k);
             // SAFETY: offsets holds k entries.
             let b = Indirect {
                 base,
-                offsets: unsafe { offsets.as_ptr().add(k0) },
+                offsets: unsafe { offsets.as_ptr().add(d0) },
             };
             for p in 0..panels {
                 let r0 = p * MR;
                 let mr = MR.min(self.m - r0);
-                // SAFETY: the packed weights hold mpad·k floats; acc holds
-                // mpad × NR; the panel's rows are the caller's.
+                // SAFETY: the packed weights hold mpad·k floats; block k0
+                // starts at k0·mpad, row panel p at p·kc·MR in it and step
+                // d0 − k0 at (d0 − k0)·MR in that; acc holds mpad × NR; the
+                // panel's rows are the caller's.
                 unsafe {
-                    let ap = self.a.add(k0 * mpad + p * kc * MR);
+                    let ap = self.a.add(k0 * mpad + p * kc * MR + (d0 - k0) * MR);
                     let acc = acc.as_mut_ptr().add(p * MR * NR);
                     if last && mr == MR {
-                        let prior = if kb == 0 {
+                        let prior = if first {
                             (std::ptr::null(), 0)
                         } else {
                             (acc as *const f32, NR)
                         };
-                        if self.try_fused(&fused, kernel, kc, ap, b, prior, r0) {
+                        if self.try_fused(&fused, kernel, dc, ap, b, prior, r0) {
                             continue;
                         }
                     }
-                    if last && kb == 0 {
+                    if last && first {
                         let t = tile.as_mut_ptr();
-                        kernel.run_into_cols_indirect(kc, ap, b, t, NR, false, nr, mr);
+                        kernel.run_into_cols_indirect(dc, ap, b, t, NR, false, nr, mr);
                         self.epilogue_tile(r0, mr, j, nr, tile.as_ptr(), NR, act_in_tiles);
                     } else {
-                        kernel.run_into_cols_indirect(kc, ap, b, acc, NR, kb > 0, nr, mr);
+                        kernel.run_into_cols_indirect(dc, ap, b, acc, NR, !first, nr, mr);
                         if last {
                             self.epilogue_tile(r0, mr, j, nr, acc, NR, act_in_tiles);
                         }
@@ -1254,15 +1319,23 @@ pub(super) mod tests {
     }
 
     /// 1×1 convolutions reading B in place give the packed path's results
-    /// bit for bit, over samples whose last panel is narrower, several K
-    /// blocks and partial row panels.
+    /// bit for bit when each pass is a whole K block, and within rounding
+    /// when passes are shallower (their partial sums go through memory),
+    /// over samples whose last panel is narrower, several K blocks, passes
+    /// that end inside a K block and partial row panels.
     #[test]
     fn reading_1x1_b_in_place_matches_packing_it() {
         if Kernel::detect() != Kernel::Avx2Fma {
             return;
         }
         // (cin, cout, pixels per sample)
-        for (cin, cout, per) in [(5, 13, 63), (300, 7, 16), (40, 64, 111), (3, 2, 1)] {
+        for (cin, cout, per) in [
+            (5, 13, 63),
+            (300, 7, 16),
+            (40, 64, 111),
+            (3, 2, 1),
+            (600, 20, 37),
+        ] {
             let samples = 2;
             let input = cin * per;
             let b = Gather::Strided(Layout {
@@ -1271,20 +1344,60 @@ pub(super) mod tests {
                 row_stride: per,
                 col_stride: 1,
             });
-            let run = |in_place: bool| {
+            // Passes `depth` deep; 0 packs B.
+            let run = |depth: usize| {
                 run_feature_major(cout, cin, per, samples, input, b, |p, s| {
                     // SAFETY: the arena holds both samples' input and output.
                     unsafe {
-                        if in_place {
-                            p.run_strided_in_place((0, samples * per.div_ceil(NR)), s);
+                        if depth > 0 {
+                            p.run_strided_in_place((0, samples * per.div_ceil(NR)), depth, s);
                         } else {
                             p.run_block(0, cout.div_ceil(MR), 0, p.n, s);
                         }
                     }
                 })
             };
-            assert_eq!(run(true), run(false), "{cin} {cout} {per}");
+            let packed = run(0);
+            assert_eq!(run(K_BLOCK), packed, "{cin} {cout} {per}");
+            for depth in [K_BLOCK / 2, K_BLOCK / 4] {
+                for (i, (x, y)) in run(depth).iter().zip(&packed).enumerate() {
+                    let (x, y) = (f32::from_bits(*x), f32::from_bits(*y));
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{cin} {cout} {per}, {depth} deep: output {i} is {x}, packed {y}"
+                    );
+                }
+            }
         }
+    }
+
+    /// Which 1×1 convolutions read B in place, and how deep each pass goes:
+    /// the shapes `in_place_depth`'s measurements name.
+    #[test]
+    fn in_place_depth_follows_the_measured_shapes() {
+        // A sample's planes `hw` floats apart, starting 64-byte aligned.
+        let planes = |hw: usize, k: usize| Layout {
+            base: 0,
+            sample_stride: k * hw,
+            row_stride: hw,
+            col_stride: 1,
+        };
+        let depth =
+            |k: usize, m: usize, hw: usize| in_place_depth(&planes(hw, k), k, m.div_ceil(MR), hw);
+        // MobileNetV2: 144→24 at 56×56 (whole blocks), 384→64 and 576→96
+        // at 14×14 (half blocks: 512 unaligned lines 256 deep).
+        assert_eq!(depth(144, 24, 56 * 56), Some(K_BLOCK));
+        assert_eq!(depth(384, 64, 14 * 14), Some(K_BLOCK / 2));
+        assert_eq!(depth(576, 96, 14 * 14), Some(K_BLOCK / 2));
+        // Planes a multiple of 1 KiB apart fall into 4 sets: packed.
+        assert_eq!(depth(32, 16, 112 * 112), None);
+        // Too many row panels (ResNet-50's 512→128, DenseNet's 128-channel
+        // bottlenecks), 7×7 maps and single pixels: packed.
+        assert_eq!(depth(512, 128, 28 * 28), None);
+        assert_eq!(depth(960, 64, 7 * 7), None);
+        assert_eq!(depth(1152, 48, 1), None);
+        // 28×28 planes with 16 panels: a quarter block spans 200 KiB.
+        assert_eq!(depth(512, 96, 28 * 28), Some(K_BLOCK / 4));
     }
 
     /// Token-major products (weights as B) give the feature-major path's
@@ -1382,7 +1495,8 @@ pub(super) mod tests {
 /// `THREADS=N` runs N threads; `SHAPE=s` only the shapes whose name contains
 /// `s`; `FLUSH=1` evicts the caches (a 96 MiB sweep) before each timed run,
 /// so weights come from memory as they do in a whole network; `ACT=gelu`
-/// (any smooth activation's name) puts it in the epilogue instead of ReLU.
+/// (any smooth activation's name) puts it in the epilogue instead of ReLU;
+/// `RUNS=n` times n runs (default 40; more for `perf record`).
 #[cfg(test)]
 mod bench {
     use super::*;
@@ -1403,6 +1517,10 @@ mod bench {
         ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
         // MobileNetV2's first projection (16 output channels, 112×112).
         ("mb 1x1 32>16 112", 32, 16, 112, 1, 1, 0),
+        // DenseNet-121's 128-channel bottlenecks (22 row panels).
+        ("dn 1x1 256>128 56", 256, 128, 56, 1, 1, 0),
+        ("dn 1x1 256>128 28", 256, 128, 28, 1, 1, 0),
+        ("dn 1x1 512>128 14", 512, 128, 14, 1, 1, 0),
         // Its stem and first expansion (the 112×112 stage).
         ("mb 3x3/2 3>32 224", 3, 32, 224, 3, 2, 1),
         ("mb 1x1 16>96 112", 16, 96, 112, 1, 1, 0),
@@ -1533,7 +1651,7 @@ mod bench {
             let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
             let flush = std::env::var_os("FLUSH").is_some();
             let mut junk = vec![0u8; if flush { 96 << 20 } else { 0 }];
-            const RUNS: usize = 40;
+            let runs: usize = std::env::var("RUNS").map_or(40, |t| t.parse().unwrap());
             // Persistent threads meeting at a spinning barrier before and
             // after each run (spawning threads per run added tens of
             // microseconds to small layers; the second barrier keeps every
@@ -1556,7 +1674,7 @@ mod bench {
                     let arena_ptr = arena_addr;
                     sc.spawn(move || {
                         crate::backend::cpu::pool::set_thread_index(i + 1);
-                        for _ in 0..RUNS {
+                        for _ in 0..runs {
                             if producer && i == 0 {
                                 // SAFETY: the input is the arena's first `input`
                                 // floats; no other thread touches it until the
@@ -1576,7 +1694,7 @@ mod bench {
                         }
                     });
                 }
-                for it in 0..RUNS {
+                for it in 0..runs {
                     if flush {
                         junk.iter_mut()
                             .step_by(64)
