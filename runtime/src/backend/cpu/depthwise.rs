@@ -70,20 +70,34 @@ pub(crate) fn copy_floats(dst: &mut [f32], src: &[f32]) {
 const DW_CHUNK: usize = 16;
 
 /// The narrowest output map the row path's row-blocked tiles take from
-/// [`Depthwise::run_channel_blocked`], for kernels up to 5 wide. Measured
-/// with `depthwise_throughput` (two threads, AVX2 entry, Zen 4, `DW_PATH`
-/// forcing each path, two runs), channel-blocked against tiles: at 7
-/// columns 0.65–0.92× the time (3×3 960@7: 31.7–31.9 against 34.5 µs; 5×5
-/// stride 2 672@14: 43.0–43.4 against 65.2–65.3), at 14 columns 1.09–1.2×
-/// (3×3 576@14: 49.9–50.3 against 41.9–42.1; 5×5 672@14: 104.9–105.8
-/// against 94.9–96.7), at 28 1.27–1.8× (3×3 192@28: 65.8–67.3 against 37.1).
+/// [`Depthwise::run_channel_blocked`], for 3-wide kernels at stride 1.
+/// Measured with `depthwise_throughput` (two threads, AVX2 entry, Zen 4,
+/// `DW_PATH` forcing each path, two to three runs), channel-blocked against
+/// tiles: at 7 columns 0.65–0.92× the time (3×3 960@7: 31.7–31.9 against
+/// 34.5 µs), at 14 about even (576@14: 30.9–31.5 against 28.0–33.0), at
+/// 28 1.15–1.39× (192@28: 38.1–39.4 against 28.1–33.4), at 56 1.4–1.6×.
 const DW_TILES_MIN_WIDTH: usize = 14;
 
-/// [`DW_TILES_MIN_WIDTH`] for kernels wider than 5: at 14 columns the
-/// channel-blocked path takes 0.96× the tiles' time for 7×7 (384@14:
-/// 90.7–91.3 against 94.2–94.5 µs), at 28 1.0–1.11× (192@28: 169.6–187.9
-/// against 169.3).
-const DW_TILES_MIN_WIDTH_WIDE_KERNEL: usize = 28;
+/// [`DW_TILES_MIN_WIDTH`] for 3-wide kernels with a column stride: at 14
+/// output columns the channel-blocked path takes 0.7–0.8× the tiles' time
+/// (MobileNetV2's 3×3/2 192@28: 21.9–23.5 against 28.3–32.9 µs), at 28
+/// 1.05–1.1× (144@56: 63.3–65.0 against 53.4–66.9).
+const DW_TILES_MIN_WIDTH_STRIDED: usize = 28;
+
+/// [`DW_TILES_MIN_WIDTH`] for 5-wide kernels: the channel-blocked path
+/// takes 0.73× the tiles' time at 14 columns (EfficientNet-B0's 5×5
+/// 672@14: 57.0–58.4 against 78.5–78.7 µs), 0.75× at 28 (240@28: 74.8–76.4
+/// against 99.7–100.1) and 0.9× at 28 with stride 2 (144@56: 86.5–91.0
+/// against 94.5–101.1). No 5×5 layer of the zoo is wider.
+const DW_TILES_MIN_WIDTH_5_WIDE: usize = 56;
+
+/// [`DW_TILES_MIN_WIDTH`] for kernels wider than 5: the channel-blocked
+/// path takes 0.61–0.65× the tiles' time for ConvNeXt-T's 7×7 layers at 14,
+/// 28 and 56 columns (384@14: 55.1–56.1 against 85.8–86.5 µs; 192@28:
+/// 99.3–99.7 against 161.8–161.9; 96@56: 179.6–181.3 against 280.4–280.6).
+/// (An earlier channel-blocked path, before its AVX2 pixel kernels, was
+/// even with the tiles at 14 and 28.)
+const DW_TILES_MIN_WIDTH_WIDE_KERNEL: usize = 112;
 
 /// The widest output map [`Depthwise::run_channel_blocked`] takes when the
 /// row path has no row-blocked tiles for the layer: at 14 columns it takes
@@ -135,10 +149,11 @@ impl Depthwise {
         let ow = self.out_chw[2];
         let blocked = self.multiplier == 1
             && if self.row_blocked().is_some() {
-                let min = if self.window.kernel[1] > 5 {
-                    DW_TILES_MIN_WIDTH_WIDE_KERNEL
-                } else {
-                    DW_TILES_MIN_WIDTH
+                let min = match (self.window.kernel[1], self.window.stride[1]) {
+                    (6.., _) => DW_TILES_MIN_WIDTH_WIDE_KERNEL,
+                    (4..=5, _) => DW_TILES_MIN_WIDTH_5_WIDE,
+                    (_, 2..) => DW_TILES_MIN_WIDTH_STRIDED,
+                    _ => DW_TILES_MIN_WIDTH,
                 };
                 ow < min
             } else {
