@@ -99,6 +99,14 @@ const DW_TILES_MIN_WIDTH_5_WIDE: usize = 56;
 /// even with the tiles at 14 and 28.)
 const DW_TILES_MIN_WIDTH_WIDE_KERNEL: usize = 112;
 
+/// The narrowest output map of a 3×3 stride-2 layer that the row path
+/// reads a row at a time (`avx2::stride2_3x3`) rather than through the
+/// padded, phase-split plane. In the network (MobileNetV2, profile minima
+/// of 10 interleaved rounds) its 96@112 (56 columns out) took 0.91× the
+/// plane's time, its 144@56 (28 columns) 1.09×, though 0.9–0.97× in
+/// isolation (`depthwise_throughput`).
+const DW_STRIDE2_MIN_WIDTH: usize = 56;
+
 /// The widest output map [`Depthwise::run_channel_blocked`] takes when the
 /// row path has no row-blocked tiles for the layer: at 14 columns it takes
 /// half the time of one row at a time; at 56 the same for 3×3 kernels and
@@ -222,7 +230,11 @@ impl Depthwise {
             plane.clear();
             plane.resize(s * rows * plen, 0.0);
             row.clear();
-            // One output row, or the row-blocked path's last four.
+            // One output row, or the row-blocked path's last four, or
+            // `stride2_3x3`'s three input rows.
+            #[cfg(target_arch = "x86_64")]
+            row.resize((4 * owc).max(3 * avx2::stride2_pitch(ow)), 0.0);
+            #[cfg(not(target_arch = "x86_64"))]
             row.resize(4 * owc, 0.0);
             // Everything with a division, computed once: per phase p, the
             // in-bounds range [first, end) of its indices (index i holds input
@@ -258,6 +270,13 @@ impl Depthwise {
             let row_blocked = self
                 .row_blocked()
                 .map(|(bias, act)| (bias, if deferred.is_some() { None } else { act }));
+            // 3×3, stride 2, padding 1, wide: a row at a time from the input.
+            #[cfg(target_arch = "x86_64")]
+            let stride2 = ow >= DW_STRIDE2_MIN_WIDTH
+                && [kh, kw] == [3, 3]
+                && [sy, s] == [2, 2]
+                && [dy, d] == [1, 1]
+                && [pt, pl] == [1, 1];
             for (lo, hi) in self.queue.chunks(self.batch * c_out, threads, 1) {
                 for unit in lo..hi {
                     let (n, oc) = (unit / c_out, unit % c_out);
@@ -268,10 +287,38 @@ impl Depthwise {
                     let wk = unsafe {
                         std::slice::from_raw_parts(self.weights.add(oc * kh * kw), kh * kw)
                     };
+                    #[cfg(target_arch = "x86_64")]
+                    let channel = |bias: Option<*const f32>, act, tmp| avx2::Channel {
+                        w: wk,
+                        // SAFETY: bias holds one float per output channel.
+                        bias: bias.map(|b| unsafe { *b.add(oc) }),
+                        act,
+                        // SAFETY: extents checked at lowering.
+                        out: unsafe { self.out.at(n).add(oc * oh * ow) },
+                        hw: [oh, ow],
+                        tmp,
+                    };
                     // Only the elements that hold input are written: the padding
                     // is the same for every channel and stays as zeroed above
                     // (per-row fills and `memcpy` calls cost more than the
                     // copying on 14-column maps).
+                    #[cfg(target_arch = "x86_64")]
+                    if let (Some((bias, act)), true) = (row_blocked, stride2) {
+                        let p = avx2::Strided {
+                            x: xin.as_ptr(),
+                            in_hw: [h, w],
+                            ch: channel(bias, act, row.as_mut_ptr()),
+                        };
+                        // SAFETY: AVX2 and FMA checked (`row_blocked`); the
+                        // plane and output extents are the layer's; `row`
+                        // holds three rows of `stride2_pitch(ow)` floats.
+                        unsafe { avx2::stride2_3x3(&p) };
+                        if let Some(a) = deferred {
+                            // SAFETY: the channel's oh·ow outputs.
+                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.ch.out, oh * ow) });
+                        }
+                        continue;
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if s == 1 && fma {
                         let (first, end, x0) = (phases[0], phases[1], phases[2]);
@@ -303,14 +350,7 @@ impl Depthwise {
                             src: plane.as_ptr(),
                             pitch: plen,
                             cols,
-                            w: wk,
-                            // SAFETY: bias holds one float per output channel.
-                            bias: bias.map(|b| unsafe { *b.add(oc) }),
-                            act,
-                            // SAFETY: extents checked at lowering.
-                            out: unsafe { self.out.at(n).add(oc * oh * ow) },
-                            hw: [oh, ow],
-                            tmp: row.as_mut_ptr(),
+                            ch: channel(bias, act, row.as_mut_ptr()),
                         };
                         // SAFETY: AVX2 and FMA checked (`row_blocked`); the plane has
                         // `rows` rows of `plen ≥ owc` columns past every column
@@ -318,7 +358,7 @@ impl Depthwise {
                         unsafe { avx2::plane(&p, win.kernel, sy) };
                         if let Some(a) = deferred {
                             // SAFETY: the channel's oh·ow outputs.
-                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.out, oh * ow) });
+                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.ch.out, oh * ow) });
                         }
                         continue;
                     }
@@ -1118,14 +1158,9 @@ mod avx2 {
         }
     }
 
-    /// Where a channel's outputs come from and go, for [`plane`].
-    pub struct Plane<'a> {
-        /// The zero-padded, phase-split input plane (see `Depthwise::run`).
-        pub src: *const f32,
-        /// Floats between consecutive rows of one phase of the plane.
-        pub pitch: usize,
-        /// Per kernel column, its offset in the plane.
-        pub cols: &'a [usize],
+    /// One output channel's weights, epilogue and destination, for
+    /// [`plane`] and [`stride2_3x3`].
+    pub struct Channel<'a> {
         /// The channel's `kh · kw` weights.
         pub w: &'a [f32],
         /// The channel's bias, added first.
@@ -1136,8 +1171,127 @@ mod avx2 {
         pub out: *mut f32,
         /// Output rows and columns.
         pub hw: [usize; 2],
-        /// Scratch for the last rows: four rows of `ow` rounded up to 8.
+        /// Scratch: [`plane`]'s last rows (four rows of `ow` rounded up to
+        /// 8) or [`stride2_3x3`]'s input rows (three of [`stride2_pitch`]).
         pub tmp: *mut f32,
+    }
+
+    /// A 3×3, stride-2 channel read from its input plane a row at a time,
+    /// for [`stride2_3x3`].
+    pub struct Strided<'a> {
+        /// The channel's input plane, `h · w` floats.
+        pub x: *const f32,
+        /// Input rows and columns.
+        pub in_hw: [usize; 2],
+        /// Weights, epilogue, output.
+        pub ch: Channel<'a>,
+    }
+
+    /// Floats per padded input row of [`stride2_3x3`] for `ow` output
+    /// columns: a zero, the row, zeros to the end of the last group of
+    /// four vectors of outputs' reads.
+    pub fn stride2_pitch(ow: usize) -> usize {
+        2 * ow.div_ceil(32) * 32 + 24
+    }
+
+    /// A whole output channel of a 3×3 convolution with stride 2 and one
+    /// row and column of padding on the top and left. Each output row's
+    /// two new input rows are copied behind a zero into an L1 buffer (the
+    /// row path copies the whole plane, split into even and odd columns,
+    /// first: half of its time on MobileNetV2's 96@112, a pass over 4.8 MB
+    /// through L2). Eight outputs take sixteen consecutive inputs of each
+    /// of their three rows (and the same shifted left by one), split into
+    /// even and odd columns in registers by `vshufps`, which leaves the
+    /// lanes in the order 0, 1, 4, 5, 2, 3, 6, 7 in every vector alike, so
+    /// the sums are put in order once, before the epilogue. Taps over the
+    /// padding multiply zeros, as on the row path, and every sum is formed
+    /// tap by tap in [`row`]'s order: the same bits.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `x` holds `h · w` floats, `out` `oh · ow`, `tmp` three
+    /// rows of `stride2_pitch(ow)` floats, with `2·ow ≤ w + 2` (each
+    /// output's window starts inside the padded row); `w` holds nine floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn stride2_3x3(d: &Strided) {
+        let ([h, w], [oh, ow]) = (d.in_hw, d.ch.hw);
+        let pitch = stride2_pitch(ow);
+        debug_assert!(2 * ow <= w + 2);
+        let wv: [__m256; 9] = std::array::from_fn(|i| _mm256_set1_ps(d.ch.w[i]));
+        // SAFETY (this block): `tmp` holds three rows of `pitch` floats;
+        // input rows iy < h hold w floats; a group's reads end at
+        // 2·(ox0 + 24) + 17 ≤ pitch; stores go to outputs below oh · ow.
+        unsafe {
+            let rows = [d.ch.tmp, d.ch.tmp.add(pitch), d.ch.tmp.add(2 * pitch)];
+            std::ptr::write_bytes(d.ch.tmp, 0, 3 * pitch);
+            // Input row iy into a buffer, from its second float (a row
+            // outside the plane: zeros).
+            let fill = |buf: *mut f32, iy: usize| {
+                let dst = std::slice::from_raw_parts_mut(buf.add(1), w);
+                if iy < h {
+                    super::copy_floats(dst, std::slice::from_raw_parts(d.x.add(iy * w), w));
+                } else {
+                    dst.fill(0.0);
+                }
+            };
+            // Rows 2·oy − 1, 2·oy, 2·oy + 1 are in rows[(2·oy + ky) % 3]:
+            // the first is the previous output row's last.
+            fill(rows[0], usize::MAX);
+            let mut last = [0f32; 8];
+            for oy in 0..oh {
+                fill(rows[(2 * oy + 1) % 3], 2 * oy);
+                fill(rows[(2 * oy + 2) % 3], 2 * oy + 1);
+                let dst = d.ch.out.add(oy * ow);
+                for ox0 in (0..ow).step_by(32) {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for ky in 0..3 {
+                        let m = rows[(2 * oy + ky) % 3].add(2 * ox0);
+                        let k = &wv[ky * 3..ky * 3 + 3];
+                        for (b, acc) in acc.iter_mut().enumerate() {
+                            let m = m.add(16 * b);
+                            let (m0, m1) = (_mm256_loadu_ps(m), _mm256_loadu_ps(m.add(8)));
+                            let (l0, l1) = (_mm256_loadu_ps(m.add(1)), _mm256_loadu_ps(m.add(9)));
+                            *acc = _mm256_fmadd_ps(k[0], _mm256_shuffle_ps::<0x88>(m0, m1), *acc);
+                            *acc = _mm256_fmadd_ps(k[1], _mm256_shuffle_ps::<0x88>(l0, l1), *acc);
+                            *acc = _mm256_fmadd_ps(k[2], _mm256_shuffle_ps::<0xdd>(l0, l1), *acc);
+                        }
+                    }
+                    // Lane pairs (0,1) (4,5) (2,3) (6,7) back in order.
+                    let mut acc = acc.map(|a| {
+                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(a)))
+                    });
+                    if let Some(b) = d.ch.bias {
+                        let b = _mm256_set1_ps(b);
+                        for a in acc.iter_mut() {
+                            *a = _mm256_add_ps(*a, b);
+                        }
+                    }
+                    if let Some(a) = d.ch.act {
+                        act::<4>(a, &mut acc);
+                    }
+                    for (b, a) in acc.iter().enumerate() {
+                        let x0 = ox0 + 8 * b;
+                        if x0 + 8 <= ow {
+                            _mm256_storeu_ps(dst.add(x0), *a);
+                        } else if x0 < ow {
+                            _mm256_storeu_ps(last.as_mut_ptr(), *a);
+                            std::ptr::copy_nonoverlapping(last.as_ptr(), dst.add(x0), ow - x0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a channel's outputs come from and go, for [`plane`].
+    pub struct Plane<'a> {
+        /// The zero-padded, phase-split input plane (see `Depthwise::run`).
+        pub src: *const f32,
+        /// Floats between consecutive rows of one phase of the plane.
+        pub pitch: usize,
+        /// Per kernel column, its offset in the plane.
+        pub cols: &'a [usize],
+        /// Weights, epilogue, output.
+        pub ch: Channel<'a>,
     }
 
     /// A whole output channel, tiles of up to four output rows by two
@@ -1174,7 +1328,7 @@ mod avx2 {
     /// thread's) goes through `tmp`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn plane_k<const KH: usize, const KW: usize, const SY: usize>(p: &Plane) {
-        let [oh, ow] = p.hw;
+        let [oh, ow] = p.ch.hw;
         let vectors = ow.div_ceil(8);
         let ragged = ow % 8 != 0;
         let mut oy = 0;
@@ -1191,9 +1345,9 @@ mod avx2 {
             // `tmp`, pitch vectors·8) and the plane rows they read.
             unsafe {
                 let (dst, pitch) = if through_tmp {
-                    (p.tmp, vectors * 8)
+                    (p.ch.tmp, vectors * 8)
                 } else {
-                    (p.out.add(oy * ow), ow)
+                    (p.ch.out.add(oy * ow), ow)
                 };
                 let src = p.src.add(oy * SY * p.pitch);
                 let mut x = vectors;
@@ -1215,8 +1369,8 @@ mod avx2 {
                 if through_tmp {
                     for i in 0..r {
                         std::ptr::copy_nonoverlapping(
-                            p.tmp.add(i * pitch),
-                            p.out.add((oy + i) * ow),
+                            p.ch.tmp.add(i * pitch),
+                            p.ch.out.add((oy + i) * ow),
                             ow,
                         );
                     }
@@ -1253,7 +1407,7 @@ mod avx2 {
                         let v = _mm256_loadu_ps(at.add(8 * c));
                         for (r, acc) in acc.iter_mut().enumerate() {
                             if i >= r * SY && i - r * SY < KH {
-                                let wv = *p.w.get_unchecked((i - r * SY) * KW + kx);
+                                let wv = *p.ch.w.get_unchecked((i - r * SY) * KW + kx);
                                 acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(wv), v, acc[c]);
                             }
                         }
@@ -1263,7 +1417,7 @@ mod avx2 {
             // Straight-line code on the registers: a loop over the steps, a
             // `flatten` iterator, or a slice of `acc` handed to a call would
             // keep the accumulators in memory through the whole tile.
-            if let Some(b) = p.bias {
+            if let Some(b) = p.ch.bias {
                 let b = _mm256_set1_ps(b);
                 for acc in &mut acc {
                     for a in acc {
@@ -1271,7 +1425,7 @@ mod avx2 {
                     }
                 }
             }
-            match p.act {
+            match p.ch.act {
                 None => {}
                 Some(Act::Relu) => {
                     let z = _mm256_setzero_ps();
@@ -1380,8 +1534,10 @@ mod tests {
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
     /// padding, partial channel blocks, ragged widths, two samples, one and
-    /// two threads; a third of them with the row-blocked tiles' kernels; no
-    /// activation, ReLU, ReLU6, SiLU or GELU): the row path and the
+    /// two threads; a quarter of them with the row-blocked tiles' kernels
+    /// and a sixth 3×3 with stride 2 on 112 to 141 columns, mostly padded by
+    /// one on the top and left as `stride2_3x3` takes them; no activation,
+    /// ReLU, ReLU6, SiLU or GELU): the row path and the
     /// channel-blocked path give the same bits, and both match a direct sum
     /// in f64 (through the activation).
     #[test]
@@ -1398,26 +1554,37 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as usize % n
         };
-        for case in 0..450 {
+        for case in 0..550 {
             let c = 1 + rnd(19);
             let mut kernel = [1 + rnd(7), 1 + rnd(7)];
             let mut stride = [1 + rnd(3), 1 + rnd(3)];
             let mut dilation = [1 + rnd(2), 1 + rnd(2)];
-            if case >= 300 {
+            if case >= 450 {
+                // 3×3, stride 2 (`avx2::stride2_3x3` on AVX2 hosts).
+                (kernel, stride, dilation) = ([3, 3], [2, 2], [1, 1]);
+            } else if case >= 300 {
                 // The row-blocked tiles' kernels (on AVX2 hosts).
                 let k = [3, 5, 7][rnd(3)];
                 kernel = [k, k];
                 stride[0] = 1 + rnd(2);
                 dilation[0] = 1;
             }
-            let pad = [
+            let mut pad = [
                 rnd(kernel[0]),
                 rnd(kernel[1]),
                 rnd(kernel[0]),
                 rnd(kernel[1]),
             ];
+            if case >= 450 && case % 4 != 0 {
+                // Mostly its padding (a quarter keep other paddings).
+                (pad[0], pad[1]) = (1, 1);
+            }
             let span = [0, 1].map(|a| (kernel[a] - 1) * dilation[a] + 1);
-            let (h, w) = (span[0] + rnd(20), span[1] + rnd(40));
+            let (h, mut w) = (span[0] + rnd(20), span[1] + rnd(40));
+            if case >= 450 {
+                // Wide enough for `stride2_3x3` (56 columns out).
+                w = 112 + rnd(30);
+            }
             let oh = (h + pad[0] + pad[2] - span[0]) / stride[0] + 1;
             let ow = (w + pad[1] + pad[3] - span[1]) / stride[1] + 1;
             let batch = 1 + rnd(2);
