@@ -5,12 +5,14 @@
 //! Two paths, chosen by output width:
 //! - wide maps: per channel, the input plane is copied into a zero-padded,
 //!   stride-phase-split buffer so every tap reads a contiguous run, and rows
-//!   of outputs are summed in registers ([`Depthwise::run`]);
+//!   of outputs are summed in registers ([`Depthwise::run`]); 3×3 stride-2
+//!   layers copy two input rows at a time instead and split even and odd
+//!   columns in registers (`avx2::stride2_3x3`);
 //! - narrow maps (rows would leave lanes idle): eight channels at a time,
 //!   interleaved so that one vector holds one pixel of eight channels
 //!   ([`Depthwise::run_channel_blocked`]).
 //!
-//! Both sum the taps in the same order, so they give the same bits.
+//! All sum the taps in the same order, so they give the same bits.
 
 use super::conv;
 use super::kernels::{madd, put_buffers, split_stride2_over_zeros, take_buffers, Images};
@@ -70,7 +72,8 @@ pub(crate) fn copy_floats(dst: &mut [f32], src: &[f32]) {
 const DW_CHUNK: usize = 16;
 
 /// The narrowest output map the row path's row-blocked tiles take from
-/// [`Depthwise::run_channel_blocked`], for 3-wide kernels at stride 1.
+/// [`Depthwise::run_channel_blocked`], for 3-wide kernels with column
+/// stride 1.
 /// Measured with `depthwise_throughput` (two threads, AVX2 entry, Zen 4,
 /// `DW_PATH` forcing each path, two to three runs), channel-blocked against
 /// tiles: at 7 columns 0.65–0.92× the time (3×3 960@7: 31.7–31.9 against
@@ -81,7 +84,8 @@ const DW_TILES_MIN_WIDTH: usize = 14;
 /// [`DW_TILES_MIN_WIDTH`] for 3-wide kernels with a column stride: at 14
 /// output columns the channel-blocked path takes 0.7–0.8× the tiles' time
 /// (MobileNetV2's 3×3/2 192@28: 21.9–23.5 against 28.3–32.9 µs), at 28
-/// 1.05–1.1× (144@56: 63.3–65.0 against 53.4–66.9).
+/// even or slower (144@56: 63.3–65.0 against 53.4–66.9, the tiles' middle
+/// runs 58.5–61.9).
 const DW_TILES_MIN_WIDTH_STRIDED: usize = 28;
 
 /// [`DW_TILES_MIN_WIDTH`] for 5-wide kernels: the channel-blocked path
@@ -148,7 +152,9 @@ impl Depthwise {
     /// [`Depthwise::queue`] as it is free. On the row path, per
     /// channel: the input plane is copied once into a zero-padded buffer
     /// whose columns are split into `stride` phases, so that every kernel tap
-    /// reads a contiguous run; then each chunk of output columns sums all
+    /// reads a contiguous run (3×3 stride-2 layers at least
+    /// [`DW_STRIDE2_MIN_WIDTH`] wide: two input rows at a time, see
+    /// `avx2::stride2_3x3`); then each chunk of output columns sums all
     /// taps in registers (on AVX2, blocks of up to eight vectors, with bias
     /// and activation applied there — a smooth activation over the finished
     /// plane instead, see [`Depthwise::deferred_act`]) and is stored once.
@@ -298,10 +304,6 @@ impl Depthwise {
                         hw: [oh, ow],
                         tmp,
                     };
-                    // Only the elements that hold input are written: the padding
-                    // is the same for every channel and stays as zeroed above
-                    // (per-row fills and `memcpy` calls cost more than the
-                    // copying on 14-column maps).
                     #[cfg(target_arch = "x86_64")]
                     if let (Some((bias, act)), true) = (row_blocked, stride2) {
                         let p = avx2::Strided {
@@ -319,6 +321,10 @@ impl Depthwise {
                         }
                         continue;
                     }
+                    // Only the elements that hold input are written: the padding
+                    // is the same for every channel and stays as zeroed above
+                    // (per-row fills and `memcpy` calls cost more than the
+                    // copying on 14-column maps).
                     #[cfg(target_arch = "x86_64")]
                     if s == 1 && fma {
                         let (first, end, x0) = (phases[0], phases[1], phases[2]);
@@ -1200,7 +1206,7 @@ mod avx2 {
     /// row path copies the whole plane, split into even and odd columns,
     /// first: half of its time on MobileNetV2's 96@112, a pass over 4.8 MB
     /// through L2). Eight outputs take sixteen consecutive inputs of each
-    /// of their three rows (and the same shifted left by one), split into
+    /// of their three rows (and the sixteen from one column earlier), split into
     /// even and odd columns in registers by `vshufps`, which leaves the
     /// lanes in the order 0, 1, 4, 5, 2, 3, 6, 7 in every vector alike, so
     /// the sums are put in order once, before the epilogue. Taps over the
@@ -1209,13 +1215,15 @@ mod avx2 {
     ///
     /// # Safety
     /// AVX2 and FMA; `x` holds `h · w` floats, `out` `oh · ow`, `tmp` three
-    /// rows of `stride2_pitch(ow)` floats, with `2·ow ≤ w + 2` (each
-    /// output's window starts inside the padded row); `w` holds nine floats.
+    /// rows of `stride2_pitch(ow)` floats, with `w < 2·ow + 2` (as every
+    /// stride-2 window with one column of padding on the left gives); `w`
+    /// holds nine floats.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn stride2_3x3(d: &Strided) {
         let ([h, w], [oh, ow]) = (d.in_hw, d.ch.hw);
         let pitch = stride2_pitch(ow);
-        debug_assert!(2 * ow <= w + 2);
+        // A padded row (a zero, then w floats) fits.
+        assert!(w < pitch);
         let wv: [__m256; 9] = std::array::from_fn(|i| _mm256_set1_ps(d.ch.w[i]));
         // SAFETY (this block): `tmp` holds three rows of `pitch` floats;
         // input rows iy < h hold w floats; a group's reads end at

@@ -407,9 +407,10 @@ pub struct Scratch {
     k_offsets: Vec<usize>,
 }
 
-/// The most row panels for which convolutions read B in place
-/// ([`Problem::run_in_place`], [`Problem::run_strided_in_place`]) rather
-/// than pack it. Measured single-thread
+/// The most row panels for which windowed convolutions read B in place
+/// ([`Problem::run_in_place`]) rather than pack it, and 1×1 convolutions
+/// ([`Problem::run_strided_in_place`]) in passes of a whole K block
+/// (shallower passes: [`IN_PLACE_1X1_MAX_PANELS`]). Measured single-thread
 /// (`conv_throughput`, interleaved): 0.76× time for ResNet's 7×7 stem and
 /// 0.85× for DenseNet's 3×3 growth convolutions (6 and 11 panels), even at
 /// 11 (ResNet's 64-channel 3×3), 1.05–1.25× at 43–86 panels, where one packed
@@ -520,8 +521,8 @@ const IN_PLACE_PASS_SPAN: usize = 256 * 1024;
 /// ([`panel_stays_in_l1`]) and the row panels are at most
 /// [`IN_PLACE_MAX_PANELS`]; else, on maps of at least
 /// [`IN_PLACE_MIN_POSITIONS`] and up to [`IN_PLACE_1X1_MAX_PANELS`] row
-/// panels, the deepest of a half or a quarter K block whose rows stay in L1
-/// and span at most [`IN_PLACE_PASS_SPAN`]. Each pass adds its sums to the
+/// panels, the deepest of a whole, half or quarter K block whose rows stay
+/// in L1 and span at most [`IN_PLACE_PASS_SPAN`]. Each pass adds its sums to the
 /// previous passes' in memory, so their sums round differently from the
 /// packed path's.
 ///
@@ -1396,7 +1397,7 @@ pub(super) mod tests {
         assert_eq!(depth(512, 128, 28 * 28), None);
         assert_eq!(depth(960, 64, 7 * 7), None);
         assert_eq!(depth(1152, 48, 1), None);
-        // 28×28 planes with 16 panels: a quarter block spans 200 KiB.
+        // 28×28 planes with 16 panels: a quarter block spans 196 KiB.
         assert_eq!(depth(512, 96, 28 * 28), Some(K_BLOCK / 4));
     }
 
