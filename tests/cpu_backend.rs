@@ -566,7 +566,8 @@ fn matches_candle_at_both_levels(r: &mut Rng, src: &str, seed: u64) {
 /// Convolutions whose epilogue ends in a smooth activation (after batch
 /// norm's bias) apply it over finished rows of positions on the in-place
 /// paths (1×1 reading the input, windowed reading the padded input) and the
-/// packed path, when the rows are long enough, and in the tiles otherwise:
+/// packed path (27 row panels), when the rows are long enough, and in the
+/// tiles otherwise:
 /// maps above and below that length, batches whose chunks cross samples.
 #[test]
 fn convolutions_with_a_smooth_activation_match_candle() {
@@ -577,6 +578,8 @@ fn convolutions_with_a_smooth_activation_match_candle() {
         (8, 17, 30, 3, "silu"),
         (12, 6, 20, 3, "sigmoid"),
         (32, 40, 96, 1, "silu"),
+        // More row panels than the in-place 1×1 path takes: B packed.
+        (32, 40, 160, 1, "silu"),
         (16, 15, 80, 3, "tanh"),
     ] {
         let src = format!(

@@ -272,6 +272,17 @@ impl Depthwise {
                 (steps, Some(a)) if fused => (steps, Some(a)),
                 _ => (self.epilogue.as_slice(), None),
             };
+            // The deferred activation over channel `oc` of sample `n`, once
+            // its outputs are done.
+            let finish_plane = |n: usize, oc: usize| {
+                if let Some(a) = deferred {
+                    // SAFETY: extents checked at lowering: the channel's oh·ow
+                    // outputs.
+                    a.apply(unsafe {
+                        std::slice::from_raw_parts_mut(self.out.at(n).add(oc * oh * ow), oh * ow)
+                    });
+                }
+            };
             #[cfg(target_arch = "x86_64")]
             let row_blocked = self
                 .row_blocked()
@@ -315,10 +326,7 @@ impl Depthwise {
                         // plane and output extents are the layer's; `row`
                         // holds three rows of `stride2_pitch(ow)` floats.
                         unsafe { avx2::stride2_3x3(&p) };
-                        if let Some(a) = deferred {
-                            // SAFETY: the channel's oh·ow outputs.
-                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.ch.out, oh * ow) });
-                        }
+                        finish_plane(n, oc);
                         continue;
                     }
                     // Only the elements that hold input are written: the padding
@@ -362,10 +370,7 @@ impl Depthwise {
                         // `rows` rows of `plen ≥ owc` columns past every column
                         // offset per phase; `row` holds 4·owc floats.
                         unsafe { avx2::plane(&p, win.kernel, sy) };
-                        if let Some(a) = deferred {
-                            // SAFETY: the channel's oh·ow outputs.
-                            a.apply(unsafe { std::slice::from_raw_parts_mut(p.ch.out, oh * ow) });
-                        }
+                        finish_plane(n, oc);
                         continue;
                     }
                     #[cfg(target_arch = "x86_64")]
@@ -406,10 +411,7 @@ impl Depthwise {
                                 self.finish(n, oc, oy, &mut row[..ow]);
                             }
                         }
-                        if let Some(a) = deferred {
-                            // SAFETY: the channel's oh·ow outputs.
-                            a.apply(unsafe { std::slice::from_raw_parts_mut(out, oh * ow) });
-                        }
+                        finish_plane(n, oc);
                         continue;
                     }
                     for oy in 0..oh {

@@ -335,7 +335,6 @@ struct FusedColumns<'a> {
 }
 
 /// An epilogue the fused micro-kernel can run (see [`Problem::fused_plan`]).
-#[derive(Clone, Copy)]
 struct FusedPlan {
     bias: *const f32,
     act: Option<netc_compiler::ir::Activation>,
@@ -374,7 +373,7 @@ impl FusedPlan {
     }
 }
 
-/// The shortest rows (a column block's positions, all of one sample) over
+/// The shortest rows (a block's or chunk's positions within one sample) over
 /// which a channel-major product applies a deferred activation: shorter rows
 /// leave `vmath16::apply` one chain per call and a call per row, slower
 /// than the tile path (EfficientNet-B0's 7×7 expansions, 49 positions:
@@ -690,30 +689,21 @@ impl Problem {
         grow(&mut s.bpack, K_BLOCK.min(self.k) * nc_max);
         let mut tile = [0f32; MR * NR];
         let mut narrow_tile = [0f32; 4 * MR * NR];
-        let plan = self.fused_plan();
-        // A smooth final activation over each column block's finished rows
-        // of positions (see `deferred_act`), where they are contiguous; the
-        // fused tiles then run without it.
-        let deferrable = self
-            .deferred_act()
-            .filter(|_| !by_column && self.out.col_stride == 1);
-        let plan_deferred = plan.map(|p| FusedPlan { act: None, ..p });
         if let (Gather::Window(_, w), true) = (self.b, s.padded_ready) {
             self.padded_offsets(&w, &mut s.k_offsets);
         }
         for j0 in (c0..c1).step_by(nc_max) {
             let nc = nc_max.min(c1 - j0);
             let ncp = nc.div_ceil(NR) * NR;
-            // Deferred over rows of at least DEFERRED_ACT_MIN_RUN positions
-            // of one sample, else applied in the tiles.
-            let deferred = deferrable.filter(|_| {
-                nc >= DEFERRED_ACT_MIN_RUN
-                    && j0 / self.per_sample == (j0 + nc - 1) / self.per_sample
-            });
-            let (plan, act_in_tiles) = match deferred {
-                Some(_) => (&plan_deferred, false),
-                None => (&plan, true),
+            // A smooth final activation over the block's finished rows of
+            // positions, where they are long enough; the fused tiles then
+            // run without it.
+            let (plan, deferred) = if by_column {
+                (self.fused_plan(), None)
+            } else {
+                self.chunk_plan(j0..j0 + nc)
             };
+            let act_in_tiles = deferred.is_none();
             for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                 let kc = K_BLOCK.min(self.k - k0);
                 let last = kb + 1 == blocks;
@@ -770,7 +760,7 @@ impl Problem {
                         }
                     }
                     let fused = if last && !by_column {
-                        self.fused_columns(plan, j, nr)
+                        self.fused_columns(&plan, j, nr)
                     } else {
                         None
                     };
@@ -924,15 +914,25 @@ impl Problem {
         s.cols = offsets;
     }
 
-    /// The fused plan for a chunk of in-place panels covering output
+    /// The fused plan for a block or chunk of panels covering output
     /// positions `cols`, and the smooth final activation to apply over them
-    /// afterwards (then absent from the plan), when they are at least
-    /// [`DEFERRED_ACT_MIN_RUN`] long (see [`Problem::deferred_act`]).
+    /// afterwards (then absent from the plan), when each sample's run of
+    /// them is at least [`DEFERRED_ACT_MIN_RUN`] long (see
+    /// [`Problem::deferred_act`]).
     #[inline(always)]
     fn chunk_plan(&self, cols: std::ops::Range<usize>) -> (Option<FusedPlan>, Option<Act>) {
         let plan = self.fused_plan();
+        let ps = self.per_sample;
+        // The first and last samples' runs; whole samples between them.
+        let shortest = if cols.is_empty() {
+            0
+        } else {
+            let first_end = cols.end.min((cols.start / ps + 1) * ps);
+            let last_start = cols.start.max((cols.end - 1) / ps * ps);
+            (first_end - cols.start).min(cols.end - last_start)
+        };
         match self.deferred_act() {
-            Some(a) if self.out.col_stride == 1 && cols.len() >= DEFERRED_ACT_MIN_RUN => {
+            Some(a) if self.out.col_stride == 1 && shortest >= DEFERRED_ACT_MIN_RUN => {
                 (plan.map(|p| FusedPlan { act: None, ..p }), Some(a))
             }
             _ => (plan, None),
