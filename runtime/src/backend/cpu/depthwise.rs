@@ -1527,6 +1527,17 @@ mod tests {
     /// after they are written).
     fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
         k.queue.reset();
+        if threads == 0 {
+            // One thread in the part of the last of two: its own home range
+            // (the second half of the units), then the first thread's units
+            // from the back, so every unit's outputs are written after those
+            // of the units that follow it. A store past a unit's outputs
+            // then overwrites finished outputs, which the comparison with
+            // the other runs sees.
+            crate::backend::cpu::pool::set_thread_index(1);
+            k.run_path(2, channel_blocked);
+            return;
+        }
         struct Shared<'a>(&'a Depthwise);
         // SAFETY: the threads write the outputs of the channels they claim.
         unsafe impl Sync for Shared<'_> {}
@@ -1543,13 +1554,15 @@ mod tests {
     }
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
-    /// padding, partial channel blocks, ragged widths, two samples, one and
-    /// two threads; a quarter of them with the row-blocked tiles' kernels
-    /// and a sixth 3×3 with stride 2 on 112 to 141 columns, mostly padded by
-    /// one on the top and left as `stride2_3x3` takes them; no activation,
-    /// ReLU, ReLU6, SiLU or GELU): the row path and the
-    /// channel-blocked path give the same bits, and both match a direct sum
-    /// in f64 (through the activation).
+    /// padding, partial channel blocks, ragged widths, one to three
+    /// samples, one to three threads; a
+    /// quarter of them with the row-blocked tiles' kernels and a sixth 3×3
+    /// with stride 2 on 112 to 141 columns, mostly padded by one on the top
+    /// and left as `stride2_3x3` takes them; no activation, ReLU, ReLU6,
+    /// SiLU or GELU): the row path and the channel-blocked path give the
+    /// same bits, also when their units run in reverse order (a store past
+    /// a unit's outputs would land on finished ones), and both match a
+    /// direct sum in f64 (through the activation).
     #[test]
     fn row_and_channel_blocked_paths_agree_bit_for_bit() {
         let (_jit, kernels) = crate::backend::cpu::jit::compile_activations().unwrap();
@@ -1564,15 +1577,24 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as usize % n
         };
-        for case in 0..550 {
+        for case in 0..700 {
+            // From 550 on, the earlier kinds again on maps of 16 to 64
+            // columns (planes of whole cache lines, as most of the zoo's) and
+            // at least eight rows.
+            let aligned = case >= 550;
+            let kind = if aligned {
+                300 + 150 * rnd(2) + rnd(100)
+            } else {
+                case
+            };
             let c = 1 + rnd(19);
             let mut kernel = [1 + rnd(7), 1 + rnd(7)];
             let mut stride = [1 + rnd(3), 1 + rnd(3)];
             let mut dilation = [1 + rnd(2), 1 + rnd(2)];
-            if case >= 450 {
+            if kind >= 450 {
                 // 3×3, stride 2 (`avx2::stride2_3x3` on AVX2 hosts).
                 (kernel, stride, dilation) = ([3, 3], [2, 2], [1, 1]);
-            } else if case >= 300 {
+            } else if kind >= 300 {
                 // The row-blocked tiles' kernels (on AVX2 hosts).
                 let k = [3, 5, 7][rnd(3)];
                 kernel = [k, k];
@@ -1585,19 +1607,28 @@ mod tests {
                 rnd(kernel[0]),
                 rnd(kernel[1]),
             ];
-            if case >= 450 && case % 4 != 0 {
+            if kind >= 450 && case % 4 != 0 {
                 // Mostly its padding (a quarter keep other paddings).
                 (pad[0], pad[1]) = (1, 1);
             }
             let span = [0, 1].map(|a| (kernel[a] - 1) * dilation[a] + 1);
-            let (h, mut w) = (span[0] + rnd(20), span[1] + rnd(40));
-            if case >= 450 {
+            let (mut h, mut w) = (span[0] + rnd(20), span[1] + rnd(40));
+            if kind >= 450 {
                 // Wide enough for `stride2_3x3` (56 columns out).
                 w = 112 + rnd(30);
             }
+            if aligned {
+                // 16 to 64 columns out (64 for `stride2_3x3`), 8 to 27 rows.
+                let ow = if kind >= 450 { 64 } else { 16 * (1 + rnd(3)) };
+                let oh = 8 + rnd(20);
+                let size = |o: usize, a: usize| {
+                    ((o - 1) * stride[a] + span[a]).saturating_sub(pad[a] + pad[a + 2])
+                };
+                (h, w) = (size(oh, 0).max(span[0]), size(ow, 1).max(span[1]));
+            }
             let oh = (h + pad[0] + pad[2] - span[0]) / stride[0] + 1;
             let ow = (w + pad[1] + pad[3] - span[1]) / stride[1] + 1;
-            let batch = 1 + rnd(2);
+            let batch = 1 + rnd(3);
             let (input, output) = (c * h * w, c * oh * ow);
             let x: Vec<f32> = (0..batch * input)
                 .map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.05)
@@ -1616,22 +1647,43 @@ mod tests {
                 Some(smooth[0]),
                 Some(smooth[1]),
             ][rnd(5)];
+            // A quarter add a residual before the activation (both paths'
+            // epilogues row by row, off the fused kernels): it lies in the
+            // arena before the inputs.
+            let residual = rnd(4) == 0;
+            let res: Vec<f32> = (0..batch * output)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.03)
+                .collect();
             let mut epilogue = vec![conv::Step::Bias(bias.as_ptr())];
+            if residual {
+                epilogue.push(conv::Step::Add(conv::Layout {
+                    base: 0,
+                    sample_stride: output,
+                    row_stride: oh * ow,
+                    col_stride: 1,
+                }));
+            }
             epilogue.extend(act.map(conv::Step::Act));
-            let threads = 1 + rnd(2);
-            let results = [false, true].map(|blocked| {
-                let mut arena = x.clone();
+            let threads = 1 + rnd(3);
+            // Each path with `threads` threads at once, then in reverse
+            // order on one (see `run`).
+            let runs = [(false, threads), (true, threads), (false, 0), (true, 0)];
+            let results = runs.map(|(blocked, threads)| {
+                let mut arena = res.clone();
+                arena.extend_from_slice(&x);
                 // Sentinels after the outputs: no write may reach them.
-                arena.resize(batch * (input + output) + 16, f32::NAN);
+                let end = batch * (output + input + output);
+                arena.resize(end + 16, f32::NAN);
                 let base = arena.as_mut_ptr();
                 let k = Depthwise {
+                    // SAFETY: the arena holds the residual, the inputs, then
+                    // the outputs.
                     x: Images {
-                        ptr: base,
+                        ptr: unsafe { base.add(batch * output) },
                         sample_stride: input,
                     },
-                    // SAFETY: the arena holds the inputs, then the outputs.
                     out: Images {
-                        ptr: unsafe { base.add(batch * input) },
+                        ptr: unsafe { base.add(batch * (output + input)) },
                         sample_stride: output,
                     },
                     in_hw: [h, w],
@@ -1650,19 +1702,23 @@ mod tests {
                     queue: Default::default(),
                 };
                 run(&k, threads, blocked);
-                let past = arena.split_off(batch * (input + output));
+                let past = arena.split_off(end);
                 assert!(past.iter().all(|v| v.is_nan()), "a write past the outputs");
-                arena.split_off(batch * input)
+                arena.split_off(batch * (output + input))
             });
             let what = format!(
-                "case {case}: c {c} {h}x{w} k {kernel:?} s {stride:?} d {dilation:?} pad {pad:?} batch {batch} threads {threads}"
+                "case {case}: c {c} {h}x{w} k {kernel:?} s {stride:?} d {dilation:?} pad {pad:?} batch {batch} threads {threads} residual {residual}"
             );
-            for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{what}: output {i}: rows {a}, channel-blocked {b}"
-                );
+            for (r, other) in results.iter().enumerate().skip(1) {
+                let (blocked, t) = runs[r];
+                for (i, (a, b)) in results[0].iter().zip(other).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{what}: output {i}: rows {a}, channel-blocked {blocked} reversed {} gave {b}",
+                        t == 0
+                    );
+                }
             }
             for (i, &got) in results[0].iter().enumerate() {
                 let (n, rest) = (i / output, i % output);
@@ -1679,6 +1735,9 @@ mod tests {
                     }
                 }
                 sum += f64::from(bias[ch]);
+                if residual {
+                    sum += f64::from(res[i]);
+                }
                 let want = match act {
                     Some(Act::Relu) => sum.max(0.0),
                     Some(Act::Relu6) => sum.clamp(0.0, 6.0),
@@ -1697,6 +1756,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The test above again on the code of CPUs without AVX2 and FMA (the
+    /// portable row path and the scalar channel-blocked path), forced with
+    /// `NETC_CPU_BASELINE` in a child process: the kernel choice is made
+    /// once per process.
+    #[test]
+    fn baseline_paths_agree_bit_for_bit() {
+        if crate::backend::cpu::gemm::baseline_forced() {
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("NETC_CPU_BASELINE", "1")
+            .args([
+                "--exact",
+                "backend::cpu::depthwise::tests::row_and_channel_blocked_paths_agree_bit_for_bit",
+            ])
+            .output()
+            .expect("run the test binary");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
     }
 
     /// A kernel shared with the measurement's threads (as the pool shares them).
@@ -1775,12 +1857,15 @@ mod tests {
             let pad = kern / 2;
             let o = (hw + 2 * pad - kern) / stride + 1;
             let (input, output) = (c * hw * hw, c * o * o);
-            let mut arena: Vec<f32> = (0..input + output)
+            // The input and output start on cache lines, as the memory plan
+            // places them (tensors of whole lines).
+            let mut arena: Vec<f32> = (0..input + output + 2 * 16)
                 .map(|i| (i % 17) as f32 * 0.1 - 0.8)
                 .collect();
             let weights: Vec<f32> = (0..c * kern * kern).map(|i| (i % 7) as f32 * 0.1).collect();
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
-            let base = arena.as_mut_ptr();
+            let skip = arena.as_ptr().align_offset(64);
+            let base = arena[skip..].as_mut_ptr();
             let k = Depthwise {
                 x: Images {
                     ptr: base,
