@@ -719,6 +719,83 @@ fn nan_max_into(acc: &mut [f32], v: &[f32]) {
     }
 }
 
+/// The most input rows [`nan_max_rows`] reduces in one pass.
+const MAX_ROWS_FUSED: usize = 4;
+
+/// `acc[i]` = the `nan_max` chain of `rows[0][i], rows[1][i], …` in that
+/// order (each row at least as long as `acc`; one to
+/// [`MAX_ROWS_FUSED`] rows): what a row of -inf followed by
+/// [`nan_max_into`] with each row gives (`nan_max(-inf, v)` is `v`), in one
+/// pass that stores each element once instead of once per row (ResNet-50's
+/// stem pool: 184 → 141 µs on one thread, `pool_throughput`; in the network
+/// 0.108 → 0.105 ms, DenseNet-121's 0.115 → 0.104).
+#[inline(always)]
+fn nan_max_rows(acc: &mut [f32], rows: &[&[f32]]) {
+    assert!((1..=MAX_ROWS_FUSED).contains(&rows.len()));
+    assert!(rows.iter().all(|r| r.len() >= acc.len()));
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma && acc.len() >= 8 {
+        // SAFETY: AVX2 checked; every row holds acc.len() ≥ 8 floats.
+        unsafe { nan_max_rows_avx2(acc, rows) };
+        return;
+    }
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = rows[1..].iter().fold(rows[0][i], |m, r| nan_max(m, r[i]));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nan_max_rows_avx2(acc: &mut [f32], rows: &[&[f32]]) {
+    use std::arch::x86_64::*;
+    let a = acc.as_mut_ptr();
+    // Overlapping vectors store the same values: computed from the rows.
+    by_vectors(acc.len(), |i| {
+        // SAFETY: i + 8 <= acc.len() ≤ every row's length.
+        unsafe {
+            let mut m = _mm256_loadu_ps(rows[0].as_ptr().add(i));
+            for r in &rows[1..] {
+                m = nan_max8(m, _mm256_loadu_ps(r.as_ptr().add(i)));
+            }
+            _mm256_storeu_ps(a.add(i), m);
+        }
+    });
+}
+
+/// `step(i)` for i = 0, 8, … while i + 8 ≤ n, then once more at n − 8
+/// (n ≥ 8) if that left a tail: a last whole vector that overlaps the one
+/// before it, where a masked store would be microcoded (AMD). `step` must
+/// store the same values when it runs twice over an element.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn by_vectors(n: usize, mut step: impl FnMut(usize)) {
+    debug_assert!(n >= 8);
+    let mut i = 0;
+    while i + 8 <= n {
+        step(i);
+        i += 8;
+    }
+    if i < n {
+        step(n - 8);
+    }
+}
+
+/// `nan_max` lane by lane: maxps(m, x) is x when either is NaN, which keeps
+/// a NaN x; a NaN m is or-ed back in (still a NaN, its payload perhaps
+/// changed). No blend: a blend with the value loaded from the store's
+/// address becomes a masked store.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn nan_max8(
+    m: std::arch::x86_64::__m256,
+    x: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let m_nan = _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(m, m), m);
+    _mm256_or_ps(_mm256_max_ps(m, x), m_nan)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn nan_max_into_avx2(acc: &mut [f32], v: &[f32]) {
@@ -731,28 +808,15 @@ unsafe fn nan_max_into_avx2(acc: &mut [f32], v: &[f32]) {
         return;
     }
     let (a, b) = (acc.as_mut_ptr(), v.as_ptr());
-    let step = |i: usize| {
-        // SAFETY: the callers below keep i + 8 <= n.
+    // Overlapping vectors store the same values: nan_max(nan_max(m, v), v)
+    // is nan_max(m, v).
+    by_vectors(n, |i| {
+        // SAFETY: i + 8 <= n.
         unsafe {
-            // maxps(m, x) is x when either is NaN, which keeps a NaN x; a
-            // NaN m is or-ed back in (still a NaN). No blend: a blend with
-            // the value loaded from the store's address becomes a masked
-            // store.
             let (m, x) = (_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)));
-            let m_nan = _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(m, m), m);
-            _mm256_storeu_ps(a.add(i), _mm256_or_ps(_mm256_max_ps(m, x), m_nan));
+            _mm256_storeu_ps(a.add(i), nan_max8(m, x));
         }
-    };
-    let mut i = 0;
-    while i + 8 <= n {
-        step(i);
-        i += 8;
-    }
-    if i < n {
-        // The last eight again, overlapping: nan_max(nan_max(m, v), v) is
-        // nan_max(m, v), and there is no masked store.
-        step(n - 8);
-    }
+    });
 }
 
 /// One output row of a 3-wide, stride-2 max pool (ResNet's and DenseNet's
@@ -780,11 +844,6 @@ unsafe fn max3_stride2_avx2(row: &[f32], out: &mut [f32]) {
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(even))),
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(odd))),
         )
-    };
-    // As `nan_max_into_avx2`: maxps keeps a NaN x; a NaN m is or-ed back.
-    let nan_max8 = |m: __m256, x: __m256| {
-        let m_nan = _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(m, m), m);
-        _mm256_or_ps(_mm256_max_ps(m, x), m_nan)
     };
     let p = row.as_ptr();
     for x in (0..ow).step_by(8) {
@@ -837,12 +896,31 @@ impl Pool {
         across.resize(span, f32::NEG_INFINITY);
         for oy in 0..oh {
             let vals = &mut row[pl..pl + w];
-            vals.fill(f32::NEG_INFINITY);
+            // The window's rows inside the input, in order: the first few
+            // reduced in one pass, the rest (kernels taller than
+            // MAX_ROWS_FUSED) added one by one.
+            let mut first: [&[f32]; MAX_ROWS_FUSED] = [&[]; MAX_ROWS_FUSED];
+            let mut fused = 0;
             for ky in 0..win.kernel[0] {
                 let iy = (oy * win.stride[0] + ky * win.dilation[0]).wrapping_sub(win.pad[0]);
-                if iy < h {
-                    nan_max_into(vals, &src[iy * w..iy * w + w]);
+                if iy >= h {
+                    continue;
                 }
+                let line = &src[iy * w..iy * w + w];
+                if fused < MAX_ROWS_FUSED {
+                    first[fused] = line;
+                    fused += 1;
+                    if fused == MAX_ROWS_FUSED {
+                        nan_max_rows(vals, &first);
+                    }
+                } else {
+                    nan_max_into(vals, line);
+                }
+            }
+            match fused {
+                0 => vals.fill(f32::NEG_INFINITY),
+                MAX_ROWS_FUSED => {}
+                _ => nan_max_rows(vals, &first[..fused]),
             }
             let out = &mut dst[oy * ow..oy * ow + ow];
             #[cfg(target_arch = "x86_64")]
@@ -1870,31 +1948,13 @@ mod tests {
         let mut arena: Vec<f32> = (0..c * hw * hw + c * o * o)
             .map(|i| ((i * 7919) % 101) as f32 * 0.01)
             .collect();
-        let base = arena.as_mut_ptr();
-        let k = Kernel::Pool(Pool {
-            kind: PoolKind::Max,
-            x: Images {
-                ptr: base,
-                sample_stride: c * hw * hw,
-            },
-            // SAFETY: the arena holds input and output.
-            out: Images {
-                ptr: unsafe { base.add(c * hw * hw) },
-                sample_stride: c * o * o,
-            },
-            batch: 1,
-            channels: c,
-            in_hw: [hw, hw],
-            out_hw: [o, o],
-            window: netc_compiler::ir::Window {
-                kernel: [3, 3],
-                stride: [2, 2],
-                pad: [1; 4],
-                dilation: [1, 1],
-            },
-            count_include_pad: false,
-            queue: conv::WorkQueue::default(),
-        });
+        let window = netc_compiler::ir::Window {
+            kernel: [3, 3],
+            stride: [2, 2],
+            pad: [1; 4],
+            dilation: [1, 1],
+        };
+        let k = max_pool(&mut arena, c, [[hw, hw], [o, o]], window);
         let mut best = f64::MAX;
         for _ in 0..200 {
             let t = std::time::Instant::now();
@@ -1904,23 +1964,25 @@ mod tests {
         println!("max pool 64x112x112 3x3/2: {:.1} us", best * 1e6);
     }
 
+    /// `n` values of `f`, with a NaN every `every` elements.
+    fn nan_pattern(n: usize, every: usize, f: fn(f32) -> f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                if i % every == every / 2 {
+                    f32::NAN
+                } else {
+                    f((i % 19) as f32)
+                }
+            })
+            .collect()
+    }
+
     /// The vector max pool step agrees with the scalar one at every length
     /// (whole vectors, the overlapping last one, short rows), NaN from
     /// either side included.
     #[test]
     fn vector_nan_max_matches_the_scalar_one() {
-        // A pattern with a NaN every `every` elements.
-        let values = |n: usize, every: usize, f: fn(f32) -> f32| -> Vec<f32> {
-            (0..n)
-                .map(|i| {
-                    if i % every == every / 2 {
-                        f32::NAN
-                    } else {
-                        f((i % 19) as f32)
-                    }
-                })
-                .collect()
-        };
+        let values = nan_pattern;
         for n in 0..40usize {
             let (acc, v) = (values(n, 11, f32::cos), values(n, 7, f32::sin));
             let mut got = acc.clone();
@@ -1931,6 +1993,123 @@ mod tests {
                     g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
                     "{n}: element {i} is {g}, want {want}"
                 );
+            }
+        }
+    }
+
+    /// A max pool of one sample of `c` channels whose `[h, w]` input
+    /// starts `arena` and whose `[oh, ow]` output follows it.
+    fn max_pool(
+        arena: &mut [f32],
+        c: usize,
+        [[h, w], [oh, ow]]: [[usize; 2]; 2],
+        window: netc_compiler::ir::Window,
+    ) -> Kernel {
+        assert!(arena.len() >= c * (h * w + oh * ow));
+        let base = arena.as_mut_ptr();
+        Kernel::Pool(Pool {
+            kind: PoolKind::Max,
+            x: Images {
+                ptr: base,
+                sample_stride: c * h * w,
+            },
+            // SAFETY: the arena holds input and output (asserted).
+            out: Images {
+                ptr: unsafe { base.add(c * h * w) },
+                sample_stride: c * oh * ow,
+            },
+            batch: 1,
+            channels: c,
+            in_hw: [h, w],
+            out_hw: [oh, ow],
+            window,
+            count_include_pad: false,
+            queue: conv::WorkQueue::default(),
+        })
+    }
+
+    /// The one-pass reduction of up to four rows gives the bits of a row of
+    /// -inf reduced row by row, at every length (whole vectors, the
+    /// overlapping last one, short rows), NaN from any row included.
+    #[test]
+    fn fused_row_max_matches_row_by_row() {
+        let values = nan_pattern;
+        for n in 0..40usize {
+            let rows = [
+                values(n + 3, 11, f32::cos),
+                values(n + 3, 7, f32::sin),
+                values(n + 3, 13, f32::tan),
+                values(n + 3, 5, |x| -x),
+            ];
+            for count in 1..=MAX_ROWS_FUSED {
+                let refs: Vec<&[f32]> = rows[..count].iter().map(|r| &r[..]).collect();
+                let mut want = vec![f32::NEG_INFINITY; n];
+                for r in &refs {
+                    nan_max_into(&mut want, r);
+                }
+                let mut got = vec![0.0; n];
+                nan_max_rows(&mut got, &refs);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{n} long, {count} rows: element {i} is {g}, want {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Max pools with windows of one to seven rows (taller than the rows
+    /// reduced in one pass), strides, padding and dilation give a direct
+    /// window max (NaN where the window holds one).
+    #[test]
+    fn max_pool_matches_a_direct_window_max_for_tall_windows() {
+        let (c, h, w) = (2, 13, 19);
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|i| {
+                if i % 37 == 5 {
+                    f32::NAN
+                } else {
+                    ((i * 7919) % 101) as f32 * 0.01 - 0.5
+                }
+            })
+            .collect();
+        for kh in 1..=7 {
+            for (kw, sy, dy, pad) in [(3, 1, 1, 0), (2, 2, 1, 1), (3, 1, 2, kh / 2)] {
+                let (py, px) = (pad.min(kh / 2), pad.min(kw / 2));
+                let oh = (h + 2 * py - (kh - 1) * dy - 1) / sy + 1;
+                let ow = (w + 2 * px - (kw - 1) - 1) / 2 + 1;
+                let mut arena = x.clone();
+                arena.resize(c * h * w + c * oh * ow, 0.0);
+                let window = netc_compiler::ir::Window {
+                    kernel: [kh, kw],
+                    stride: [sy, 2],
+                    pad: [py, px, py, px],
+                    dilation: [dy, 1],
+                };
+                max_pool(&mut arena, c, [[h, w], [oh, ow]], window).run_alone();
+                for ch in 0..c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut want = f32::NEG_INFINITY;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * sy + ky * dy).wrapping_sub(py);
+                                    let ix = (ox * 2 + kx).wrapping_sub(px);
+                                    if iy < h && ix < w {
+                                        want = nan_max(want, x[(ch * h + iy) * w + ix]);
+                                    }
+                                }
+                            }
+                            let got = arena[c * h * w + (ch * oh + oy) * ow + ox];
+                            assert!(
+                                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                                "{kh}x{kw} stride {sy} dilation {dy} pad {py},{px}: \
+                                 ({ch}, {oy}, {ox}) is {got}, want {want}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
