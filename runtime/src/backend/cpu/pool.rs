@@ -265,3 +265,89 @@ pub fn with_flush_to_zero<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(not(target_arch = "x86_64"))]
     f()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Pins the calling thread to logical CPU `cpu` (Linux; elsewhere a
+    /// no-op).
+    fn pin(cpu: usize) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only
+        // changes this thread's affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    /// `cargo test --release -p netc-runtime cross_core_costs -- --ignored --nocapture`:
+    /// what passing data between the first two logical CPUs costs, as the
+    /// network function's threads do at every layer. A cache line's round
+    /// trip (one thread sets a flag, the other answers), and the time to
+    /// write 188 KB (a 7×7 map of 960 channels) just after the other CPU
+    /// read it, against writing it again at once. On this project's host the
+    /// two vCPUs sit for minutes at a time on different chiplets: then the
+    /// round trip takes 330–370 ns instead of 85–150 and the write after the
+    /// other's read 84–103 µs instead of 16–22 (3.3 µs unshared); see
+    /// docs/benchmarks.md.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cross_core_costs() {
+        const ROUND_TRIPS: usize = 100_000;
+        const RUNS: usize = 100;
+        let flag = AtomicUsize::new(0);
+        let mut data = vec![0f32; 188 * 1024 / 4];
+        let addr = data.as_mut_ptr() as usize;
+        let len = data.len();
+        let (mut trip, mut after_read, mut local) = (f64::MAX, f64::MAX, f64::MAX);
+        std::thread::scope(|s| {
+            let flag = &flag;
+            s.spawn(move || {
+                pin(1);
+                for _ in 0..ROUND_TRIPS {
+                    while flag.load(Ordering::Acquire) != 1 {}
+                    flag.store(0, Ordering::Release);
+                }
+                for _ in 0..RUNS {
+                    while flag.load(Ordering::Acquire) != 2 {}
+                    // SAFETY: the main thread does not touch the data until
+                    // the flag says this read is done.
+                    let d = unsafe { std::slice::from_raw_parts(addr as *const f32, len) };
+                    let sum: f32 = d.iter().step_by(16).sum();
+                    std::hint::black_box(sum);
+                    flag.store(3, Ordering::Release);
+                }
+            });
+            pin(0);
+            let t = std::time::Instant::now();
+            for _ in 0..ROUND_TRIPS {
+                flag.store(1, Ordering::Release);
+                while flag.load(Ordering::Acquire) != 0 {}
+            }
+            trip = t.elapsed().as_secs_f64() / ROUND_TRIPS as f64;
+            for run in 0..RUNS {
+                flag.store(2, Ordering::Release);
+                while flag.load(Ordering::Acquire) != 3 {}
+                // SAFETY: the other thread is done reading until the next run.
+                let d = unsafe { std::slice::from_raw_parts_mut(addr as *mut f32, len) };
+                let t = std::time::Instant::now();
+                d.iter_mut().for_each(|v| *v = run as f32);
+                std::hint::black_box(&d);
+                after_read = after_read.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                d.iter_mut().for_each(|v| *v = -(run as f32));
+                std::hint::black_box(&d);
+                local = local.min(t.elapsed().as_secs_f64());
+            }
+        });
+        println!(
+            "round trip {:.0} ns; writing 188 KB after the other CPU read it {:.1} us, again {:.1} us",
+            trip * 1e9,
+            after_read * 1e6,
+            local * 1e6
+        );
+    }
+}
