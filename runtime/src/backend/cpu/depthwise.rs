@@ -1528,14 +1528,11 @@ mod tests {
     fn run(k: &Depthwise, threads: usize, channel_blocked: bool) {
         k.queue.reset();
         if threads == 0 {
-            // One thread in the part of the last of two: its own home range
-            // (the second half of the units), then the first thread's units
-            // from the back, so every unit's outputs are written after those
-            // of the units that follow it. A store past a unit's outputs
-            // then overwrites finished outputs, which the comparison with
-            // the other runs sees.
-            crate::backend::cpu::pool::set_thread_index(1);
-            k.run_path(2, channel_blocked);
+            // One thread, the units in reverse order: each unit's outputs
+            // are written after those of every unit that follows it.
+            conv::claim_from_back(true);
+            k.run_path(1, channel_blocked);
+            conv::claim_from_back(false);
             return;
         }
         struct Shared<'a>(&'a Depthwise);
@@ -1555,14 +1552,16 @@ mod tests {
 
     /// Over random shapes (kernel sizes, strides, dilations, asymmetric
     /// padding, partial channel blocks, ragged widths, one to three
-    /// samples, one to three threads; a
-    /// quarter of them with the row-blocked tiles' kernels and a sixth 3×3
-    /// with stride 2 on 112 to 141 columns, mostly padded by one on the top
-    /// and left as `stride2_3x3` takes them; no activation, ReLU, ReLU6,
-    /// SiLU or GELU): the row path and the channel-blocked path give the
-    /// same bits, also when their units run in reverse order (a store past
-    /// a unit's outputs would land on finished ones), and both match a
-    /// direct sum in f64 (through the activation).
+    /// samples, one to three threads; about a third with the row-blocked
+    /// tiles' kernels and a quarter 3×3 with stride 2 on 112 to 141 columns
+    /// or 64 out, mostly padded by one on the top and left as
+    /// `stride2_3x3` takes them; 150 cases on maps of 16 to 64 columns and
+    /// 8 to 27 rows; a bias, then in a quarter a residual, then no
+    /// activation, ReLU, ReLU6, SiLU or GELU): the row path and the
+    /// channel-blocked path give the same bits, also with their units run
+    /// one at a time in reverse order (a store past a unit's outputs would
+    /// land on finished ones), and both match a direct sum in f64 (through
+    /// the activation).
     #[test]
     fn row_and_channel_blocked_paths_agree_bit_for_bit() {
         let (_jit, kernels) = crate::backend::cpu::jit::compile_activations().unwrap();
@@ -1578,9 +1577,9 @@ mod tests {
             (seed >> 33) as usize % n
         };
         for case in 0..700 {
-            // From 550 on, the earlier kinds again on maps of 16 to 64
-            // columns (planes of whole cache lines, as most of the zoo's) and
-            // at least eight rows.
+            // From 550 on, the earlier kinds again on maps of 16, 32 or 48
+            // columns (64 for stride 2: planes of whole cache lines, as most
+            // of the zoo's) and 8 to 27 rows.
             let aligned = case >= 550;
             let kind = if aligned {
                 300 + 150 * rnd(2) + rnd(100)
@@ -1618,7 +1617,6 @@ mod tests {
                 w = 112 + rnd(30);
             }
             if aligned {
-                // 16 to 64 columns out (64 for `stride2_3x3`), 8 to 27 rows.
                 let ow = if kind >= 450 { 64 } else { 16 * (1 + rnd(3)) };
                 let oh = 8 + rnd(20);
                 let size = |o: usize, a: usize| {
@@ -1665,8 +1663,8 @@ mod tests {
             }
             epilogue.extend(act.map(conv::Step::Act));
             let threads = 1 + rnd(3);
-            // Each path with `threads` threads at once, then in reverse
-            // order on one (see `run`).
+            // Each path with `threads` threads at once, then one unit at a
+            // time in reverse order (see `run`).
             let runs = [(false, threads), (true, threads), (false, 0), (true, 0)];
             let results = runs.map(|(blocked, threads)| {
                 let mut arena = res.clone();

@@ -154,6 +154,20 @@ pub struct WorkQueue {
 /// The most threads that claim from home ranges (see [`WorkQueue::claim`]).
 const HOMES: usize = 4;
 
+#[cfg(test)]
+thread_local! {
+    /// Set by [`claim_from_back`].
+    static CLAIM_FROM_BACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests only: while `on`, this thread's claims take one unit at a time
+/// from the back of every queue, so a layer's units run in exactly reverse
+/// order (a store past a unit's outputs then lands on finished ones).
+#[cfg(test)]
+pub(crate) fn claim_from_back(on: bool) {
+    CLAIM_FROM_BACK.with(|b| b.set(on));
+}
+
 /// Half of what is left of the home range `[lo, hi)` whose taken counts
 /// `line` holds (at least `min` units, at most all that is left), from
 /// its front or, for a thread whose own range is empty, its back.
@@ -223,6 +237,11 @@ impl WorkQueue {
     /// wrote it, and claims mostly touch a cache line of the thread's own.
     #[inline(always)]
     fn claim(&self, units: usize, threads: usize, min: usize) -> Option<(usize, usize)> {
+        #[cfg(test)]
+        if CLAIM_FROM_BACK.with(|b| b.get()) {
+            let taken = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+            return (taken < units).then(|| (units - 1 - taken, units - taken));
+        }
         if threads > HOMES || units > u32::MAX as usize {
             return self.claim_shared(units, threads, min);
         }
@@ -1294,6 +1313,17 @@ pub(super) mod tests {
             q.reset();
             assert_eq!(q.claim(1 << 33, 2, 1), Some((0, 1 << 31)));
         }
+    }
+
+    /// The tests' reverse order ([`claim_from_back`]): one unit at a time,
+    /// last first, whatever the threads and the least chunk asked for.
+    #[test]
+    fn claims_from_the_back_come_one_at_a_time_in_reverse_order() {
+        let q = WorkQueue::default();
+        claim_from_back(true);
+        let got: Vec<(usize, usize)> = q.chunks(5, 2, 3).collect();
+        claim_from_back(false);
+        assert_eq!(got, [(4, 5), (3, 4), (2, 3), (1, 2), (0, 1)]);
     }
 
     /// Each thread claims from the front of its home range first, halving
