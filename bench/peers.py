@@ -112,6 +112,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "netc then uses its own random weights)")
     p.add_argument("--no-pytorch", action="store_true", help="skip the PyTorch eager runner")
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime runner")
+    p.add_argument("--no-placement", action="store_true",
+                   help="do not measure the cross-core round trip before each runner's turn "
+                        "(netc-runtime's `cross_core_costs` test, built with cargo on first use)")
     p.add_argument("--cache-dir", default=str(REPO / "bench" / ".cache"),
                    help="where the safetensors weights and ONNX files go (default: bench/.cache)")
     p.add_argument("--refresh-cache", action="store_true",
@@ -470,7 +473,50 @@ def ort_runner(mods, onnx_path: Path, batch: int, threads: int, warmup: int) -> 
 # ------------------------------------------------------------------- benchmark
 
 
-def bench_model(a, mods, name: str, cache: Path) -> list[dict]:
+SLOW_PLACEMENT_NS = 250
+
+
+class PlacementProbe:
+    """The round trip of a cache line between the first two CPUs, measured by netc-runtime's
+    `cross_core_costs` test (the binary is built once, with cargo). On this project's host it tells
+    where the hypervisor has put the two vCPUs: 85-150 ns on two cores of one chiplet, 330-370 ns
+    on different chiplets (where every line passed between threads costs about four times more and
+    memory-bound networks run up to 1.7x slower, for every runner), about 64 ns on the two hardware
+    threads of one core. See docs/benchmarks.md, "The host's slow phase"."""
+
+    def __init__(self):
+        self.exe = None
+        try:
+            out = subprocess.run(["cargo", "test", "--release", "-p", "netc-runtime", "--lib", "--no-run",
+                                  "--message-format=json"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log(f"no placement probe: {e}")
+            return
+        for line in out.stdout.splitlines():
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                    and msg.get("target", {}).get("name") == "netc_runtime" and msg.get("profile", {}).get("test")):
+                self.exe = msg["executable"]
+        if not self.exe:
+            log("no placement probe: the netc-runtime test binary was not built:\n" + out.stderr[-2000:])
+
+    def __call__(self) -> int | None:
+        if not self.exe:
+            return None
+        try:
+            out = subprocess.run([self.exe, "cross_core_costs", "--ignored", "--nocapture", "--test-threads=1"],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        m = re.search(r"round trip (\d+) ns", out.stdout)
+        return int(m.group(1)) if m else None
+
+
+def bench_model(a, mods, name: str, cache: Path, probe: PlacementProbe | None = None) -> list[dict]:
     torch, torchvision = mods["torch"], mods["torchvision"]
     results = []
     net = REPO / "models" / f"{name}.net"
@@ -522,6 +568,8 @@ def bench_model(a, mods, name: str, cache: Path) -> list[dict]:
             for r in order:
                 if r.name in entry["errors"]:
                     continue
+                if probe:
+                    entry.setdefault("placement_ns", {}).setdefault(r.name, []).append(probe())
                 time.sleep(a.settle)
                 try:
                     r.round(a.iters_per_round)
@@ -531,8 +579,12 @@ def bench_model(a, mods, name: str, cache: Path) -> list[dict]:
                     entry["errors"][r.name] = f"{type(e).__name__}: {e}"
                     traceback.print_exc()
             live = [r for r in live if r.name not in entry["errors"]]
+            placed = entry.get("placement_ns", {})
             log(f"  {name} batch {batch} round {rnd + 1}/{a.rounds}: " + ", ".join(
-                f"{label(r.name)} {r.rounds[-1]['median_ms']:.1f}" for r in live if r.rounds) + " ms (median)")
+                f"{label(r.name)} {r.rounds[-1]['median_ms']:.1f}" for r in live if r.rounds) + " ms (median)"
+                + ("; cross-core round trip before each turn: " + ", ".join(
+                    f"{label(n)} {v[-1]} ns" for n, v in placed.items() if v and v[-1] is not None)
+                   if placed else ""))
         for r in live:
             entry["runners"][r.name] = r.result()
         for who, err in entry["errors"].items():
@@ -657,6 +709,16 @@ def render_markdown(a, meta: dict, results: list[dict], floor: dict | None, svg_
                     + ", ".join(f"{label(k)} {v:.2f}" for k, v in
                                 sorted(floor["fraction"].items(), key=lambda kv: names.index(kv[0])))
                     + ".", ""]
+        placed = [(e["batch"], e["placement_ns"]) for e in rows if e.get("placement_ns")]
+        if placed:
+            out.append(f"Cross-core round trip before each runner's turn, ns (above {SLOW_PLACEMENT_NS}: "
+                       "the vCPUs on different chiplets, where memory-bound runs slow down):")
+            for batch, per_runner in placed:
+                out.append(f"- batch {batch}: " + "; ".join(
+                    f"{label(n)} " + ", ".join("–" if v is None else (f"**{v}**" if v > SLOW_PLACEMENT_NS else str(v))
+                                               for v in vals)
+                    for n, vals in per_runner.items()))
+            out.append("")
         if notes:
             out += notes + [""]
     out.append(END)
@@ -770,10 +832,11 @@ def main(argv: list[str]) -> int:
             "this machine skews the numbers (multi-threaded OpenMP runs suffer most)")
     log(f"{meta['machine']['cpu']}, {a.threads} threads; runners: "
         + ", ".join(label(n) for n in runner_names(a)))
+    probe = None if a.no_placement else PlacementProbe()
     results = []
     for name in a.models:
         log(f"{name}:")
-        results += bench_model(a, mods, name, cache)
+        results += bench_model(a, mods, name, cache, probe)
 
     meta["loadavg_end"] = loadavg()
     meta["cpu_busy_end"] = cpu_busy()
