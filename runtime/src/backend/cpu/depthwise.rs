@@ -1577,11 +1577,12 @@ mod tests {
             (seed >> 33) as usize % n
         };
         for case in 0..700 {
-            // From 550 on, the earlier kinds again on maps of 16, 32 or 48
-            // columns (64 for stride 2: planes of whole cache lines, as most
-            // of the zoo's) and 8 to 27 rows.
-            let aligned = case >= 550;
-            let kind = if aligned {
+            // From 550 on, the earlier kinds again on wider and taller maps
+            // than the random sizes give most kernels: 16, 32 or 48 columns
+            // out (64 for stride 2) and 8 to 27 rows, so that the row-blocked
+            // tiles run whole groups and the reverse order crosses many rows.
+            let sized = case >= 550;
+            let kind = if sized {
                 300 + 150 * rnd(2) + rnd(100)
             } else {
                 case
@@ -1616,7 +1617,7 @@ mod tests {
                 // Wide enough for `stride2_3x3` (56 columns out).
                 w = 112 + rnd(30);
             }
-            if aligned {
+            if sized {
                 let ow = if kind >= 450 { 64 } else { 16 * (1 + rnd(3)) };
                 let oh = 8 + rnd(20);
                 let size = |o: usize, a: usize| {
@@ -1855,8 +1856,10 @@ mod tests {
             let pad = kern / 2;
             let o = (hw + 2 * pad - kern) / stride + 1;
             let (input, output) = (c * hw * hw, c * o * o);
-            // The input and output start on cache lines, as the memory plan
-            // places them (tensors of whole lines).
+            // The input and output start on cache lines, so that a run does
+            // not depend on where the allocator put the vector (the memory
+            // plan's buffers start on lines where the tensors before them
+            // are whole lines, as in the zoo's networks).
             let mut arena: Vec<f32> = (0..input + output + 2 * 16)
                 .map(|i| (i % 17) as f32 * 0.1 - 0.8)
                 .collect();
