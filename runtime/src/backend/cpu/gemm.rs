@@ -974,6 +974,35 @@ pub mod avx512 {
         ldc: usize,
         accumulate: bool,
     ) {
+        // SAFETY: the caller's.
+        let acc = unsafe { sums::<P, A>(kc, a, b) };
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, v) in acc.iter().enumerate() {
+                // SAFETY: row r of c holds P·NR floats.
+                unsafe {
+                    let d = c.add(r * ldc + q * NR);
+                    let v = if accumulate {
+                        _mm512_add_ps(*v, _mm512_loadu_ps(d))
+                    } else {
+                        *v
+                    };
+                    _mm512_storeu_ps(d, v);
+                }
+            }
+        }
+    }
+
+    /// The MR×P·NR sums of one K block (see [`tile`]), in registers.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums<const P: usize, A: TileRows>(
+        kc: usize,
+        a: A,
+        b: *const f32,
+    ) -> [[__m512; P]; MR] {
         const { assert!(P >= 1 && P <= 4 && NR == 16) };
         let mut acc = [[_mm512_setzero_ps(); P]; MR];
         for kk in 0..kc {
@@ -990,17 +1019,128 @@ pub mod avx512 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (q, v) in acc.iter().enumerate() {
-                // SAFETY: row r of c holds P·NR floats.
-                unsafe {
-                    let d = c.add(r * ldc + q * NR);
-                    let v = if accumulate {
-                        _mm512_add_ps(*v, _mm512_loadu_ps(d))
+        acc
+    }
+
+    /// The last K block of a pixel-major tile with its epilogue, stored
+    /// channel-major: `out[c·out_ld + r] = epilogue(prior[r][c] + Σ_kk
+    /// a(kk, r) · b_c[kk])` for the first `mr` pixels r and the P·NR
+    /// channels c. `prior` (the earlier K blocks' sums, pixel rows
+    /// `prior_ld` apart, as [`tile`] leaves them) may be null. The
+    /// epilogue's bias holds the P·NR channels' biases (`bias_per_column`
+    /// is not read: a pixel-major tile's columns are channels) and its
+    /// residual, with the output's layout, starts at channel 0, pixel 0,
+    /// channels `residual_ld` apart; its activation must be ReLU, ReLU6 or
+    /// none. The sums, bias, residual and clamp are the channel-major
+    /// epilogue's operations in its order (same bits); 8×8 register
+    /// transposes turn each panel's six pixel rows into channel rows on the
+    /// way out, where the unfused path stores the sums, turns them around
+    /// in memory and reads them back for the epilogue.
+    ///
+    /// # Safety
+    /// As [`tile`], and on a CPU with AVX2 and FMA; `1 <= mr <= MR`; `out`
+    /// (and the residual) hold P·NR channel rows of `mr` floats.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile_fused<const P: usize, A: TileRows>(
+        kc: usize,
+        a: A,
+        b: *const f32,
+        prior: *const f32,
+        prior_ld: usize,
+        mr: usize,
+        e: &super::TileEpilogue,
+        out: *mut f32,
+        out_ld: usize,
+    ) {
+        use netc_compiler::ir::Activation;
+        debug_assert!((1..=MR).contains(&mr));
+        // SAFETY: the caller's.
+        let mut acc = unsafe { sums::<P, A>(kc, a, b) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (q, v) in acc.iter_mut().enumerate() {
+                if !prior.is_null() {
+                    // SAFETY: prior row r holds P·NR floats.
+                    *v = _mm512_add_ps(*v, unsafe {
+                        _mm512_loadu_ps(prior.add(r * prior_ld + q * NR))
+                    });
+                }
+                if !e.bias.is_null() {
+                    // SAFETY: the bias holds P·NR floats.
+                    *v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(e.bias.add(q * NR)) });
+                }
+            }
+        }
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        // Six pixels' lanes of one channel row: whole vector parts where
+        // all six are there, else through a buffer.
+        let load = |p: *const f32| -> __m256 {
+            // SAFETY: the caller's extents: mr floats at p.
+            unsafe {
+                if mr == MR {
+                    let lo = _mm_loadu_ps(p);
+                    let hi = _mm_castpd_ps(_mm_load_sd(p.add(4) as *const f64));
+                    _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(lo), hi)
+                } else {
+                    let mut buf = [0f32; 8];
+                    std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), mr);
+                    _mm256_loadu_ps(buf.as_ptr())
+                }
+            }
+        };
+        let store = |p: *mut f32, v: __m256| {
+            // SAFETY: as for `load`.
+            unsafe {
+                if mr == MR {
+                    _mm_storeu_ps(p, _mm256_castps256_ps128(v));
+                    _mm_store_sd(
+                        p.add(4) as *mut f64,
+                        _mm_castps_pd(_mm256_extractf128_ps::<1>(v)),
+                    );
+                } else {
+                    let mut buf = [0f32; 8];
+                    _mm256_storeu_ps(buf.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), p, mr);
+                }
+            }
+        };
+        // Panel by panel across the pixel rows (`acc[r][q]`), which the
+        // unrolled loops index with constants.
+        #[allow(clippy::needless_range_loop)]
+        for q in 0..P {
+            for half in 0..2 {
+                // Pixel rows of eight channels (rows 6 and 7 unused).
+                let mut rows = [zero; 8];
+                for (r, row) in rows.iter_mut().take(MR).enumerate() {
+                    let v = acc[r][q];
+                    *row = if half == 0 {
+                        _mm512_castps512_ps256(v)
                     } else {
-                        *v
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
                     };
-                    _mm512_storeu_ps(d, v);
+                }
+                let channels = crate::backend::cpu::vmath::transpose8(rows);
+                for (i, v) in channels.iter().enumerate() {
+                    let c = q * NR + half * 8 + i;
+                    let mut v = *v;
+                    let residual = || {
+                        // SAFETY: the residual holds channel c's mr floats.
+                        load(unsafe { e.residual.add(c * e.residual_ld) })
+                    };
+                    if !e.residual.is_null() && e.residual_first {
+                        v = _mm256_add_ps(v, residual());
+                    }
+                    v = match e.act {
+                        None => v,
+                        Some(Activation::Relu) => _mm256_max_ps(v, zero),
+                        Some(Activation::Relu6) => _mm256_min_ps(_mm256_max_ps(v, zero), six),
+                        Some(a) => unreachable!("{a:?} is not fused into pixel-major tiles"),
+                    };
+                    if !e.residual.is_null() && !e.residual_first {
+                        v = _mm256_add_ps(v, residual());
+                    }
+                    // SAFETY: channel row c of out holds mr floats.
+                    store(unsafe { out.add(c * out_ld) }, v);
                 }
             }
         }
