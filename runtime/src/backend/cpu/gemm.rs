@@ -941,10 +941,13 @@ mod avx2 {
     }
 }
 
-/// The pixel-major convolution's AVX-512 tile (`conv/pixels.rs`): MR
-/// pixels × `P` sixteen-channel panels, one zmm register per pixel and
-/// panel (up to 24 accumulators). Each step loads `P` whole weight rows and
-/// broadcasts one input value per pixel, so the loads per multiply-add are
+/// The AVX-512 tiles: MR rows × `P` sixteen-wide panels, one zmm register
+/// per row and panel (up to 24 accumulators). Pixel-major convolutions
+/// (`conv/pixels.rs`) run them with pixels as rows and channels as
+/// columns; the channel-major driver (`Problem::zmm_row_tiles`) with
+/// output channels as rows and positions as columns, B packed or read in
+/// place ([`avx512::tile_rows`]). Each step loads `P` whole 16-wide rows
+/// and broadcasts one value per tile row, so the loads per multiply-add are
 /// a quarter of the 6×16 ymm tile's at P = 4 (Zen 4 runs a zmm FMA as two
 /// ymm halves: the same peak, fewer instructions to issue).
 #[cfg(target_arch = "x86_64")]
@@ -976,6 +979,22 @@ pub mod avx512 {
     ) {
         // SAFETY: the caller's.
         let acc = unsafe { sums::<P, A>(kc, a, b) };
+        // SAFETY: as for this function.
+        unsafe { store(acc, c, ldc, accumulate) };
+    }
+
+    /// `c[r][q·NR..] (+)= acc[r][q]`, rows `ldc` apart.
+    ///
+    /// # Safety
+    /// AVX-512F; `c` holds MR rows of P·NR floats.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store<const P: usize>(
+        acc: [[__m512; P]; MR],
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
         for (r, acc) in acc.iter().enumerate() {
             for (q, v) in acc.iter().enumerate() {
                 // SAFETY: row r of c holds P·NR floats.
@@ -1003,13 +1022,33 @@ pub mod avx512 {
         a: A,
         b: *const f32,
     ) -> [[__m512; P]; MR] {
+        // SAFETY: the caller's; panel q's row kk is at b + q·kc·NR + kk·NR.
+        unsafe { sums_at::<P, A>(kc, a, b, NR, kc * NR) }
+    }
+
+    /// [`sums`] with B's row `kk` of panel `q` at `b + kk·row + q·panel`:
+    /// packed panels (`row` NR, `panel` kc·NR) or, for a 1×1 convolution
+    /// read in place, the input's channel rows (`row` the row stride,
+    /// `panel` NR: P·NR consecutive positions of each channel).
+    ///
+    /// # Safety
+    /// As [`tile`], for those rows.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums_at<const P: usize, A: TileRows>(
+        kc: usize,
+        a: A,
+        b: *const f32,
+        row: usize,
+        panel: usize,
+    ) -> [[__m512; P]; MR] {
         const { assert!(P >= 1 && P <= 4 && NR == 16) };
         let mut acc = [[_mm512_setzero_ps(); P]; MR];
         for kk in 0..kc {
             let mut w = [_mm512_setzero_ps(); P];
             for (q, w) in w.iter_mut().enumerate() {
-                // SAFETY: panel q holds kc rows of NR floats.
-                *w = unsafe { _mm512_loadu_ps(b.add(q * kc * NR + kk * NR)) };
+                // SAFETY: the caller's rows.
+                *w = unsafe { _mm512_loadu_ps(b.add(q * panel + kk * row)) };
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller's bound on kk.
@@ -1141,6 +1180,83 @@ pub mod avx512 {
                     }
                     // SAFETY: channel row c of out holds mr floats.
                     store(unsafe { out.add(c * out_ld) }, v);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] with B's rows where [`sums_at`] says (`b`, `row`, `panel`).
+    ///
+    /// # Safety
+    /// As [`tile`], for those rows.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_rows<const P: usize>(
+        kc: usize,
+        a: *const f32,
+        (b, row, panel): (*const f32, usize, usize),
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's.
+        let acc = unsafe { sums_at::<P, *const f32>(kc, a, b, row, panel) };
+        // SAFETY: as for this function.
+        unsafe { store(acc, c, ldc, accumulate) };
+    }
+
+    /// The last K block of a channel-major tile (rows: MR output channels
+    /// of the packed weights `a`; columns: P·NR positions of the packed B
+    /// panels at `b`, as [`tile`]) with its epilogue, stored to `out` (rows
+    /// `out_ld` apart): `prior` (earlier K blocks' sums, rows `prior_ld`
+    /// apart, or null) first, then the bias of each row, the residual (rows
+    /// `residual_ld` apart) and the clamp in the order `e` gives: the fused
+    /// AVX2 kernel's operations in its order, so the same bits. `e.act`
+    /// must be ReLU, ReLU6 or none; `bias_per_column` is not read.
+    ///
+    /// # Safety
+    /// As [`tile`]; `out`, `prior` and the residual hold MR rows of P·NR
+    /// floats, the bias MR floats.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile_rows_fused<const P: usize>(
+        kc: usize,
+        a: *const f32,
+        (b, row, panel): (*const f32, usize, usize),
+        prior: *const f32,
+        prior_ld: usize,
+        e: &super::TileEpilogue,
+        out: *mut f32,
+        out_ld: usize,
+    ) {
+        use netc_compiler::ir::Activation;
+        // SAFETY: the caller's.
+        let acc = unsafe { sums_at::<P, *const f32>(kc, a, b, row, panel) };
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, v) in acc.iter().enumerate() {
+                let mut v = *v;
+                // SAFETY: the caller's extents, row r and column q·NR.
+                unsafe {
+                    if !prior.is_null() {
+                        v = _mm512_add_ps(_mm512_loadu_ps(prior.add(r * prior_ld + q * NR)), v);
+                    }
+                    if !e.bias.is_null() {
+                        v = _mm512_add_ps(v, _mm512_set1_ps(*e.bias.add(r)));
+                    }
+                    let residual = e.residual.add(r * e.residual_ld + q * NR);
+                    if !e.residual.is_null() && e.residual_first {
+                        v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
+                    }
+                    v = match e.act {
+                        None => v,
+                        Some(Activation::Relu) => _mm512_max_ps(v, zero),
+                        Some(Activation::Relu6) => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+                        Some(a) => unreachable!("{a:?} is not fused into zmm row tiles"),
+                    };
+                    if !e.residual.is_null() && !e.residual_first {
+                        v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
+                    }
+                    _mm512_storeu_ps(out.add(r * out_ld + q * NR), v);
                 }
             }
         }

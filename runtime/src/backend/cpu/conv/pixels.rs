@@ -375,15 +375,15 @@ unsafe fn turn_around(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run_feature_major, windowed_input};
-    use super::super::{Act, Layout, Step};
+    use super::super::tests::{run_feature_major, set_test_epilogue, windowed_input};
     use super::*;
 
     /// Pixel-major runs give the channel-major packed path's results bit
     /// for bit (the same sums in the same order, the same epilogue), with
     /// the 6×16 AVX2 kernel and the AVX-512 tile of one to four panels, over
     /// strides, dilation, several K blocks, blocks that cross output rows,
-    /// partial tiles and two samples.
+    /// partial tiles and two samples, and the epilogues of
+    /// `set_test_epilogue` (fused into the zmm tile, or not).
     #[test]
     fn pixel_major_matches_channel_major() {
         if Kernel::detect() != Kernel::Avx2Fma {
@@ -417,28 +417,7 @@ mod tests {
                 run_feature_major(cout, k, per, samples, input, b, |p, s| {
                     let mut p = p.clone();
                     assert!(p.paddable());
-                    let Step::Bias(bias) = p.epilogue[0] else {
-                        unreachable!("run_feature_major's epilogue starts with a bias")
-                    };
-                    // A residual read from the input (rows overlapping, both
-                    // samples the same: it is only read).
-                    let res = Step::Add(Layout {
-                        base: 0,
-                        sample_stride: 0,
-                        row_stride: 7,
-                        col_stride: 1,
-                    });
-                    let (bias, relu, relu6) = (
-                        Step::Bias(bias),
-                        Step::Act(Act::Relu),
-                        Step::Act(Act::Relu6),
-                    );
-                    p.epilogue = match epilogue {
-                        0 => vec![bias, relu],
-                        1 => vec![bias, res, relu],
-                        2 => vec![bias, relu6, res],
-                        _ => vec![res],
-                    };
+                    set_test_epilogue(&mut p, epilogue);
                     // SAFETY: the arena holds both samples' input and output.
                     unsafe {
                         if how == 0 {
@@ -453,7 +432,7 @@ mod tests {
                     }
                 })
             };
-            for epilogue in 0..4 {
+            for epilogue in 0..5 {
                 let want = run(0, 1, epilogue);
                 for threads in [1, 3] {
                     let name = format!(
