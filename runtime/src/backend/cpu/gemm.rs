@@ -1028,8 +1028,9 @@ pub mod avx512 {
 
     /// [`sums`] with B's row `kk` of panel `q` at `b + kk·row + q·panel`:
     /// packed panels (`row` NR, `panel` kc·NR) or, for a 1×1 convolution
-    /// read in place, the input's channel rows (`row` the row stride,
-    /// `panel` NR: P·NR consecutive positions of each channel).
+    /// read in place, the channel rows of its input or of a strided 1×1
+    /// window's padded copy (`row` the row stride, `panel` NR: P·NR
+    /// consecutive positions of each channel).
     ///
     /// # Safety
     /// As [`tile`], for those rows.
@@ -1205,8 +1206,9 @@ pub mod avx512 {
     }
 
     /// The last K block of a channel-major tile (rows: MR output channels
-    /// of the packed weights `a`; columns: P·NR positions of the packed B
-    /// panels at `b`, as [`tile`]) with its epilogue, stored to `out` (rows
+    /// of the packed weights `a`; columns: P·NR positions of B, its rows
+    /// where [`sums_at`] says for `(b, row, panel)`) with its epilogue,
+    /// stored to `out` (rows
     /// `out_ld` apart): `prior` (earlier K blocks' sums, rows `prior_ld`
     /// apart, or null) first, then the bias of each row, the residual (rows
     /// `residual_ld` apart) and the clamp in the order `e` gives: the fused
@@ -1243,7 +1245,8 @@ pub mod avx512 {
                     if !e.bias.is_null() {
                         v = _mm512_add_ps(v, _mm512_set1_ps(*e.bias.add(r)));
                     }
-                    let residual = e.residual.add(r * e.residual_ld + q * NR);
+                    // Only read where the residual is not null.
+                    let residual = e.residual.wrapping_add(r * e.residual_ld + q * NR);
                     if !e.residual.is_null() && e.residual_first {
                         v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
                     }

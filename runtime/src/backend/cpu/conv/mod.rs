@@ -958,14 +958,16 @@ impl Problem {
         }
     }
 
-    /// Column panels `g..g + pn` (whole, packed consecutively in
-    /// `s.bpack`) of the column block at `j0` (`ncp` columns in `s.acc`)
-    /// against row panels `p0..p1` for one K block, on the AVX-512 tile
-    /// ([`avx512::tile`]: six rows × up to 64 positions in zmm registers,
-    /// a quarter of the 6×16 ymm kernel's loads per multiply-add). The last
-    /// K block runs the epilogue on the registers where it can
-    /// ([`avx512::tile_rows_fused`]), else on the finished sums in `acc`.
-    /// The sums are the ymm kernel's (same order, same bits).
+    /// Column panels `g..g + pn` (whole; B's rows where `b` says: packed
+    /// consecutively in `s.bpack`, or read in place) of the column block at
+    /// `j0` (`ncp` columns in `s.acc`) against row panels `p0..p1` for one K
+    /// block, on the AVX-512 tile ([`avx512::tile_rows`]: six rows × up to
+    /// 64 positions in zmm registers, a quarter of the 6×16 ymm kernel's
+    /// loads per multiply-add). The last K block runs the epilogue on the
+    /// registers where it can ([`avx512::tile_rows_fused`]: ReLU(6) or no
+    /// activation, columns of one sample, a whole row panel), else on the
+    /// finished sums in `acc`. The sums are the ymm kernel's (same order,
+    /// same bits).
     ///
     /// # Safety
     /// As [`Problem::run_block`]; AVX-512F.
@@ -998,7 +1000,10 @@ impl Problem {
             let mr = MR.min(self.m - r0);
             // SAFETY: the packed weights hold mpad·k floats, block k0 at
             // k0·mpad, row panel p at p·kc·MR in it; acc holds the block's
-            // rows × ncp; the output rows r0..r0 + MR are the layer's.
+            // rows × ncp; the fused store and the bias (`plan.tile`) take
+            // rows r0..r0 + MR only when mr == MR, i.e. r0 + MR ≤ m, and
+            // columns j..j + pn·NR of one sample (the output's, as is the
+            // residual's run there).
             unsafe {
                 let ap = self.a.add(k0 * mpad + p * kc * MR);
                 let c = s.acc.as_mut_ptr().add((p - p0) * MR * ncp + g * NR);
@@ -1356,9 +1361,12 @@ pub(super) mod tests {
             .collect();
         let packed = super::super::gemm::pack_weights(&wts, cout, k);
         let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
-        let mut arena: Vec<f32> = (0..samples * (input + cout * per))
+        // A guard area after the output: a store past it shows there.
+        const GUARD: usize = 256;
+        let mut arena: Vec<f32> = (0..samples * (input + cout * per) + GUARD)
             .map(|i| ((i * 13 % 31) as f32 - 15.0) * 0.1)
             .collect();
+        let guard = arena[arena.len() - GUARD..].to_vec();
         let p = Problem {
             m: cout,
             k,
@@ -1378,7 +1386,9 @@ pub(super) mod tests {
             queue: WorkQueue::default(),
         };
         go(&p, &mut Scratch::default());
-        arena[samples * input..]
+        let end = arena.len() - GUARD;
+        assert_eq!(arena[end..], guard[..], "a store past the output");
+        arena[samples * input..end]
             .iter()
             .map(|v| v.to_bits())
             .collect()
@@ -1398,6 +1408,7 @@ pub(super) mod tests {
             eprintln!("no AVX-512 here: nothing to compare");
             return;
         }
+        let (_jit, silu) = test_silu();
         // (cin, cout, h, w, window: kernel and stride, or None for 1×1)
         let cases = [
             (40usize, 29usize, 9usize, 11usize, None::<(usize, usize)>),
@@ -1425,7 +1436,7 @@ pub(super) mod tests {
             let samples = 2;
             let panels = cout.div_ceil(MR);
             let n = samples * per;
-            for epilogue in 0..5 {
+            for epilogue in 0..7 {
                 let ranges = [
                     (0..panels, 0..n),
                     (1..panels, 0..n),
@@ -1437,7 +1448,7 @@ pub(super) mod tests {
                     let run = |ymm: bool| {
                         run_feature_major(cout, k, per, samples, input, b, |p, s| {
                             let mut p = p.clone();
-                            set_test_epilogue(&mut p, epilogue);
+                            set_test_epilogue(&mut p, epilogue, silu);
                             force_ymm_row_tiles(ymm);
                             // SAFETY: the arena holds both samples' input and output.
                             unsafe {
@@ -1462,15 +1473,17 @@ pub(super) mod tests {
     /// Replaces `p`'s epilogue (from [`run_feature_major`], which starts
     /// with a bias) by variant `v`: 0 bias, ReLU; 1 bias, residual, ReLU;
     /// 2 bias, ReLU6, residual; 3 residual only; 4 bias, residual, ReLU,
-    /// residual (which no fused kernel takes). The residual is read from
-    /// the input region (rows 7 apart, overlapping; both samples the same).
-    pub(in crate::backend::cpu::conv) fn set_test_epilogue(p: &mut Problem, v: usize) {
+    /// residual (which no fused kernel takes); 5 bias, `smooth` (an
+    /// activation drivers may defer to whole rows); 6 bias, residual,
+    /// `smooth`. The residual is read from the input region (rows 7 apart,
+    /// samples 3 apart, overlapping: it is only read).
+    pub(in crate::backend::cpu::conv) fn set_test_epilogue(p: &mut Problem, v: usize, smooth: Act) {
         let Step::Bias(bias) = p.epilogue[0] else {
             unreachable!("run_feature_major's epilogue starts with a bias")
         };
         let res = Step::Add(Layout {
             base: 0,
-            sample_stride: 0,
+            sample_stride: 3,
             row_stride: 7,
             col_stride: 1,
         });
@@ -1480,8 +1493,22 @@ pub(super) mod tests {
             1 => vec![bias, res, relu],
             2 => vec![bias, Step::Act(Act::Relu6), res],
             3 => vec![res],
-            _ => vec![bias, res, relu, res],
+            4 => vec![bias, res, relu, res],
+            5 => vec![bias, Step::Act(smooth)],
+            _ => vec![bias, res, Step::Act(smooth)],
         };
+    }
+
+    /// The generated SiLU (kept alive by the returned JIT) for
+    /// [`set_test_epilogue`]'s smooth variants.
+    pub(in crate::backend::cpu::conv) fn test_silu() -> (super::super::jit::Jit, Act) {
+        let (jit, kernels) = super::super::jit::compile_activations().unwrap();
+        let f = kernels
+            .iter()
+            .find(|(a, _)| *a == Some(Activation::Silu))
+            .expect("a generated SiLU")
+            .1;
+        (jit, Act::Generated(Some(Activation::Silu), f))
     }
 
     /// A windowed B over a `cin`×`h`×`w` input at offset 0 (square kernel,

@@ -208,7 +208,12 @@ impl Problem {
                             let acc = kb > 0;
                             // SAFETY: acc holds `tb` rows of `ld` floats;
                             // every window read is inside the padded input;
-                            // the zmm tile only where avx512::available().
+                            // the zmm tiles only where avx512::available().
+                            // The fused tile writes (and reads the residual
+                            // and bias at) channels g·NR..(g + panels)·NR,
+                            // within m (whole panels: `pixel_major` wants m
+                            // a multiple of NR), and the first `mr` pixels
+                            // from j, inside sample n.
                             unsafe {
                                 let c = s.acc.as_mut_ptr().add(t * MR * ld + (g - q0) * NR);
                                 #[cfg(target_arch = "x86_64")]
@@ -375,7 +380,7 @@ unsafe fn turn_around(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{run_feature_major, set_test_epilogue, windowed_input};
+    use super::super::tests::{run_feature_major, set_test_epilogue, test_silu, windowed_input};
     use super::*;
 
     /// Pixel-major runs give the channel-major packed path's results bit
@@ -389,6 +394,7 @@ mod tests {
         if Kernel::detect() != Kernel::Avx2Fma {
             return;
         }
+        let (_jit, silu) = test_silu();
         #[cfg(target_arch = "x86_64")]
         let zmm = avx512::available();
         #[cfg(not(target_arch = "x86_64"))]
@@ -417,7 +423,7 @@ mod tests {
                 run_feature_major(cout, k, per, samples, input, b, |p, s| {
                     let mut p = p.clone();
                     assert!(p.paddable());
-                    set_test_epilogue(&mut p, epilogue);
+                    set_test_epilogue(&mut p, epilogue, silu);
                     // SAFETY: the arena holds both samples' input and output.
                     unsafe {
                         if how == 0 {
@@ -432,7 +438,7 @@ mod tests {
                     }
                 })
             };
-            for epilogue in 0..5 {
+            for epilogue in 0..7 {
                 let want = run(0, 1, epilogue);
                 for threads in [1, 3] {
                     let name = format!(
