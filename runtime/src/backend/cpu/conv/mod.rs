@@ -370,6 +370,12 @@ impl FusedPlan {
     ///
     /// # Safety
     /// The bias must hold the tile's rows (or columns) from `first`.
+    /// Whether the activation is at most a clamp (ReLU, ReLU6), which the
+    /// AVX-512 fused tiles apply; smooth activations go to `vmath`.
+    fn clamps_only(&self) -> bool {
+        matches!(self.act, None | Some(Activation::Relu | Activation::Relu6))
+    }
+
     unsafe fn tile(
         &self,
         first: usize,
@@ -991,10 +997,9 @@ impl Problem {
         let mpad = self.m.div_ceil(MR) * MR;
         let j = j0 + g * NR;
         // The registers' epilogue: ReLU(6) or none, columns of one sample.
-        let fusable = plan.as_ref().filter(|p| {
-            matches!(p.act, None | Some(Activation::Relu | Activation::Relu6))
-                && j / ps == (j + pn * NR - 1) / ps
-        });
+        let fusable = plan
+            .as_ref()
+            .filter(|p| p.clamps_only() && j / ps == (j + pn * NR - 1) / ps);
         for p in p0..p1 {
             let r0 = p * MR;
             let mr = MR.min(self.m - r0);

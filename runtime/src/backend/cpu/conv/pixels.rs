@@ -26,8 +26,7 @@
 use super::{grow, take_unpadded, Gather, Problem, Scratch};
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::gemm::avx512;
-use crate::backend::cpu::gemm::{Kernel, TileEpilogue, Windowed, K_BLOCK, MR, NR};
-use netc_compiler::ir::Activation;
+use crate::backend::cpu::gemm::{Kernel, Windowed, K_BLOCK, MR, NR};
 
 /// The most pixels per block: a 56×56 map in 33 blocks, 14×14 in three,
 /// 7×7 in one.
@@ -154,9 +153,7 @@ impl Problem {
         // ones 0.3%, DenseNet-121's 14×14 growth convolution 3.5%; in-model
         // ResNeXt-50's grouped 3×3s of layer3 and layer4 (16 and 32
         // channels a group) 5–10% (profile minima, 3 rounds).
-        let plan = self
-            .fused_plan()
-            .filter(|p| zmm && matches!(p.act, None | Some(Activation::Relu | Activation::Relu6)));
+        let plan = self.fused_plan().filter(|p| zmm && p.clamps_only());
         let blocks = self.k.div_ceil(K_BLOCK);
         let units = samples * tblocks * fblocks;
         for (u0, u1) in self.queue.chunks(units, threads, 1) {
@@ -219,20 +216,10 @@ impl Problem {
                                 #[cfg(target_arch = "x86_64")]
                                 if let (Some(plan), true) = (&plan, kb + 1 == blocks) {
                                     let (ch, j) = (g * NR, n * ps + p0 + t * MR);
-                                    let e = TileEpilogue {
-                                        bias: if plan.bias.is_null() {
-                                            plan.bias
-                                        } else {
-                                            plan.bias.add(ch)
-                                        },
-                                        bias_per_column: true,
-                                        residual: plan.residual.map_or(std::ptr::null(), |l| {
-                                            self.at_ptr(l.at(ps, ch, j)) as *const f32
-                                        }),
-                                        residual_ld: plan.residual.map_or(0, |l| l.row_stride),
-                                        residual_first: plan.residual_first,
-                                        act: plan.act,
-                                    };
+                                    let residual = plan.residual.map(|l| {
+                                        (self.at_ptr(l.at(ps, ch, j)) as *const f32, l.row_stride)
+                                    });
+                                    let e = plan.tile(ch, true, residual);
                                     let prior = if acc {
                                         c as *const f32
                                     } else {
