@@ -380,7 +380,16 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 );
             }
             println!("buffers     {}", grouped(totals.buffers));
-            println!("MACs        {}", grouped(totals.macs));
+            if optimized.macs == totals.macs {
+                println!("MACs        {}", grouped(totals.macs));
+            } else {
+                // Passes that reorder linear ops (pool-before-conv) run fewer.
+                println!(
+                    "MACs        {} ({} after passes)",
+                    grouped(totals.macs),
+                    grouped(optimized.macs)
+                );
+            }
             println!(
                 "arena       {} bytes per image (lower bound {}, without reuse {}; {} concats written in place)",
                 grouped(mem.arena),
