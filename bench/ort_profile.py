@@ -50,17 +50,41 @@ def main(argv: list[str]) -> int:
         print(f"error: {path} does not exist; run bench/peers.py first", file=sys.stderr)
         return 2
 
+    times, rows = profile(path, a.threads, a.runs, a.warmup)
+    by_op = collections.Counter()
+    for ms, _, op in rows:
+        by_op[op] += ms
+
+    print(f"{a.model} batch {a.batch}, {a.threads} threads, onnxruntime {ort.__version__}")
+    print(f"median run {statistics.median(times[a.warmup:]) * 1e3:.2f} ms; "
+          f"nodes' medians sum to {sum(r[0] for r in rows):.2f} ms")
+    for op, ms in by_op.most_common():
+        print(f"  {op:24} {ms:8.3f} ms")
+    print(f"slowest {min(a.top, len(rows))} nodes:")
+    for ms, node, op in sorted(rows, reverse=True)[: a.top]:
+        print(f"  {ms:7.3f} ms  {op:18} {node}")
+    return 0
+
+
+def profile(path: Path, threads: int, runs: int, warmup: int):
+    """Runs the ONNX file at `path` `runs` times with ONNX Runtime's profiler on,
+    with the peer run's session options. Returns the run times (seconds, all
+    runs) and one `(median ms, node, op type)` row per node, each node's
+    median over the runs after the first `warmup`."""
+    import numpy as np
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
-    so.intra_op_num_threads = a.threads
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / a.model)
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / path.stem)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).random(inp.shape, dtype=np.float32)
     times = []
-    for _ in range(a.runs):
+    for _ in range(runs):
         t = time.perf_counter()
         sess.run(None, {inp.name: x})
         times.append(time.perf_counter() - t)
@@ -75,21 +99,9 @@ def main(argv: list[str]) -> int:
             op_of[node] = e["args"].get("op_name", "?")
     rows = []
     for node, ms in per_node.items():
-        kept = ms[a.warmup:] if len(ms) > a.warmup else ms
+        kept = ms[warmup:] if len(ms) > warmup else ms
         rows.append((statistics.median(kept), node, op_of[node]))
-    by_op = collections.Counter()
-    for ms, _, op in rows:
-        by_op[op] += ms
-
-    print(f"{a.model} batch {a.batch}, {a.threads} threads, onnxruntime {ort.__version__}")
-    print(f"median run {statistics.median(times[a.warmup:]) * 1e3:.2f} ms; "
-          f"nodes' medians sum to {sum(r[0] for r in rows):.2f} ms")
-    for op, ms in by_op.most_common():
-        print(f"  {op:24} {ms:8.3f} ms")
-    print(f"slowest {min(a.top, len(rows))} nodes:")
-    for ms, node, op in sorted(rows, reverse=True)[: a.top]:
-        print(f"  {ms:7.3f} ms  {op:18} {node}")
-    return 0
+    return times, rows
 
 
 if __name__ == "__main__":
