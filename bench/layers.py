@@ -59,8 +59,10 @@ def netc_round(a, model: str) -> tuple[float, dict[str, float]]:
     weights = Path(a.cache_dir) / f"{model}.safetensors"
     if weights.exists():
         cmd += ["--weights", str(weights)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    d = json.loads(out.strip().splitlines()[-1])
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} exited {run.returncode}:\n{run.stderr}")
+    d = json.loads(run.stdout.strip().splitlines()[-1])
     sums: dict[str, float] = collections.Counter()
     for layer in d["profile"]:
         sums[block(layer["node"], a.depth)] += layer["ms"]
