@@ -308,7 +308,9 @@ fn pixel_major_convolutions_match_candle() {
             &[2][..],
         ),
         ("input x: [32, 9, 9]\n    return x -> conv(64, k=3, pad=1, groups=2) -> relu6", &[1, 2][..]),
-        ("input x: [16, 300, 300]\n    return x -> conv(16, k=3, pad=1)", &[12][..]),
+        // Asymmetric padding: with one pixel all round this would run as
+        // Winograd (see the test below).
+        ("input x: [16, 300, 300]\n    return x -> conv(16, k=3, pad=(1, 1, 1, 2))", &[12][..]),
     ];
     for (i, (body, batches)) in cases.iter().enumerate() {
         let src = format!("network t() {{\n    {body}\n}}\n");
@@ -323,6 +325,72 @@ fn pixel_major_convolutions_match_candle() {
                 );
             }
         }
+    }
+}
+
+/// 3×3 stride-1 convolutions with one pixel of padding, 16 or more channels
+/// in and out and a map of 49 tiles or more run as Winograd F(2×2, 3×3)
+/// where the CPU has AVX2 and FMA, and match candle: odd and even maps
+/// (partial tiles), bands of several tile rows and one band, more than a K
+/// block of input channels, output channels that are not a multiple of
+/// six, bias, batch norm, residual and activation epilogues, batches and
+/// threads; a convolution just outside the conditions runs otherwise.
+#[test]
+fn winograd_convolutions_match_candle() {
+    let cases = [
+        ("input x: [16, 14, 14]\n    return x -> conv(16, k=3, pad=1) -> relu", true),
+        ("input x: [20, 29, 31]\n    a = x -> conv(20, k=3, pad=1, bias=false) -> batch_norm\n    s = a + x\n    return s -> relu", true),
+        ("input x: [300, 15, 13]\n    return x -> conv(26, k=3, pad=1) -> silu", true),
+        ("input x: [24, 56, 56]\n    return x -> conv(40, k=3, pad=1, bias=false) -> batch_norm -> relu6", true),
+        ("input x: [16, 12, 12]\n    return x -> conv(16, k=3, pad=1)", false),
+        ("input x: [16, 14, 14]\n    return x -> conv(16, k=3, pad=1, dilation=2)", false),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    for (i, (body, winograd)) in cases.iter().enumerate() {
+        let src = format!("network t() {{\n    {body}\n}}\n");
+        let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
+            .unwrap_or_else(|e| panic!("case {i} does not compile:\n{src}\n{e}"));
+        for batch in [1, 3] {
+            for threads in [1, 2] {
+                let err = run_both(&mut model, 2, batch, threads, i as u64);
+                assert!(
+                    err <= TOLERANCE,
+                    "case {i} batch {batch} threads {threads}: {err:.2e}\n{src}"
+                );
+            }
+        }
+        let weights = Weights::deterministic(model.elaborated(), 1);
+        let session = model
+            .session_with(&weights, &Backend::Cpu(CpuOptions::default()))
+            .unwrap();
+        let Program::Cpu(p) = session.program() else {
+            unreachable!()
+        };
+        let shape: Vec<usize> = [1]
+            .into_iter()
+            .chain(
+                model
+                    .graph()
+                    .node(model.graph().inputs[0].node)
+                    .shape
+                    .per_sample(),
+            )
+            .collect();
+        let x = HostTensor {
+            data: vec![0.5; shape.iter().product()],
+            shape,
+        };
+        let kernels: Vec<&str> = p.profile(&[x]).unwrap().iter().map(|e| e.kernel).collect();
+        let want = *winograd && avx2 && std::env::var_os("NETC_CPU_BASELINE").is_none();
+        assert_eq!(
+            kernels.contains(&"winograd"),
+            want,
+            "case {i}: kernels {kernels:?}\n{src}"
+        );
     }
 }
 

@@ -478,13 +478,13 @@ impl Kernel {
     /// `panels·MR` rows.
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub unsafe fn run_narrow_panels(
+    pub unsafe fn run_narrow_panels<B: PanelRows>(
         self,
         kc: usize,
         a: *const f32,
         a_stride: usize,
         panels: usize,
-        b: *const f32,
+        b: B,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,

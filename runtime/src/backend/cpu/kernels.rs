@@ -143,6 +143,23 @@ impl Gemm {
     }
 }
 
+/// A 3×3 convolution run as Winograd F(2×2, 3×3) (`conv/winograd.rs`).
+#[derive(Debug)]
+pub struct Winograd(pub conv::Winograd);
+
+impl Winograd {
+    #[inline(always)]
+    fn run(&self, threads: usize) {
+        // As in `Gemm::run`: the scratch out of the thread-local, so the
+        // body compiles with this entry's target features.
+        let mut scratch = SCRATCH.take();
+        // SAFETY: lowering checked the extents and chose this kernel only
+        // where the CPU has AVX2 and FMA; threads split the units disjointly.
+        unsafe { self.0.run(threads, &mut scratch) };
+        SCRATCH.set(scratch);
+    }
+}
+
 /// `a·b + c`: one fused multiply-add when `fma` (the AVX2+FMA entries, where
 /// it is one `vfmadd`), else a multiply and an add. `f32::mul_add` without
 /// hardware FMA is a libm call per element, which made the baseline entries
@@ -229,7 +246,12 @@ pub(super) fn split_stride2_over_zeros(
 /// AVX2; `src` holds `2·pairs` floats, `a` and `b` `pairs` each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn deinterleave_avx2(src: *const f32, pairs: usize, a: *mut f32, b: *mut f32) -> usize {
+pub(super) unsafe fn deinterleave_avx2(
+    src: *const f32,
+    pairs: usize,
+    a: *mut f32,
+    b: *mut f32,
+) -> usize {
     use std::arch::x86_64::*;
     let whole = pairs / 8 * 8;
     let mut i = 0;
@@ -1574,6 +1596,8 @@ fn claimed_units(
 pub enum Kernel {
     /// Convolution / linear.
     Gemm(Gemm),
+    /// 3×3 convolution as Winograd F(2×2, 3×3).
+    Winograd(Winograd),
     /// Depthwise convolution.
     Depthwise(Depthwise),
     /// Per-channel affine.
@@ -1637,6 +1661,7 @@ impl Kernel {
                 g.queue.reset();
                 g.problems.iter().for_each(|p| p.queue.reset());
             }
+            Kernel::Winograd(w) => w.0.conv.queue.reset(),
             Kernel::Depthwise(d) => d.queue.reset(),
             Kernel::ChannelAffine(k) => k.queue.reset(),
             Kernel::Activation(k) => k.queue.reset(),
@@ -1660,6 +1685,7 @@ impl Kernel {
     pub fn entry(&self) -> (super::jit::LayerFn, *const u8) {
         match self {
             Kernel::Gemm(k) => (entry!(Gemm), k as *const _ as *const u8),
+            Kernel::Winograd(k) => (entry!(Winograd), k as *const _ as *const u8),
             Kernel::Depthwise(k) => (entry!(Depthwise), k as *const _ as *const u8),
             Kernel::ChannelAffine(k) => (entry!(ChannelAffine), k as *const _ as *const u8),
             Kernel::Activation(k) => (entry!(Activation), k as *const _ as *const u8),
@@ -1678,6 +1704,7 @@ impl Kernel {
     pub fn name(&self) -> &'static str {
         match self {
             Kernel::Gemm(_) => "gemm",
+            Kernel::Winograd(_) => "winograd",
             Kernel::Depthwise(_) => "depthwise",
             Kernel::ChannelAffine(_) => "channel_affine",
             Kernel::Activation(_) => "activation",

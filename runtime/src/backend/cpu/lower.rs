@@ -578,6 +578,45 @@ fn conv(
     }
     let xo = ctx.offset(x.ptr)?;
     let oo = ctx.offset(out.ptr)?;
+    let conv_window = ConvWindow {
+        in_hw: [h, w],
+        out_w: ow,
+        kernel: window.kernel,
+        stride: window.stride,
+        pad: [window.pad[0], window.pad[1]],
+        dilation: window.dilation,
+    };
+    if let Some(u) = ctx.prepared.winograd(id) {
+        let conv = Problem {
+            m: cout,
+            k: cin * kh * kw,
+            n: ctx.batch * oh * ow,
+            per_sample: oh * ow,
+            a: u,
+            a_cols: std::ptr::null(),
+            b: Gather::Window(
+                Layout {
+                    base: xo,
+                    sample_stride: x.stride,
+                    row_stride: h * w,
+                    col_stride: 1,
+                },
+                conv_window,
+            ),
+            out: Layout {
+                base: oo,
+                sample_stride: out.stride,
+                row_stride: oh * ow,
+                col_stride: 1,
+            },
+            epilogue: steps(0, oh * ow)?,
+            arena: ctx.arena,
+            queue: WorkQueue::default(),
+        };
+        return Ok(Kernel::Winograd(k::Winograd(super::conv::Winograd {
+            conv,
+        })));
+    }
     let pointwise = kh == 1 && kw == 1 && window.stride == [1, 1] && window.pad == [0; 4];
     let mut problems = Vec::new();
     for grp in 0..groups {
@@ -590,17 +629,7 @@ fn conv(
         let b = if pointwise {
             Gather::Strided(xl)
         } else {
-            Gather::Window(
-                xl,
-                ConvWindow {
-                    in_hw: [h, w],
-                    out_w: ow,
-                    kernel: window.kernel,
-                    stride: window.stride,
-                    pad: [window.pad[0], window.pad[1]],
-                    dilation: window.dilation,
-                },
-            )
+            Gather::Window(xl, conv_window)
         };
         // Pixel-major convolutions (`conv/pixels.rs`) have only their
         // B-operand packing.

@@ -124,6 +124,8 @@ pub struct Prepared {
     /// Pixel-major convolutions' weights as B-operand panels
     /// (`conv/pixels.rs`), instead of their channel-major packing.
     pixel_cols: HashMap<(NodeIndex, usize), usize>,
+    /// Winograd convolutions' transformed weights (`conv/winograd.rs`).
+    winograd: HashMap<NodeIndex, usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
 
@@ -138,6 +140,7 @@ impl Prepared {
             Copy(&'a [f32]),
             Pack(&'a [f32], usize, usize),
             PackCols(&'a [f32], usize, usize),
+            Winograd(&'a [f32], usize, usize),
         }
         let mut jobs: Vec<Job<'_>> = Vec::new();
         // Linear layers and attention projections are token-major products:
@@ -155,6 +158,7 @@ impl Prepared {
         let mut packed = HashMap::new();
         let mut affine = HashMap::new();
         let mut pixel_cols = HashMap::new();
+        let mut winograd = HashMap::new();
         for id in g.topo_order() {
             let node = g.node(id);
             let get = |i: usize| -> Result<&HostTensor, Diagnostic> {
@@ -180,10 +184,18 @@ impl Prepared {
                     // sample by sample, and inputs whose one sample is too
                     // large to pad stay channel-major.
                     let input = g.node(g.operands(id)[0]).shape.per_sample();
+                    let output = node.shape.per_sample();
+                    if conv::winograd(*groups, input[0], cout, window, [output[1], output[2]]) {
+                        winograd.insert(id, jobs.len());
+                        jobs.push(Job::Winograd(&wt.data, cout, input[0]));
+                        packed_slots.push(0);
+                    }
                     let pixel = conv::pixel_major(cg, k, window.kernel, window.stride)
                         && conv::pads_one_sample(input[0] / groups, [input[1], input[2]], window);
                     // Depthwise convolutions read their weights raw.
-                    if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
+                    if winograd.contains_key(&id) {
+                        // Packed above.
+                    } else if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
                         for grp in 0..*groups {
                             let w = &wt.data[grp * cg * k..(grp + 1) * cg * k];
                             if pixel {
@@ -250,6 +262,7 @@ impl Prepared {
             Job::Copy(d) => d.len(),
             Job::Pack(_, m, k) => gemm::packed_len(*m, *k),
             Job::PackCols(_, m, k) => gemm::packed_cols_len(*m, *k),
+            Job::Winograd(_, m, c) => conv::winograd::packed_len(*m, *c),
         };
         // Packed panels start on a 64-byte boundary (the store's base is
         // page-aligned where it is large), so the kernels' whole-vector
@@ -277,6 +290,9 @@ impl Prepared {
                     gemm::pack_weights_cols_into(d, *m, *k, &mut data[at..at + n]);
                     cols_at.push(at);
                 }
+                Job::Winograd(d, m, c) => {
+                    conv::winograd::pack_weights_into(d, *m, *c, &mut data[at..at + n])
+                }
             }
         }
         let fix = |m: HashMap<(NodeIndex, usize), usize>| {
@@ -289,6 +305,7 @@ impl Prepared {
                 .into_iter()
                 .map(|(k, i)| (k, offsets[i]))
                 .collect(),
+            winograd: winograd.into_iter().map(|(k, i)| (k, offsets[i])).collect(),
             token_major: cols_at.into_iter().collect(),
             affine,
             store,
@@ -325,6 +342,12 @@ impl Prepared {
     /// as B-operand panels ([`conv::pixel_major`]); None for other nodes.
     pub fn pixel_cols(&self, node: NodeIndex, grp: usize) -> Option<*const f32> {
         self.pixel_cols.get(&(node, grp)).map(|&at| self.at(at))
+    }
+
+    /// A Winograd convolution's transformed, packed weights
+    /// ([`conv::winograd`]); None for other nodes.
+    pub fn winograd(&self, node: NodeIndex) -> Option<*const f32> {
+        self.winograd.get(&node).map(|&at| self.at(at))
     }
 
     /// Per-channel scale and shift of a batch norm or layer scale.

@@ -17,10 +17,12 @@ mod few_channels;
 mod gather;
 mod pixels;
 mod token;
+pub mod winograd;
 
 pub(crate) use epilogue::split_deferred_act;
 pub use gather::pads_one_sample;
 pub use pixels::pixel_major;
+pub use winograd::{winograd, Winograd};
 
 use super::gemm::{Indirect, Kernel, K_BLOCK, MR, NR};
 use super::Act;
@@ -1922,6 +1924,27 @@ mod bench {
         unsafe { p.run(threads, s) }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_winograd_avx2(w: &Winograd, s: &mut Scratch, threads: usize) {
+        unsafe { w.run(threads, s) }
+    }
+
+    /// Runs `p` as the CPU backend would: Winograd where `wino` holds it.
+    unsafe fn run_as_lowered(
+        p: &Problem,
+        wino: Option<&Winograd>,
+        s: &mut Scratch,
+        threads: usize,
+    ) {
+        unsafe {
+            match wino {
+                Some(w) => run_winograd_avx2(w, s, threads),
+                None => run_avx2(p, s, threads),
+            }
+        }
+    }
+
     #[test]
     #[ignore = "a measurement, not a check"]
     fn conv_throughput() {
@@ -2015,6 +2038,22 @@ mod bench {
             if !linear && pixel_major(cout, k, [kern; 2], [stride; 2]) && p.paddable() {
                 p.a_cols = cols.as_ptr();
             }
+            // 3×3 stride-1 convolutions that `winograd` picks run as
+            // Winograd, as the CPU backend runs them.
+            let ir_window = netc_compiler::ir::Window {
+                kernel: [kern; 2],
+                stride: [stride; 2],
+                pad: [pad; 4],
+                dilation: [1, 1],
+            };
+            let mut u = Vec::new();
+            let wino = (!linear && winograd(1, cin, cout, &ir_window, [o, o])).then(|| {
+                u = vec![0f32; winograd::packed_len(cout, cin)];
+                winograd::pack_weights_into(&w, cout, cin, &mut u);
+                let mut conv = p.clone();
+                conv.a = u.as_ptr();
+                Winograd { conv }
+            });
             let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
             let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
             let flush = std::env::var_os("FLUSH").is_some();
@@ -2038,7 +2077,7 @@ mod bench {
             let (first, rest) = scratch.split_first_mut().unwrap();
             std::thread::scope(|sc| {
                 for (i, s) in rest.iter_mut().enumerate() {
-                    let (p, barrier) = (&p, &barrier);
+                    let (p, barrier, wino) = (&p, &barrier, wino.as_ref());
                     let arena_ptr = arena_addr;
                     sc.spawn(move || {
                         crate::backend::cpu::pool::set_thread_index(i + 1);
@@ -2057,7 +2096,7 @@ mod bench {
                             // SAFETY: the arena holds input and output;
                             // threads write disjoint parts; AVX2 checked by
                             // the kernel choice.
-                            unsafe { run_avx2(p, s, threads) };
+                            unsafe { run_as_lowered(p, wino, s, threads) };
                             barrier.wait();
                         }
                     });
@@ -2072,10 +2111,13 @@ mod bench {
                     let t = std::time::Instant::now();
                     barrier.wait();
                     // SAFETY: as above.
-                    unsafe { run_avx2(&p, first, threads) };
+                    unsafe { run_as_lowered(&p, wino.as_ref(), first, threads) };
                     barrier.wait();
                     best = best.min(t.elapsed().as_secs_f64());
                     p.queue.reset();
+                    if let Some(w) = &wino {
+                        w.conv.queue.reset();
+                    }
                 }
             });
             let flops = 2.0 * (cout * k * n) as f64;
