@@ -1910,6 +1910,7 @@ mod bench {
         // DenseNet-121's growth convolutions (32 output channels).
         ("dn 3x3 128>32 56", 128, 32, 56, 3, 1, 1),
         ("dn 3x3 128>32 14", 128, 32, 14, 3, 1, 1),
+        ("dn 3x3 128>32 7", 128, 32, 7, 3, 1, 1),
         // Token-major linear layers (kernel 0; "hw" is the token count):
         // ConvNeXt-T stage 1, ViT-B/16's MLP.
         ("lin 96>384 x3136", 96, 384, 3136, 0, 1, 0),

@@ -35,6 +35,26 @@ const BAND_TILES: usize = 112;
 /// reading 16/9 as many weights.
 pub const WINOGRAD_MIN_TILES: usize = 49;
 
+/// The fewest tiles a sample on smaller maps (7×7: 16 tiles) for
+/// convolutions with at least [`WINOGRAD_SMALL_MAP_MIN_CHANNELS`] output
+/// channels. Measured (`conv_throughput`, two threads, interleaved):
+/// ResNet-50's layer4 3×3 (512 channels) 1.13–1.22 against 1.56–1.72 ms
+/// direct, with weights from memory (`FLUSH=1`) as well; in-model medians
+/// 45.6–46.1 against 49.7–50.5 ms. DenseNet-121's 7×7 growth convolutions
+/// (32 output channels) were no faster with weights from memory: 0.079–0.109
+/// against 0.072–0.083 ms.
+pub const WINOGRAD_SMALL_MAP_MIN_TILES: usize = 16;
+
+/// See [`WINOGRAD_SMALL_MAP_MIN_TILES`].
+pub const WINOGRAD_SMALL_MAP_MIN_CHANNELS: usize = 256;
+
+/// Whether a map of `tiles` tiles a sample has enough of them for
+/// `cout` output channels.
+fn enough_tiles(tiles: usize, cout: usize) -> bool {
+    tiles >= WINOGRAD_MIN_TILES
+        || (tiles >= WINOGRAD_SMALL_MAP_MIN_TILES && cout >= WINOGRAD_SMALL_MAP_MIN_CHANNELS)
+}
+
 /// The fewest input and output channels: the transforms cost per channel
 /// and tile, the products per channel pair.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -42,7 +62,8 @@ pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// Whether a convolution runs as Winograd F(2×2, 3×3): one group, a 3×3
 /// window with stride 1, no dilation and one pixel of padding on every side
 /// (so the output has the input's size), enough channels and tiles
-/// ([`WINOGRAD_MIN_CHANNELS`], [`WINOGRAD_MIN_TILES`]), on a CPU with the
+/// ([`WINOGRAD_MIN_CHANNELS`], [`WINOGRAD_MIN_TILES`],
+/// [`WINOGRAD_SMALL_MAP_MIN_TILES`]), on a CPU with the
 /// AVX2 kernel. `NETC_NO_WINOGRAD` turns it off (for measuring).
 pub fn winograd(
     groups: usize,
@@ -58,7 +79,7 @@ pub fn winograd(
         && window.pad == [1; 4]
         && cin >= WINOGRAD_MIN_CHANNELS
         && cout >= WINOGRAD_MIN_CHANNELS
-        && out_hw[0].div_ceil(2) * out_hw[1].div_ceil(2) >= WINOGRAD_MIN_TILES
+        && enough_tiles(out_hw[0].div_ceil(2) * out_hw[1].div_ceil(2), cout)
         && Kernel::detect() == Kernel::Avx2Fma
         && std::env::var_os("NETC_NO_WINOGRAD").is_none()
 }
