@@ -183,19 +183,19 @@ impl Prepared {
                     // panels only: a batch too large to pad at once runs
                     // sample by sample, and inputs whose one sample is too
                     // large to pad stay channel-major.
+                    // Winograd convolutions read only their transformed
+                    // weights.
                     let input = g.node(g.operands(id)[0]).shape.per_sample();
                     let output = node.shape.per_sample();
-                    if conv::winograd(*groups, input[0], cout, window, [output[1], output[2]]) {
-                        winograd.insert(id, jobs.len());
-                        jobs.push(Job::Winograd(&wt.data, cout, input[0]));
-                        packed_slots.push(0);
-                    }
+                    let out_hw = [output[1], output[2]];
                     let pixel = conv::pixel_major(cg, k, window.kernel, window.stride)
                         && conv::pads_one_sample(input[0] / groups, [input[1], input[2]], window);
-                    // Depthwise convolutions read their weights raw.
-                    if winograd.contains_key(&id) {
-                        // Packed above.
+                    if conv::winograd(*groups, wt.shape[1], cout, window, out_hw) {
+                        winograd.insert(id, jobs.len());
+                        jobs.push(Job::Winograd(&wt.data, cout, wt.shape[1]));
+                        packed_slots.push(0);
                     } else if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
+                        // (Depthwise convolutions read their weights raw.)
                         for grp in 0..*groups {
                             let w = &wt.data[grp * cg * k..(grp + 1) * cg * k];
                             if pixel {
