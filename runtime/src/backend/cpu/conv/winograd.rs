@@ -23,7 +23,7 @@ use super::{grow, split, Gather, Problem, Scratch};
 use crate::backend::cpu::gemm::{self, Indirect, Kernel, K_BLOCK, MR, NR};
 
 /// The most tiles per band: 56×56 and 28×28 maps in bands of four and
-/// eight tile rows (112 tiles, seven whole column panels), 14×14 in one
+/// seven tile rows (112 and 98 tiles, see [`Winograd::bands`]), 14×14 in one
 /// (49). Measured (`conv_throughput`, interleaved) against 64 (two and
 /// four rows, three and a half panels): one thread 0.88× the time on
 /// ResNet-50's 28×28 3×3 and DenseNet-121's at 56×56, 0.95× at 56×56;
@@ -162,7 +162,13 @@ impl Winograd {
         };
         let [h, wd] = w.in_hw;
         let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+        // As many bands as BAND_TILES gives, of even height: a 28×28 map's
+        // 14 tile rows were bands of 8 and 6, one thread's home share
+        // (four of the eight units) a third more work than the other's;
+        // as 7 and 7 ResNet-50's 128-channel 3×3 took 0.718 against 0.753
+        // ms (`conv_throughput`, two threads, six interleaved rounds, minima).
         let rows = (BAND_TILES / tw).clamp(1, th);
+        let rows = th.div_ceil(th.div_ceil(rows));
         let tiles = rows * tw;
         // Whole column panels for the products, and eight tiles past the
         // last for a row's last vector.
@@ -573,6 +579,9 @@ mod tests {
             (24, 40, 29, 31),
             (300, 26, 8, 10),
             (16, 50, 56, 56),
+            // Bands of 7 and 7, and of 7 and 6, tile rows.
+            (16, 24, 28, 28),
+            (16, 20, 26, 32),
         ];
         for (cin, cout, h, w) in cases {
             let (b, k, per, input) = windowed_input(cin, h, w, 3, 1, 1, 1);
