@@ -516,8 +516,12 @@ const FEW_PANELS: usize = 4;
 /// layer4 2048→512 0.58 → 0.51 ms, EfficientNet-B0's 1152→192 0.135 →
 /// 0.121). EfficientNet-B0's squeeze-and-excitation expansions (one pixel,
 /// K 8–48, weights from memory) took 1.5× the time in-model and with
-/// `FLUSH=1`; with K = 1152 (their reductions) 0.7×.
-const NARROW_MIN_K: usize = 128;
+/// `FLUSH=1`; with K = 1152 (their reductions) 0.7×. K 64 and 96 (the
+/// two-column panels that [`Problem::column_units`] leaves in each half of
+/// a 14×14 map: MobileNetV2's 64→384 and 96→576 expansions) took 0.95×
+/// and 0.96× (0.059 against 0.062 and 0.127 against 0.132 ms, minima and
+/// medians alike, twelve interleaved rounds on a quiet host).
+const NARROW_MIN_K: usize = 64;
 
 /// The most row panels for which a 1×1 convolution reads B in place in
 /// passes shallower than a K block ([`in_place_depth`]). In isolation
@@ -1948,6 +1952,10 @@ mod bench {
         // Projections to 24 channels at 56×56 (MobileNetV2, EfficientNet-B0).
         ("mb 1x1 144>24 56", 144, 24, 56, 1, 1, 0),
         ("mb 1x1 96>24 56", 96, 24, 56, 1, 1, 0),
+        // Its expansions on 14×14 and 7×7 maps (384 to 960 output channels).
+        ("mb 1x1 64>384 14", 64, 384, 14, 1, 1, 0),
+        ("mb 1x1 96>576 14", 96, 576, 14, 1, 1, 0),
+        ("mb 1x1 160>960 7", 160, 960, 7, 1, 1, 0),
         // Its projections on 14×14 and 7×7 maps (64 to 160 output channels).
         ("mb 1x1 384>64 14", 384, 64, 14, 1, 1, 0),
         ("mb 1x1 576>96 14", 576, 96, 14, 1, 1, 0),
