@@ -715,8 +715,8 @@ impl Problem {
     /// of columns), each cut into panels from its start. With panels cut
     /// from column 0, a 14×14 map's 196 positions are 12 panels and a
     /// 4-column one, so one thread's home share ended a whole panel after the
-    /// other's; as two parts of 98 (6 panels and 2 columns on the narrow
-    /// kernel each) the shares are even. Measured (`conv_throughput`, two
+    /// other's; as two parts of 98 (6 panels and 2 columns each, on the
+    /// narrow kernel from [`NARROW_MIN_K`] deep) the shares are even. Measured (`conv_throughput`, two
     /// threads, six interleaved rounds, minima): ResNeXt-50's 1024→512 and
     /// 512→1024 at 14×14 1.204 → 1.140 and 1.181 → 1.112 ms, ResNet-50's
     /// 1024→256 0.625 → 0.599, DenseNet-121's 512→128 0.174 → 0.167; the
@@ -1623,13 +1623,6 @@ pub(super) mod tests {
         }
     }
 
-    /// A work queue hands out every unit exactly once (two threads, and
-    /// four threads sharing two home ranges, and more threads than home
-    /// ranges); a thread's chunks end only once every unit is done, whoever
-    /// holds it (one thread in each pair is slow inside its chunks); one
-    /// thread runs a whole layer alone while the other has not arrived, and
-    /// the latecomer finds it done; `reset` empties a queue left
-    /// half-claimed.
     /// The column units cover every column once, in order, none wider than
     /// a panel, and split into even home shares.
     #[test]
@@ -1651,6 +1644,13 @@ pub(super) mod tests {
         }
     }
 
+    /// A work queue hands out every unit exactly once (two threads, and
+    /// four threads sharing two home ranges, and more threads than home
+    /// ranges); a thread's chunks end only once every unit is done, whoever
+    /// holds it (one thread in each pair is slow inside its chunks); one
+    /// thread runs a whole layer alone while the other has not arrived, and
+    /// the latecomer finds it done; `reset` empties a queue left
+    /// half-claimed.
     #[test]
     fn work_queue_ends_a_layer_when_its_units_are_done() {
         use std::sync::atomic::AtomicU32;
