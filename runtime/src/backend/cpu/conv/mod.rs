@@ -716,8 +716,9 @@ impl Problem {
     /// from column 0, a 14×14 map's 196 positions are 12 panels and a
     /// 4-column one, so one thread's home share ended a whole panel after the
     /// other's; as two parts of 98 (6 panels and 2 columns each, on the
-    /// narrow kernel from [`NARROW_MIN_K`] deep) the shares are even. Measured (`conv_throughput`, two
-    /// threads, six interleaved rounds, minima): ResNeXt-50's 1024→512 and
+    /// narrow kernel from [`NARROW_MIN_K`] deep) the shares are even.
+    /// Measured (`conv_throughput`, two threads, six interleaved rounds,
+    /// minima): ResNeXt-50's 1024→512 and
     /// 512→1024 at 14×14 1.204 → 1.140 and 1.181 → 1.112 ms, ResNet-50's
     /// 1024→256 0.625 → 0.599, DenseNet-121's 512→128 0.174 → 0.167; the
     /// 28×28 and 56×56 layers unchanged.
