@@ -348,12 +348,20 @@ fn winograd_convolutions_match_candle() {
         ("input x: [64, 7, 8]\n    return x -> conv(255, k=3, pad=1) -> relu", false),
         ("input x: [16, 14, 14]\n    return x -> conv(16, k=3, pad=1, dilation=2)", false),
     ];
+    cases_match_candle_and_take(&cases, "winograd");
+}
+
+/// Each case (a network body, and whether it should run on `kernel`)
+/// matches candle at batches 1 and 3 on one and two threads, and runs on
+/// `kernel` exactly when it should (and the CPU has AVX2 and FMA, and the
+/// baseline code is not forced).
+fn cases_match_candle_and_take(cases: &[(&str, bool)], kernel: &str) {
     #[cfg(target_arch = "x86_64")]
     let avx2 =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let avx2 = false;
-    for (i, (body, winograd)) in cases.iter().enumerate() {
+    for (i, (body, takes)) in cases.iter().enumerate() {
         let src = format!("network t() {{\n    {body}\n}}\n");
         let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
             .unwrap_or_else(|e| panic!("case {i} does not compile:\n{src}\n{e}"));
@@ -366,35 +374,60 @@ fn winograd_convolutions_match_candle() {
                 );
             }
         }
-        let weights = Weights::deterministic(model.elaborated(), 1);
-        let session = model
-            .session_with(&weights, &Backend::Cpu(CpuOptions::default()))
-            .unwrap();
-        let Program::Cpu(p) = session.program() else {
-            unreachable!()
-        };
-        let shape: Vec<usize> = [1]
-            .into_iter()
-            .chain(
-                model
-                    .graph()
-                    .node(model.graph().inputs[0].node)
-                    .shape
-                    .per_sample(),
-            )
-            .collect();
-        let x = HostTensor {
-            data: vec![0.5; shape.iter().product()],
-            shape,
-        };
-        let kernels: Vec<&str> = p.profile(&[x]).unwrap().iter().map(|e| e.kernel).collect();
-        let want = *winograd && avx2 && std::env::var_os("NETC_CPU_BASELINE").is_none();
+        let kernels = kernels_run(&mut model);
+        let want = *takes && avx2 && std::env::var_os("NETC_CPU_BASELINE").is_none();
         assert_eq!(
-            kernels.contains(&"winograd"),
+            kernels.contains(&kernel),
             want,
             "case {i}: kernels {kernels:?}\n{src}"
         );
     }
+}
+
+/// The kernels the CPU backend runs `model` with, one per layer, in order
+/// (from its profile, on inputs of 0.5).
+fn kernels_run(model: &mut Model) -> Vec<&'static str> {
+    let weights = Weights::deterministic(model.elaborated(), 1);
+    let session = model
+        .session_with(&weights, &Backend::Cpu(CpuOptions::default()))
+        .unwrap();
+    let Program::Cpu(p) = session.program() else {
+        unreachable!()
+    };
+    let shape: Vec<usize> = [1]
+        .into_iter()
+        .chain(
+            model
+                .graph()
+                .node(model.graph().inputs[0].node)
+                .shape
+                .per_sample(),
+        )
+        .collect();
+    let x = HostTensor {
+        data: vec![0.5; shape.iter().product()],
+        shape,
+    };
+    p.profile(&[x]).unwrap().iter().map(|e| e.kernel).collect()
+}
+
+/// Grouped convolutions with 2 to 32 input channels and a multiple of four
+/// output channels a group run directly (`grouped.rs`) where the CPU has
+/// AVX2 and FMA, and match candle: ResNeXt's shape, stride 2 on odd maps,
+/// a residual epilogue, a smooth activation, a rectangular dilated kernel
+/// with asymmetric padding, batches and threads; convolutions just outside
+/// the conditions run otherwise.
+#[test]
+fn grouped_convolutions_match_candle() {
+    let cases = [
+        ("input x: [64, 14, 14]\n    return x -> conv(64, k=3, pad=1, groups=16, bias=false) -> batch_norm -> relu", true),
+        ("input x: [32, 15, 17]\n    return x -> conv(64, k=3, stride=2, pad=1, groups=4) -> relu6", true),
+        ("input x: [24, 9, 11]\n    a = x -> conv(24, k=3, pad=1, groups=3, bias=false) -> batch_norm\n    s = a + x\n    return s -> relu", true),
+        ("input x: [16, 10, 13]\n    return x -> conv(16, k=(3, 5), pad=(2, 1, 0, 3), dilation=2, groups=2) -> silu", true),
+        ("input x: [12, 8, 8]\n    return x -> conv(18, k=3, pad=1, groups=3)", false),
+        ("input x: [128, 8, 8]\n    return x -> conv(128, k=3, pad=1, groups=2)", false),
+    ];
+    cases_match_candle_and_take(&cases, "grouped");
 }
 
 /// The randomized cases again on the code of CPUs with AVX2 and FMA but

@@ -789,24 +789,7 @@ impl Depthwise {
     fn finish(&self, n: usize, oc: usize, oy: usize, row: &mut [f32]) {
         let [_, oh, ow] = self.out_chw;
         let ps = oh * ow;
-        let j = n * ps + oy * ow;
-        for step in &self.epilogue {
-            match *step {
-                conv::Step::Bias(b) => {
-                    // SAFETY: bias holds Cout floats.
-                    let b = unsafe { *b.add(oc) };
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-                conv::Step::Act(a) => a.apply(row),
-                conv::Step::Add(l) => {
-                    let at = l.base + n * l.sample_stride + oc * l.row_stride + (j - n * ps);
-                    for (t, v) in row.iter_mut().enumerate() {
-                        // SAFETY: the residual has the output's extent.
-                        *v += unsafe { *self.arena.add(at + t) };
-                    }
-                }
-            }
-        }
+        conv::apply_steps_to_row(&self.epilogue, self.arena, n, oc, oy * ow, row);
         // SAFETY: extents checked at lowering.
         let dst = unsafe { self.out.at(n).add(oc * ps + oy * ow) };
         unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, ow) };

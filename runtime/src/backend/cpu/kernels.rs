@@ -277,6 +277,7 @@ pub(super) unsafe fn deinterleave_avx2(
 }
 
 pub use super::depthwise::Depthwise;
+pub use super::grouped::Grouped;
 
 /// `y = x·scale[c] + shift[c]` over `[outer, channels, inner]` per sample
 /// (inference batch norm, layer scale).
@@ -1600,6 +1601,8 @@ pub enum Kernel {
     Winograd(Winograd),
     /// Depthwise convolution.
     Depthwise(Depthwise),
+    /// Grouped convolution with few channels per group, computed directly.
+    Grouped(Grouped),
     /// Per-channel affine.
     ChannelAffine(ChannelAffine),
     /// Activation.
@@ -1663,6 +1666,7 @@ impl Kernel {
             }
             Kernel::Winograd(w) => w.0.conv.queue.reset(),
             Kernel::Depthwise(d) => d.queue.reset(),
+            Kernel::Grouped(g) => g.queue.reset(),
             Kernel::ChannelAffine(k) => k.queue.reset(),
             Kernel::Activation(k) => k.queue.reset(),
             Kernel::Copy(k) => k.queue.reset(),
@@ -1687,6 +1691,7 @@ impl Kernel {
             Kernel::Gemm(k) => (entry!(Gemm), k as *const _ as *const u8),
             Kernel::Winograd(k) => (entry!(Winograd), k as *const _ as *const u8),
             Kernel::Depthwise(k) => (entry!(Depthwise), k as *const _ as *const u8),
+            Kernel::Grouped(k) => (entry!(Grouped), k as *const _ as *const u8),
             Kernel::ChannelAffine(k) => (entry!(ChannelAffine), k as *const _ as *const u8),
             Kernel::Activation(k) => (entry!(Activation), k as *const _ as *const u8),
             Kernel::Copy(k) => (entry!(Copy), k as *const _ as *const u8),
@@ -1706,6 +1711,7 @@ impl Kernel {
             Kernel::Gemm(_) => "gemm",
             Kernel::Winograd(_) => "winograd",
             Kernel::Depthwise(_) => "depthwise",
+            Kernel::Grouped(_) => "grouped",
             Kernel::ChannelAffine(_) => "channel_affine",
             Kernel::Activation(_) => "activation",
             Kernel::Copy(_) => "copy",

@@ -576,6 +576,21 @@ fn conv(
             queue: Default::default(),
         }));
     }
+    if let Some(weights) = ctx.prepared.grouped(id) {
+        return Ok(Kernel::Grouped(k::Grouped {
+            x: Ctx::images(x),
+            out: Ctx::images(out),
+            in_chw: [cin, h, w],
+            out_chw: [cout, oh, ow],
+            groups,
+            window: *window,
+            weights,
+            epilogue: steps(0, oh * ow)?,
+            arena: ctx.arena,
+            batch: ctx.batch,
+            queue: Default::default(),
+        }));
+    }
     let xo = ctx.offset(x.ptr)?;
     let oo = ctx.offset(out.ptr)?;
     let conv_window = ConvWindow {

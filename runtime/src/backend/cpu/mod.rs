@@ -24,6 +24,7 @@
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+pub mod grouped;
 pub mod jit;
 pub mod kernels;
 pub mod lower;
@@ -126,6 +127,8 @@ pub struct Prepared {
     pixel_cols: HashMap<(NodeIndex, usize), usize>,
     /// Winograd convolutions' transformed weights (`conv/winograd.rs`).
     winograd: HashMap<NodeIndex, usize>,
+    /// Directly computed grouped convolutions' weights (`grouped.rs`).
+    grouped: HashMap<NodeIndex, usize>,
     affine: HashMap<NodeIndex, (Vec<f32>, Option<Vec<f32>>)>,
 }
 
@@ -141,6 +144,7 @@ impl Prepared {
             Pack(&'a [f32], usize, usize),
             PackCols(&'a [f32], usize, usize),
             Winograd(&'a [f32], usize, usize),
+            Grouped(&'a [f32], usize, usize),
         }
         let mut jobs: Vec<Job<'_>> = Vec::new();
         // Linear layers and attention projections are token-major products:
@@ -159,6 +163,7 @@ impl Prepared {
         let mut affine = HashMap::new();
         let mut pixel_cols = HashMap::new();
         let mut winograd = HashMap::new();
+        let mut grouped_weights = HashMap::new();
         for id in g.topo_order() {
             let node = g.node(id);
             let get = |i: usize| -> Result<&HostTensor, Diagnostic> {
@@ -193,6 +198,10 @@ impl Prepared {
                     if conv::winograd(*groups, wt.shape[1], cout, window, out_hw) {
                         winograd.insert(id, jobs.len());
                         jobs.push(Job::Winograd(&wt.data, cout, wt.shape[1]));
+                        packed_slots.push(0);
+                    } else if grouped::takes(*groups, wt.shape[1], cg, window) {
+                        grouped_weights.insert(id, jobs.len());
+                        jobs.push(Job::Grouped(&wt.data, cout, k));
                         packed_slots.push(0);
                     } else if wt.shape[1] > 1 || wt.shape[2] * wt.shape[3] == 1 {
                         // (Depthwise convolutions read their weights raw.)
@@ -263,6 +272,7 @@ impl Prepared {
             Job::Pack(_, m, k) => gemm::packed_len(*m, *k),
             Job::PackCols(_, m, k) => gemm::packed_cols_len(*m, *k),
             Job::Winograd(_, m, c) => conv::winograd::packed_len(*m, *c),
+            Job::Grouped(_, m, k) => grouped::packed_len(*m, *k),
         };
         // Packed panels start on a 64-byte boundary (the store's base is
         // page-aligned where it is large), so the kernels' whole-vector
@@ -316,6 +326,7 @@ impl Prepared {
                     Job::Pack(d, m, k) => gemm::pack_weights_into(d, *m, *k, data),
                     Job::PackCols(d, m, k) => gemm::pack_weights_cols_into(d, *m, *k, data),
                     Job::Winograd(d, m, c) => conv::winograd::pack_weights_into(d, *m, *c, data),
+                    Job::Grouped(d, m, k) => grouped::pack_weights_into(d, *m, *k, data),
                 }
             }
         };
@@ -338,6 +349,10 @@ impl Prepared {
                 .map(|(k, i)| (k, offsets[i]))
                 .collect(),
             winograd: winograd.into_iter().map(|(k, i)| (k, offsets[i])).collect(),
+            grouped: grouped_weights
+                .into_iter()
+                .map(|(k, i)| (k, offsets[i]))
+                .collect(),
             token_major: cols_at.into_iter().collect(),
             affine,
             store,
@@ -380,6 +395,12 @@ impl Prepared {
     /// ([`conv::winograd`]); None for other nodes.
     pub fn winograd(&self, node: NodeIndex) -> Option<*const f32> {
         self.winograd.get(&node).map(|&at| self.at(at))
+    }
+
+    /// A directly computed grouped convolution's weights in its channel
+    /// blocks ([`grouped::takes`]); None for other nodes.
+    pub fn grouped(&self, node: NodeIndex) -> Option<*const f32> {
+        self.grouped.get(&node).map(|&at| self.at(at))
     }
 
     /// Per-channel scale and shift of a batch norm or layer scale.

@@ -20,6 +20,38 @@ pub(crate) fn split_deferred_act(steps: &[Step]) -> (&[Step], Option<Act>) {
     }
 }
 
+/// Applies `steps` to `row`, which holds outputs of channel `ch` of sample
+/// `n` from position `pos` (of the channel's plane) on, for kernels that
+/// finish an output row at a time: the bias of `ch`, the activation, the
+/// residual at the same positions (a layout with unit column stride,
+/// relative to `arena`).
+#[inline(always)]
+pub(crate) fn apply_steps_to_row(
+    steps: &[Step],
+    arena: *const f32,
+    n: usize,
+    ch: usize,
+    pos: usize,
+    row: &mut [f32],
+) {
+    for step in steps {
+        match *step {
+            Step::Bias(b) => {
+                // SAFETY: the bias holds a float per output channel.
+                let b = unsafe { *b.add(ch) };
+                row.iter_mut().for_each(|v| *v += b);
+            }
+            Step::Act(a) => a.apply(row),
+            Step::Add(l) => {
+                let at = l.base + n * l.sample_stride + ch * l.row_stride + pos;
+                // SAFETY: the residual has the output's extent (lowering).
+                let res = unsafe { std::slice::from_raw_parts(arena.add(at), row.len()) };
+                row.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+            }
+        }
+    }
+}
+
 impl Problem {
     /// The epilogue as the fused micro-kernel runs it, if it can: an optional
     /// bias first, then at most one activation and one residual add in

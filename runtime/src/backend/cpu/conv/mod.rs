@@ -19,7 +19,7 @@ mod pixels;
 mod token;
 pub mod winograd;
 
-pub(crate) use epilogue::split_deferred_act;
+pub(crate) use epilogue::{apply_steps_to_row, split_deferred_act};
 pub use gather::pads_one_sample;
 pub use pixels::pixel_major;
 pub use winograd::{winograd, Winograd};
