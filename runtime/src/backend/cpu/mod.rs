@@ -16,7 +16,8 @@
 //! Layout of this folder: `gemm.rs` (micro-kernel, weight packing), `conv/`
 //! (GEMM driver; `gather.rs` implicit im2col, `epilogue.rs` epilogues,
 //! `token.rs` token-major products), `depthwise.rs` (depthwise
-//! convolution), `kernels.rs` (every other layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
+//! convolution), `grouped.rs` (grouped convolutions with few channels a
+//! group), `kernels.rs` (every other layer), `lower.rs` (graph → kernels), `jit.rs` (Cranelift), `pool.rs`
 //! (threads, barrier, FTZ/DAZ), `memory.rs` (arena and weight store, with
 //! optional guard pages), `vmath.rs` (AVX2 activations), `vmath16.rs`
 //! (their AVX-512 twins for the exp-based ones).
