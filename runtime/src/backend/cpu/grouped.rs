@@ -383,6 +383,7 @@ mod avx2 {
     /// bounds; `bias` null or four floats; `out` holds four rows of
     /// `stride` from 16 on.
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     pub unsafe fn block(
         x: *const f32,
         offsets: &[usize],
