@@ -1500,7 +1500,6 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::pool::Barrier;
     use crate::backend::cpu::Act;
     use netc_compiler::ir::{Activation, Window};
 
@@ -1768,6 +1767,7 @@ mod tests {
     struct Shared<'a>(&'a Depthwise, Option<bool>);
     // SAFETY: the threads write disjoint parts of the output.
     unsafe impl Send for Shared<'_> {}
+    unsafe impl Sync for Shared<'_> {}
     impl Shared<'_> {
         /// Through an AVX2+FMA entry where the CPU has them, as the network
         /// function calls kernels (the driver code outside the intrinsics is
@@ -1875,35 +1875,13 @@ mod tests {
                 batch: 1,
                 queue: Default::default(),
             };
-            // Persistent threads meeting at a barrier before and after each
-            // run (the second so that no thread is still in the queue when
-            // the timing thread empties it for the next run). The span starts
-            // before the first barrier: threads claim channels as they are
-            // free, so a worker that ran ahead while the timing thread was
-            // descheduled could otherwise make a run look empty.
-            let barrier = Barrier::new(threads);
-            let mut best = f64::MAX;
-            std::thread::scope(|sc| {
-                for index in 1..threads {
-                    let (k, barrier) = (Shared(&k, path), &barrier);
-                    sc.spawn(move || {
-                        crate::backend::cpu::pool::set_thread_index(index);
-                        for _ in 0..RUNS {
-                            barrier.wait();
-                            k.run(threads);
-                            barrier.wait();
-                        }
-                    });
-                }
-                for _ in 0..RUNS {
-                    let t = std::time::Instant::now();
-                    barrier.wait();
-                    Shared(&k, path).run(threads);
-                    barrier.wait();
-                    best = best.min(t.elapsed().as_secs_f64());
-                    k.queue.reset();
-                }
-            });
+            let shared = Shared(&k, path);
+            let best = crate::backend::cpu::pool::best_time(
+                threads,
+                RUNS,
+                &move |t| shared.run(t),
+                &|| k.queue.reset(),
+            );
             total += best;
             let macs = (output * kern * kern) as f64;
             println!(

@@ -438,7 +438,6 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::backend::cpu::conv::Layout;
-    use crate::backend::cpu::pool::Barrier;
 
     /// A kernel shared with the measurement's threads (as the pool shares them).
     #[derive(Clone, Copy)]
@@ -737,29 +736,13 @@ mod tests {
                 batch: 1,
                 queue: Default::default(),
             };
-            let barrier = Barrier::new(threads);
-            let mut best = f64::MAX;
-            std::thread::scope(|sc| {
-                for index in 1..threads {
-                    let (g, barrier) = (Shared(&g), &barrier);
-                    sc.spawn(move || {
-                        crate::backend::cpu::pool::set_thread_index(index);
-                        for _ in 0..RUNS {
-                            barrier.wait();
-                            g.run(threads);
-                            barrier.wait();
-                        }
-                    });
-                }
-                for _ in 0..RUNS {
-                    let t = std::time::Instant::now();
-                    barrier.wait();
-                    Shared(&g).run(threads);
-                    barrier.wait();
-                    best = best.min(t.elapsed().as_secs_f64());
-                    g.queue.reset();
-                }
-            });
+            let shared = Shared(&g);
+            let best = crate::backend::cpu::pool::best_time(
+                threads,
+                RUNS,
+                &move |t| shared.run(t),
+                &|| g.queue.reset(),
+            );
             total += best;
             let macs = (output * k) as f64;
             println!(

@@ -74,6 +74,46 @@ pub fn thread_index() -> usize {
     THREAD_INDEX.with(|t| t.get())
 }
 
+/// For measurements: the best wall time of `runs` runs of `run(threads)`
+/// on `threads` persistent threads (the caller one of them, thread index
+/// 0), which meet at a barrier before and after each run; `reset` (a work
+/// queue's) runs between runs, when the second barrier has kept every
+/// thread out of the queue. Each span starts before the first barrier:
+/// threads claim units as they are free, so a worker that ran ahead while
+/// the timing thread was descheduled could otherwise make a run look empty.
+#[cfg(test)]
+pub(crate) fn best_time(
+    threads: usize,
+    runs: usize,
+    run: &(dyn Fn(usize) + Sync),
+    reset: &dyn Fn(),
+) -> f64 {
+    let barrier = Barrier::new(threads);
+    let mut best = f64::MAX;
+    std::thread::scope(|sc| {
+        for index in 1..threads {
+            let barrier = &barrier;
+            sc.spawn(move || {
+                set_thread_index(index);
+                for _ in 0..runs {
+                    barrier.wait();
+                    run(threads);
+                    barrier.wait();
+                }
+            });
+        }
+        for _ in 0..runs {
+            let t = std::time::Instant::now();
+            barrier.wait();
+            run(threads);
+            barrier.wait();
+            best = best.min(t.elapsed().as_secs_f64());
+            reset();
+        }
+    });
+    best
+}
+
 /// Sets [`thread_index`] for the calling thread (tests that stand in for
 /// the pool's threads).
 #[cfg(test)]
