@@ -43,11 +43,7 @@ pub fn takes(groups: usize, cin_g: usize, cout_g: usize, window: &Window) -> boo
         && cin_g <= MAX_GROUP_CHANNELS
         && cout_g.is_multiple_of(BLOCK_CHANNELS)
         && window.kernel[0] * window.kernel[1] > 1
-        && avx2_fma()
-}
-
-fn avx2_fma() -> bool {
-    super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
+        && super::gemm::Kernel::detect() == super::gemm::Kernel::Avx2Fma
 }
 
 /// Floats of [`pack_weights_into`]'s layout (as many as the weights).
@@ -93,10 +89,14 @@ pub struct Grouped {
     pub batch: usize,
     /// Hands out (sample, group) units to the threads as they ask.
     pub queue: conv::WorkQueue,
+    /// Derived from the shapes and the window once, by [`Grouped::new`]:
+    /// every run reads it.
+    geometry: Geometry,
 }
 
 /// Where a group's padded input lives in its scratch buffer, and where each
 /// (input channel, tap) reads relative to an output's flat position.
+#[derive(Debug)]
 struct Geometry {
     /// Stride (rows, columns): the phases per axis.
     stride: [usize; 2],
@@ -113,16 +113,17 @@ struct Geometry {
     len: usize,
 }
 
-impl Grouped {
-    fn geometry(&self) -> Geometry {
+impl Geometry {
+    /// The layout for one group of `in_chw` → `out_chw` under `window`.
+    fn new(in_chw: [usize; 3], out_chw: [usize; 3], groups: usize, window: &Window) -> Self {
         let Window {
             kernel,
             stride,
             dilation,
             ..
-        } = self.window;
-        let [_, oh, ow] = self.out_chw;
-        let cin_g = self.in_chw[0] / self.groups;
+        } = *window;
+        let [_, oh, ow] = out_chw;
+        let cin_g = in_chw[0] / groups;
         // Tap (ky, kx) of output (oy, ox) reads padded row oy·sy + ky·dy:
         // phase (ky·dy) % sy, row oy + (ky·dy) / sy of that phase.
         let reach = |a: usize| (kernel[a] - 1) * dilation[a] / stride[a];
@@ -153,6 +154,41 @@ impl Grouped {
             len: len.max(cin_g * channel),
         }
     }
+}
+
+impl Grouped {
+    /// The kernel for input `x` (`in_chw` a sample) and output `out`
+    /// (`out_chw`), `groups` groups, `window`, weights packed by
+    /// [`pack_weights_into`] and `epilogue` (layouts relative to `arena`),
+    /// for `batch` samples.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        x: Images,
+        out: Images,
+        in_chw: [usize; 3],
+        out_chw: [usize; 3],
+        groups: usize,
+        window: Window,
+        weights: *const f32,
+        epilogue: Vec<Step>,
+        arena: *mut f32,
+        batch: usize,
+    ) -> Self {
+        Grouped {
+            geometry: Geometry::new(in_chw, out_chw, groups, &window),
+            x,
+            out,
+            in_chw,
+            out_chw,
+            groups,
+            window,
+            weights,
+            epilogue,
+            arena,
+            batch,
+            queue: Default::default(),
+        }
+    }
 
     /// The epilogue's bias and a ReLU or ReLU6 after it, applied in
     /// registers, when that is all of it; else `None` (each finished row
@@ -175,7 +211,7 @@ impl Grouped {
     /// Runs this thread's share of the (sample, group) units.
     #[inline(always)]
     pub(super) fn run(&self, threads: usize) {
-        let g = self.geometry();
+        let g = &self.geometry;
         let [cout, oh, ow] = self.out_chw;
         let cout_g = cout / self.groups;
         let k = g.offsets.len();
@@ -198,12 +234,13 @@ impl Grouped {
         for (lo, hi) in self.queue.chunks(units, threads, 1) {
             for u in lo..hi {
                 let (n, grp) = (u / self.groups, u % self.groups);
-                self.fill(&g, n, grp, input);
+                self.fill(g, n, grp, input);
                 for b in 0..cout_g / BLOCK_CHANNELS {
                     let co = grp * cout_g + b * BLOCK_CHANNELS;
                     // SAFETY: the packed weights hold `cout · k` floats.
                     let w = unsafe { self.weights.add(co * k) };
                     let (bias, clamp) = match fused {
+                        // SAFETY: the bias holds a float per output channel.
                         Some((b, c)) if !b.is_null() => (unsafe { b.add(co) }, c),
                         Some((_, c)) => (std::ptr::null(), c),
                         None => (std::ptr::null(), Clamp::None),
@@ -347,7 +384,7 @@ impl Grouped {
 
 /// The activation [`avx2::block`] applies after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Clamp {
+enum Clamp {
     /// None.
     None,
     /// `max(x, 0)`.
@@ -559,25 +596,24 @@ mod tests {
             let base = arena.as_mut_ptr();
             // SAFETY: the offsets are inside the arena.
             let (xp, op) = unsafe { (base.add(x_at), base.add(out_at)) };
-            let k = Grouped {
-                x: Images {
+            let k = Grouped::new(
+                Images {
                     ptr: xp,
                     sample_stride: in_stride,
                 },
-                out: Images {
+                Images {
                     ptr: op,
                     sample_stride: out_stride,
                 },
-                in_chw: [cin, h, w],
-                out_chw: [cout, oh, ow],
+                [cin, h, w],
+                [cout, oh, ow],
                 groups,
                 window,
-                weights: packed.as_ptr(),
+                packed.as_ptr(),
                 epilogue,
-                arena: base,
+                base,
                 batch,
-                queue: Default::default(),
-            };
+            );
             // The direct sum.
             let mut want = vec![0f64; batch * cout * oh * ow];
             for n in 0..batch {
@@ -713,29 +749,28 @@ mod tests {
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
             let skip = arena.as_ptr().align_offset(64);
             let base = arena[skip..].as_mut_ptr();
-            let g = Grouped {
-                x: Images {
+            let g = Grouped::new(
+                Images {
                     ptr: base,
                     sample_stride: input,
                 },
                 // SAFETY: the arena holds input and output.
-                out: Images {
+                Images {
                     ptr: unsafe { base.add(input) },
                     sample_stride: output,
                 },
-                in_chw: [c, hw, hw],
-                out_chw: [c, o, o],
+                [c, hw, hw],
+                [c, o, o],
                 groups,
-                window: window(stride),
-                weights: packed.as_ptr(),
-                epilogue: vec![
+                window(stride),
+                packed.as_ptr(),
+                vec![
                     Step::Bias(bias.as_ptr()),
                     Step::Act(crate::backend::cpu::Act::Relu),
                 ],
-                arena: base,
-                batch: 1,
-                queue: Default::default(),
-            };
+                base,
+                1,
+            );
             let shared = Shared(&g);
             let best = crate::backend::cpu::pool::best_time(
                 threads,

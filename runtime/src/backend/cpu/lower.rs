@@ -577,19 +577,18 @@ fn conv(
         }));
     }
     if let Some(weights) = ctx.prepared.grouped(id) {
-        return Ok(Kernel::Grouped(k::Grouped {
-            x: Ctx::images(x),
-            out: Ctx::images(out),
-            in_chw: [cin, h, w],
-            out_chw: [cout, oh, ow],
+        return Ok(Kernel::Grouped(k::Grouped::new(
+            Ctx::images(x),
+            Ctx::images(out),
+            [cin, h, w],
+            [cout, oh, ow],
             groups,
-            window: *window,
+            *window,
             weights,
-            epilogue: steps(0, oh * ow)?,
-            arena: ctx.arena,
-            batch: ctx.batch,
-            queue: Default::default(),
-        }));
+            steps(0, oh * ow)?,
+            ctx.arena,
+            ctx.batch,
+        )));
     }
     let xo = ctx.offset(x.ptr)?;
     let oo = ctx.offset(out.ptr)?;
