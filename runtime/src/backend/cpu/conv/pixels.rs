@@ -254,7 +254,8 @@ impl Problem {
                                     }
                                     continue;
                                 }
-                                kernel.run_into_rows(kc, a, bp, c, ld, acc);
+                                // The last panel's rows past `tn` are never stored.
+                                kernel.run_into_rows(kc, a, bp, c, ld, acc, MR.min(tn - t * MR));
                             }
                         }
                     }

@@ -199,11 +199,12 @@ impl Problem {
                                 }
                                 let (j, mr) = (panel.j, panel.mr);
                                 if last && kb == 0 {
-                                    kernel.run_into_rows(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                                    let t = tile.as_mut_ptr();
+                                    kernel.run_into_rows(kc, ap, bp, t, NR, false, mr);
                                     let src = tile.as_ptr();
                                     self.token_epilogue(f0, nr, j, mr, src, NR, deferred.is_none());
                                 } else {
-                                    kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0);
+                                    kernel.run_into_rows(kc, ap, bp, acc, ld, kb > 0, mr);
                                     if last {
                                         let act = deferred.is_none();
                                         self.token_epilogue(f0, nr, j, mr, acc, ld, act);
