@@ -1,6 +1,6 @@
 //! Eight-lane (AVX2 + FMA) twins of the generated activations in `jit.rs`:
-//! the same approximations (Cephes' exp, Eigen's tanh, Numerical Recipes'
-//! erfc), the same operations in the same order, on ymm registers.
+//! the same approximations (exp as in `jit.rs`, Eigen's tanh, Numerical
+//! Recipes' erfc), the same operations in the same order, on ymm registers.
 //!
 //! Why they exist beside the generated kernels: Cranelift's x86-64 backend
 //! has 128-bit vectors only, so a generated activation does half the work per
@@ -41,7 +41,7 @@ fn select_negative(x: __m256, neg: __m256, pos: __m256) -> __m256 {
 }
 
 /// e^x, as `jit.rs`'s: inputs clamped to [-87, 88] (NaN stays NaN), range
-/// reduction by ln 2 in two parts, a degree-7 polynomial, 2^n through the
+/// reduction by ln 2 in two parts, a degree-5 polynomial, 2^n through the
 /// exponent bits.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
