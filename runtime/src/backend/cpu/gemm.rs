@@ -548,14 +548,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: selected only when the CPU has AVX2 and FMA; extents are the caller's.
             Kernel::Avx2Fma => unsafe {
-                match rows {
-                    1 => avx2::kernel_rows_into::<1, _, _>(kc, a, b, c, ldc, accumulate),
-                    2 => avx2::kernel_rows_into::<2, _, _>(kc, a, b, c, ldc, accumulate),
-                    3 => avx2::kernel_rows_into::<3, _, _>(kc, a, b, c, ldc, accumulate),
-                    4 => avx2::kernel_rows_into::<4, _, _>(kc, a, b, c, ldc, accumulate),
-                    5 => avx2::kernel_rows_into::<5, _, _>(kc, a, b, c, ldc, accumulate),
-                    _ => avx2::kernel_into(kc, a, b, c, ldc, accumulate),
-                }
+                avx2::kernel_some_rows_into(kc, a, b, c, ldc, accumulate, rows)
             },
             _ => {
                 assert!(kc <= KC);
@@ -809,8 +802,34 @@ mod avx2 {
     ) {
         // SAFETY: the caller's extents.
         unsafe {
+            if cols <= NR / 2 {
+                kernel_half_into(kc, a, b, c, ldc, accumulate)
+            } else {
+                kernel_some_rows_into(kc, a, b, c, ldc, accumulate, rows)
+            }
+        }
+    }
+
+    /// [`kernel_rows_into`] for the first `rows` rows (all MR from MR on):
+    /// no multiply-adds for the rows past them.
+    ///
+    /// # Safety
+    /// As [`kernel_into`]; `c` must hold `rows.min(MR)` rows.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn kernel_some_rows_into<A: TileRows, B: PanelRows>(
+        kc: usize,
+        a: A,
+        b: B,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        rows: usize,
+    ) {
+        // SAFETY: the caller's extents.
+        unsafe {
             match rows {
-                _ if cols <= NR / 2 => kernel_half_into(kc, a, b, c, ldc, accumulate),
                 1 => kernel_rows_into::<1, _, _>(kc, a, b, c, ldc, accumulate),
                 2 => kernel_rows_into::<2, _, _>(kc, a, b, c, ldc, accumulate),
                 3 => kernel_rows_into::<3, _, _>(kc, a, b, c, ldc, accumulate),
