@@ -433,9 +433,14 @@ impl Math<'_, '_> {
         let hi = self.c(88.0);
         let x = self.max(x, lo);
         let x = self.min(x, hi);
+        // n = round(x·log2 e) by the magic bias 1.5·2^23: the multiply-add
+        // rounds the exact product to an integer in the low mantissa bits
+        // (|x·log2 e| < 2^22), so `shifted` serves both n and 2^n below —
+        // one operation fewer than a multiply, a round and an add.
         let log2e = self.c(std::f32::consts::LOG2_E);
-        let t = self.mul(x, log2e);
-        let n = self.b.ins().nearest(t);
+        let magic = self.c(12_582_912.0);
+        let shifted = self.fma(x, log2e, magic);
+        let n = self.sub(shifted, magic);
         let c1 = self.c(LN2_PARTS[0]);
         let c2 = self.c(LN2_PARTS[1]);
         let r = self.fma(n, c1, x);
@@ -445,17 +450,15 @@ impl Math<'_, '_> {
         let one = self.c(1.0);
         let p = self.fma(p, r2, r);
         let p = self.add(p, one);
-        // 2^n through the exponent bits. n is integral and within
-        // [-126, 127], so adding 1.5·2^23 leaves it in the low mantissa bits:
-        // a float add and integer ops instead of a saturating conversion,
-        // which Cranelift lowers to a long NaN/overflow-checking sequence.
+        // 2^n through the exponent bits of `shifted` (n within [-126, 127]
+        // in its low mantissa bits): integer ops instead of a saturating
+        // conversion, which Cranelift lowers to a long NaN/overflow-checking
+        // sequence.
         let ity = if self.ty == types::F32 {
             types::I32
         } else {
             types::I32X4
         };
-        let magic = self.c(12_582_912.0);
-        let shifted = self.add(n, magic);
         let flags = MemFlagsData::new().with_endianness(Endianness::Little);
         let bits = self.b.ins().bitcast(ity, flags, shifted);
         // Low bits of 1.5·2^23 are zero: the integer is n + 0x4B40_0000; take

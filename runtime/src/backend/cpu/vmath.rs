@@ -50,17 +50,18 @@ fn exp8(x: __m256) -> __m256 {
     // first keeps a NaN input.
     let x = _mm256_max_ps(_mm256_set1_ps(-87.0), x);
     let x = _mm256_min_ps(_mm256_set1_ps(88.0), x);
-    let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    // n = round(x·log2 e) by the magic bias, as `jit.rs`'s exp.
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm256_sub_ps(shifted, magic);
     let r = _mm256_fmadd_ps(n, _mm256_set1_ps(LN2_PARTS[0]), x);
     let r = _mm256_fmadd_ps(n, _mm256_set1_ps(LN2_PARTS[1]), r);
     let p = poly(r, &EXP_POLY);
     let r2 = _mm256_mul_ps(r, r);
     let p = _mm256_fmadd_ps(p, r2, r);
     let p = _mm256_add_ps(p, _mm256_set1_ps(1.0));
-    // n is integral and within [-126, 127]: adding 1.5·2^23 leaves it in the
-    // low mantissa bits, and the integer is then n + 0x4B40_0000.
-    let shifted = _mm256_add_ps(n, _mm256_set1_ps(12_582_912.0));
+    // n (within [-126, 127]) is in the low mantissa bits of `shifted`,
+    // whose integer is n + 0x4B40_0000.
     let e = _mm256_sub_epi32(
         _mm256_castps_si256(shifted),
         _mm256_set1_epi32(0x4B40_0000 - 127),

@@ -71,10 +71,11 @@ fn poly<const N: usize>(x: [__m512; N], coeffs: &[f32]) -> [__m512; N] {
 fn exp16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let x = each!(N, i => _mm512_max_ps(_mm512_set1_ps(-87.0), x[i]));
     let x = each!(N, i => _mm512_min_ps(_mm512_set1_ps(88.0), x[i]));
-    let t = each!(N, i => _mm512_mul_ps(x[i], _mm512_set1_ps(std::f32::consts::LOG2_E)));
-    let n = each!(N, i => {
-        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t[i])
-    });
+    // n = round(x·log2 e) by the magic bias, as `jit.rs`'s exp.
+    let magic = _mm512_set1_ps(12_582_912.0);
+    let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
+    let shifted = each!(N, i => _mm512_fmadd_ps(x[i], log2e, magic));
+    let n = each!(N, i => _mm512_sub_ps(shifted[i], magic));
     let r = each!(N, i => _mm512_fmadd_ps(n[i], _mm512_set1_ps(LN2_PARTS[0]), x[i]));
     let r = each!(N, i => _mm512_fmadd_ps(n[i], _mm512_set1_ps(LN2_PARTS[1]), r[i]));
     let p = poly(r, &EXP_POLY);
@@ -82,9 +83,8 @@ fn exp16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let p = each!(N, i => _mm512_fmadd_ps(p[i], r2[i], r[i]));
     let p = each!(N, i => _mm512_add_ps(p[i], _mm512_set1_ps(1.0)));
     each!(N, i => {
-        let shifted = _mm512_add_ps(n[i], _mm512_set1_ps(12_582_912.0));
         let e = _mm512_sub_epi32(
-            _mm512_castps_si512(shifted),
+            _mm512_castps_si512(shifted[i]),
             _mm512_set1_epi32(0x4B40_0000 - 127),
         );
         _mm512_mul_ps(p[i], _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
