@@ -217,7 +217,10 @@ macro_rules! per_activation {
                 #[target_feature(enable = "avx2,fma")]
                 #[inline]
                 fn $f(x: __m256) -> __m256 {
-                    _mm256_mul_ps(x, sigmoid8(x))
+                    // x / (1 + e^-x), as `jit.rs`'s SiLU.
+                    let nx = _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
+                    let d = _mm256_add_ps(_mm256_set1_ps(1.0), exp8(nx));
+                    _mm256_div_ps(x, d)
                 }
                 $body
             }

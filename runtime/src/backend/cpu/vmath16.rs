@@ -102,8 +102,10 @@ fn sigmoid16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 fn silu16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-    let s = sigmoid16(x);
-    each!(N, i => _mm512_mul_ps(x[i], s[i]))
+    // x / (1 + e^-x), as `jit.rs`'s SiLU.
+    let one = _mm512_set1_ps(1.0);
+    let e = exp16(each!(N, i => _mm512_xor_ps(x[i], _mm512_set1_ps(-0.0))));
+    each!(N, i => _mm512_div_ps(x[i], _mm512_add_ps(one, e[i])))
 }
 
 #[target_feature(enable = "avx512f,avx512dq")]
