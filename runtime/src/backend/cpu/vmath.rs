@@ -32,6 +32,26 @@ fn poly(x: __m256, coeffs: &[f32]) -> __m256 {
     acc
 }
 
+/// [`ERFC_POLY`]'s degree-9 polynomial by Estrin's scheme, as `jit.rs`'s
+/// `poly_estrin10` (see there).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn poly_estrin10(t: __m256, c: &[f32; 10]) -> __m256 {
+    let k = |i: usize| _mm256_set1_ps(c[9 - i]);
+    let q0 = _mm256_fmadd_ps(k(1), t, k(0));
+    let q1 = _mm256_fmadd_ps(k(3), t, k(2));
+    let q2 = _mm256_fmadd_ps(k(5), t, k(4));
+    let q3 = _mm256_fmadd_ps(k(7), t, k(6));
+    let q4 = _mm256_fmadd_ps(k(9), t, k(8));
+    let t2 = _mm256_mul_ps(t, t);
+    let r0 = _mm256_fmadd_ps(q1, t2, q0);
+    let r1 = _mm256_fmadd_ps(q3, t2, q2);
+    let t4 = _mm256_mul_ps(t2, t2);
+    let s0 = _mm256_fmadd_ps(r1, t4, r0);
+    let t8 = _mm256_mul_ps(t4, t4);
+    _mm256_fmadd_ps(q4, t8, s0)
+}
+
 /// `x < 0 ? neg : pos`, lane by lane.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -102,7 +122,7 @@ fn gelu8(x: __m256) -> __m256 {
     let z = _mm256_andnot_ps(_mm256_set1_ps(-0.0), z);
     let hz = _mm256_fmadd_ps(half, z, one);
     let t = _mm256_div_ps(one, hz);
-    let p = poly(t, &ERFC_POLY);
+    let p = poly_estrin10(t, &ERFC_POLY);
     let x2 = _mm256_mul_ps(x, x);
     let nx2 = _mm256_xor_ps(x2, _mm256_set1_ps(-0.0));
     let x2_lo = _mm256_fmadd_ps(x, x, nx2);

@@ -66,6 +66,23 @@ fn poly<const N: usize>(x: [__m512; N], coeffs: &[f32]) -> [__m512; N] {
     acc
 }
 
+/// [`ERFC_POLY`]'s polynomial by Estrin's scheme, as `jit.rs`'s
+/// `poly_estrin10`.
+#[target_feature(enable = "avx512f,avx512dq")]
+#[inline]
+fn poly_estrin10<const N: usize>(t: [__m512; N], c: &[f32; 10]) -> [__m512; N] {
+    let k = |i: usize| _mm512_set1_ps(c[9 - i]);
+    let pair = |hi: usize| each!(N, i => _mm512_fmadd_ps(k(hi), t[i], k(hi - 1)));
+    let (q0, q1, q2, q3, q4) = (pair(1), pair(3), pair(5), pair(7), pair(9));
+    let t2 = each!(N, i => _mm512_mul_ps(t[i], t[i]));
+    let r0 = each!(N, i => _mm512_fmadd_ps(q1[i], t2[i], q0[i]));
+    let r1 = each!(N, i => _mm512_fmadd_ps(q3[i], t2[i], q2[i]));
+    let t4 = each!(N, i => _mm512_mul_ps(t2[i], t2[i]));
+    let s0 = each!(N, i => _mm512_fmadd_ps(r1[i], t4[i], r0[i]));
+    let t8 = each!(N, i => _mm512_mul_ps(t4[i], t4[i]));
+    each!(N, i => _mm512_fmadd_ps(q4[i], t8[i], s0[i]))
+}
+
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 fn exp16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
@@ -129,7 +146,7 @@ fn gelu16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let z = each!(N, i => _mm512_andnot_ps(_mm512_set1_ps(-0.0), z[i]));
     let hz = each!(N, i => _mm512_fmadd_ps(half, z[i], one));
     let t = each!(N, i => _mm512_div_ps(one, hz[i]));
-    let p = poly(t, &ERFC_POLY);
+    let p = poly_estrin10(t, &ERFC_POLY);
     let x2 = each!(N, i => _mm512_mul_ps(x[i], x[i]));
     let nx2 = each!(N, i => _mm512_xor_ps(x2[i], _mm512_set1_ps(-0.0)));
     let x2_lo = each!(N, i => _mm512_fmadd_ps(x[i], x[i], nx2[i]));
