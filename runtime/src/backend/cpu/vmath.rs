@@ -10,7 +10,9 @@
 //! [`super::Act::apply`] runs on CPUs with AVX2 and FMA (measured in
 //! `docs/benchmarks.md`). CPUs without them run the generated kernels.
 
-use super::jit::{ERFC_POLY, EXP_POLY, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q};
+use super::jit::{
+    ERFC_POLY_HALVED, EXP_POLY, GELU_HALF_RSQRT2, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q,
+};
 use netc_compiler::ir::Activation;
 use std::arch::x86_64::*;
 
@@ -32,7 +34,7 @@ fn poly(x: __m256, coeffs: &[f32]) -> __m256 {
     acc
 }
 
-/// [`ERFC_POLY`]'s degree-9 polynomial by Estrin's scheme, as `jit.rs`'s
+/// [`ERFC_POLY_HALVED`]'s degree-9 polynomial by Estrin's scheme, as `jit.rs`'s
 /// `poly_estrin10` (see there).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -118,20 +120,15 @@ fn tanh8(x: __m256) -> __m256 {
 fn gelu8(x: __m256) -> __m256 {
     let half = _mm256_set1_ps(0.5);
     let one = _mm256_set1_ps(1.0);
-    let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-    let z = _mm256_andnot_ps(_mm256_set1_ps(-0.0), z);
-    let hz = _mm256_fmadd_ps(half, z, one);
+    let ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+    let hz = _mm256_fmadd_ps(ax, _mm256_set1_ps(GELU_HALF_RSQRT2), one);
     let t = _mm256_div_ps(one, hz);
-    let p = poly_estrin10(t, &ERFC_POLY);
-    let x2 = _mm256_mul_ps(x, x);
-    let nx2 = _mm256_xor_ps(x2, _mm256_set1_ps(-0.0));
-    let x2_lo = _mm256_fmadd_ps(x, x, nx2);
-    let e_hi = _mm256_mul_ps(nx2, half);
-    let lo = _mm256_mul_ps(x2_lo, half);
-    let arg_lo = _mm256_sub_ps(p, lo);
-    let arg = _mm256_add_ps(e_hi, arg_lo);
-    let erfc = _mm256_mul_ps(t, exp8(arg));
-    let h = _mm256_mul_ps(half, erfc);
+    let p = poly_estrin10(t, &ERFC_POLY_HALVED);
+    let hx = _mm256_mul_ps(x, half);
+    let x2h = _mm256_mul_ps(x, hx);
+    let x2h_lo = _mm256_fmsub_ps(x, hx, x2h);
+    let arg = _mm256_sub_ps(_mm256_sub_ps(p, x2h_lo), x2h);
+    let h = _mm256_mul_ps(t, exp8(arg));
     let pos = _mm256_sub_ps(one, h);
     _mm256_mul_ps(x, select_negative(x, h, pos))
 }

@@ -18,7 +18,9 @@
 //! per element as one chain, 0.76 as two, 0.67 as four, 0.63 as six (the
 //! same bits each way).
 
-use super::jit::{ERFC_POLY, EXP_POLY, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q};
+use super::jit::{
+    ERFC_POLY_HALVED, EXP_POLY, GELU_HALF_RSQRT2, LN2_PARTS, TANH_LIMIT, TANH_P, TANH_Q,
+};
 use netc_compiler::ir::Activation;
 use std::arch::x86_64::*;
 
@@ -66,7 +68,7 @@ fn poly<const N: usize>(x: [__m512; N], coeffs: &[f32]) -> [__m512; N] {
     acc
 }
 
-/// [`ERFC_POLY`]'s polynomial by Estrin's scheme, as `jit.rs`'s
+/// [`ERFC_POLY_HALVED`]'s polynomial by Estrin's scheme, as `jit.rs`'s
 /// `poly_estrin10`.
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
@@ -142,21 +144,18 @@ fn tanh16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
 fn gelu16<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     let half = _mm512_set1_ps(0.5);
     let one = _mm512_set1_ps(1.0);
-    let z = each!(N, i => _mm512_mul_ps(x[i], _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-    let z = each!(N, i => _mm512_andnot_ps(_mm512_set1_ps(-0.0), z[i]));
-    let hz = each!(N, i => _mm512_fmadd_ps(half, z[i], one));
+    let ax = each!(N, i => _mm512_andnot_ps(_mm512_set1_ps(-0.0), x[i]));
+    let k = _mm512_set1_ps(GELU_HALF_RSQRT2);
+    let hz = each!(N, i => _mm512_fmadd_ps(ax[i], k, one));
     let t = each!(N, i => _mm512_div_ps(one, hz[i]));
-    let p = poly_estrin10(t, &ERFC_POLY);
-    let x2 = each!(N, i => _mm512_mul_ps(x[i], x[i]));
-    let nx2 = each!(N, i => _mm512_xor_ps(x2[i], _mm512_set1_ps(-0.0)));
-    let x2_lo = each!(N, i => _mm512_fmadd_ps(x[i], x[i], nx2[i]));
-    let e_hi = each!(N, i => _mm512_mul_ps(nx2[i], half));
-    let lo = each!(N, i => _mm512_mul_ps(x2_lo[i], half));
-    let arg_lo = each!(N, i => _mm512_sub_ps(p[i], lo[i]));
-    let e = exp16(each!(N, i => _mm512_add_ps(e_hi[i], arg_lo[i])));
+    let p = poly_estrin10(t, &ERFC_POLY_HALVED);
+    let hx = each!(N, i => _mm512_mul_ps(x[i], half));
+    let x2h = each!(N, i => _mm512_mul_ps(x[i], hx[i]));
+    let x2h_lo = each!(N, i => _mm512_fmsub_ps(x[i], hx[i], x2h[i]));
+    let arg = each!(N, i => _mm512_sub_ps(_mm512_sub_ps(p[i], x2h_lo[i]), x2h[i]));
+    let e = exp16(arg);
     each!(N, i => {
-        let erfc = _mm512_mul_ps(t[i], e[i]);
-        let h = _mm512_mul_ps(half, erfc);
+        let h = _mm512_mul_ps(t[i], e[i]);
         let pos = _mm512_sub_ps(one, h);
         // `select_negative`: h where x < 0 (ordered), else pos.
         let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x[i], _mm512_setzero_ps());
