@@ -1820,7 +1820,9 @@ pub(super) mod tests {
 
     /// Token-major products (weights as B) give the feature-major path's
     /// results bit for bit, over partial tiles both ways, several K blocks,
-    /// tokens of two samples, every fused epilogue and unfused ones.
+    /// tokens of two samples (one token of one sample: a batch-1
+    /// classifier's path, several weight panels at a time), every fused
+    /// epilogue and unfused ones.
     #[test]
     fn token_major_products_match_feature_major_ones() {
         if Kernel::detect() != Kernel::Avx2Fma {
@@ -1833,9 +1835,15 @@ pub(super) mod tests {
             .unwrap()
             .1;
         let gelu = Act::Generated(Some(Activation::Gelu), gelu_fn);
-        // (tokens per sample, in features, out features)
-        for (tokens, kin, kout) in [(13, 40, 37), (98, 300, 64), (5, 7, 300), (200, 520, 16)] {
-            let samples = 2;
+        // (tokens per sample, in features, out features, samples)
+        for (tokens, kin, kout, samples) in [
+            (13, 40, 37, 2),
+            (98, 300, 64, 2),
+            (5, 7, 300, 2),
+            (200, 520, 16, 2),
+            (1, 600, 75, 1),
+            (1, 33, 150, 1),
+        ] {
             let (input, output) = (tokens * kin, tokens * kout);
             let w: Vec<f32> = (0..kout * kin)
                 .map(|i| ((i * 7 % 29) as f32 - 14.0) * 0.01)
@@ -1977,6 +1985,8 @@ mod bench {
         ("lin 384>96 x3136", 384, 96, 3136, 0, 1, 0),
         ("lin 768>3072 x197", 768, 3072, 197, 0, 1, 0),
         ("lin 3072>768 x197", 3072, 768, 197, 0, 1, 0),
+        ("fc 1280>1000 x1", 1280, 1000, 1, 0, 1, 0),
+        ("fc 2048>1000 x1", 2048, 1000, 1, 0, 1, 0),
     ];
 
     #[cfg(target_arch = "x86_64")]

@@ -41,6 +41,10 @@ const TOKEN_PANELS: usize = 32;
 /// The most feature panels per block: 256 features.
 const FEATURE_PANELS: usize = 16;
 
+/// Weight panels a single token's row runs against at once
+/// ([`Kernel::run_one_row_panels`]: eight accumulators).
+const ONE_TOKEN_PANELS: usize = 4;
+
 /// How many weight panels ahead of the one in use [`prefetch_lines`] asks
 /// for. ViT-B/16, one thread, three alternations (`netc bench --iters 5`):
 /// none 435.0–448.8 ms, one panel ahead 426.9–452.2, two 423.8–429.1.
@@ -129,9 +133,54 @@ impl Problem {
                         fusable: mr == MR && j / ps == (j + MR - 1) / ps,
                     }
                 }));
+                // One token (a batch-1 classifier): its row against several
+                // weight panels at once (`run_one_row_panels`).
+                let one_token = tn == 1;
                 for (kb, k0) in (0..self.k).step_by(K_BLOCK).enumerate() {
                     let kc = K_BLOCK.min(self.k - k0);
                     let last = kb + 1 == blocks;
+                    if one_token {
+                        let panel = &panels[0];
+                        let mut q = q0;
+                        while q < q1 {
+                            let count = (q1 - q).min(ONE_TOKEN_PANELS);
+                            if prefetch {
+                                for p in q..q + count {
+                                    if let Some((nb, kcn)) =
+                                        self.panel_ahead(p, q1, q0, k0, kc, last, mpad)
+                                    {
+                                        prefetch_lines(nb, kcn, 0, kcn);
+                                    }
+                                }
+                            }
+                            // SAFETY: the packed weights hold mpad·k floats
+                            // (block k0 at k0·mpad, its panels kc·NR apart);
+                            // acc holds the block's features; the token's
+                            // row holds k floats.
+                            unsafe {
+                                let acc = s.acc.as_mut_ptr().add((q - q0) * NR);
+                                kernel.run_one_row_panels(
+                                    kc,
+                                    panel.rows[0].add(k0),
+                                    self.a_cols.add(k0 * mpad + q * kc * NR),
+                                    kc * NR,
+                                    count,
+                                    acc,
+                                    kb > 0,
+                                );
+                                if last {
+                                    for p in q..q + count {
+                                        let (f0, acc) = (p * NR, acc.add((p - q) * NR));
+                                        let nr = NR.min(self.m - f0);
+                                        let act = deferred.is_none();
+                                        self.token_epilogue(f0, nr, panel.j, 1, acc, ld, act);
+                                    }
+                                }
+                            }
+                            q += count;
+                        }
+                        continue;
+                    }
                     for q in q0..q1 {
                         let f0 = q * NR;
                         let nr = NR.min(self.m - f0);
@@ -155,15 +204,8 @@ impl Problem {
                         // The weight panel this block reads PREFETCH_AHEAD
                         // panels on (in the next K block past the last), its
                         // lines shared out over this panel's token tiles.
-                        let ahead = q + PREFETCH_AHEAD;
-                        let next = if !prefetch {
-                            None
-                        } else if ahead < q1 {
-                            Some((bp.wrapping_add(PREFETCH_AHEAD * kc * NR), kc))
-                        } else if !last {
-                            let (k1, kc1) = (k0 + K_BLOCK, K_BLOCK.min(self.k - k0 - K_BLOCK));
-                            let q = (q0 + ahead - q1).min(q1 - 1);
-                            Some((self.a_cols.wrapping_add(k1 * mpad + q * kc1 * NR), kc1))
+                        let next = if prefetch {
+                            self.panel_ahead(q, q1, q0, k0, kc, last, mpad)
                         } else {
                             None
                         };
@@ -230,6 +272,34 @@ impl Problem {
             }
         }
         s.token_panels = panels;
+    }
+
+    /// The weight panel (and its K steps) that the block's work on feature
+    /// panel `q` of K block `k0` (`kc` deep; `last` of the product)
+    /// prefetches: [`PREFETCH_AHEAD`] panels on, past the block's last
+    /// panel `q1 - 1` into the next K block's panels from `q0`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn panel_ahead(
+        &self,
+        q: usize,
+        q1: usize,
+        q0: usize,
+        k0: usize,
+        kc: usize,
+        last: bool,
+        mpad: usize,
+    ) -> Option<(*const f32, usize)> {
+        let ahead = q + PREFETCH_AHEAD;
+        if ahead < q1 {
+            Some((self.a_cols.wrapping_add(k0 * mpad + ahead * kc * NR), kc))
+        } else if !last {
+            let (k1, kc1) = (k0 + K_BLOCK, K_BLOCK.min(self.k - k0 - K_BLOCK));
+            let q = (q0 + ahead - q1).min(q1 - 1);
+            Some((self.a_cols.wrapping_add(k1 * mpad + q * kc1 * NR), kc1))
+        } else {
+            None
+        }
     }
 
     /// A full tile (MR tokens of one sample, features `f0..f0+NR`) through
