@@ -362,18 +362,7 @@ fn cases_match_candle_and_take(cases: &[(&str, bool)], kernel: &str) {
     #[cfg(not(target_arch = "x86_64"))]
     let avx2 = false;
     for (i, (body, takes)) in cases.iter().enumerate() {
-        let src = format!("network t() {{\n    {body}\n}}\n");
-        let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
-            .unwrap_or_else(|e| panic!("case {i} does not compile:\n{src}\n{e}"));
-        for batch in [1, 3] {
-            for threads in [1, 2] {
-                let err = run_both(&mut model, 2, batch, threads, i as u64);
-                assert!(
-                    err <= TOLERANCE,
-                    "case {i} batch {batch} threads {threads}: {err:.2e}\n{src}"
-                );
-            }
-        }
+        let (mut model, src) = case_matching_candle(i, body);
         let kernels = kernels_run(&mut model);
         let want = *takes && avx2 && std::env::var_os("NETC_CPU_BASELINE").is_none();
         assert_eq!(
@@ -382,6 +371,24 @@ fn cases_match_candle_and_take(cases: &[(&str, bool)], kernel: &str) {
             "case {i}: kernels {kernels:?}\n{src}"
         );
     }
+}
+
+/// Case `i`, a network body, compiled and checked against candle at
+/// batches 1 and 3 on one and two threads; the model and its source.
+fn case_matching_candle(i: usize, body: &str) -> (Model, String) {
+    let src = format!("network t() {{\n    {body}\n}}\n");
+    let mut model = Model::from_source("case.net", &src, Path::new("."), &[])
+        .unwrap_or_else(|e| panic!("case {i} does not compile:\n{src}\n{e}"));
+    for batch in [1, 3] {
+        for threads in [1, 2] {
+            let err = run_both(&mut model, 2, batch, threads, i as u64);
+            assert!(
+                err <= TOLERANCE,
+                "case {i} batch {batch} threads {threads}: {err:.2e}\n{src}"
+            );
+        }
+    }
+    (model, src)
 }
 
 /// The kernels the CPU backend runs `model` with, one per layer, in order
@@ -713,5 +720,40 @@ fn linear_layers_with_a_smooth_activation_match_candle() {
             "network t() {{\n    input x: [{tokens}, {kin}]\n    return x -> linear({kout}, bias={bias}) -> {act}\n}}\n"
         );
         matches_candle_at_both_levels(&mut r, &src, tokens as u64);
+    }
+}
+
+/// A squeeze-excitation scaling that feeds a pointwise convolution runs as
+/// the convolution's weights scaled per input channel (`scale_columns`)
+/// where the weights are small against the map, at batch 1, and matches
+/// candle at batches 1 and 3 on one and two threads: the scale on either
+/// side of the product, EfficientNet's block (depthwise, scaling,
+/// projection, residual from the block's input), K past one block (300
+/// channels). Not taken: a residual that is the scaled tensor itself (the
+/// plan puts the output over it, and the convolution reads it), a map too
+/// small for the weights.
+#[test]
+fn scaled_inputs_of_pointwise_convolutions_match_candle() {
+    let se = |c: usize, squeeze: usize, x: &str| {
+        format!("s = {x} -> global_avg_pool -> conv({squeeze}, k=1) -> silu -> conv({c}, k=1) -> sigmoid")
+    };
+    let cases = [
+        (format!("input x: [32, 20, 20]\n    {}\n    y = x * s\n    return y -> conv(16, k=1, bias=false) -> batch_norm", se(32, 8, "x")), true),
+        (format!("input x: [24, 9, 11]\n    h = x -> conv(24, k=3, pad=1, groups=24) -> silu\n    {}\n    y = s * h\n    z = y -> conv(24, k=1, bias=false) -> batch_norm\n    return z + x", se(24, 6, "h")), true),
+        (format!("input x: [300, 12, 12]\n    {}\n    y = x * s\n    return y -> conv(30, k=1)", se(300, 20, "x")), true),
+        (format!("input x: [24, 9, 11]\n    {}\n    y = x * s\n    z = y -> conv(24, k=1) -> batch_norm\n    return z + x", se(24, 6, "x")), false),
+        (format!("input x: [64, 6, 6]\n    {}\n    y = x * s\n    return y -> conv(40, k=1)", se(64, 16, "x")), false),
+    ];
+    for (i, (body, takes)) in cases.iter().enumerate() {
+        let (mut model, src) = case_matching_candle(i, body);
+        let kernels = kernels_run(&mut model);
+        assert_eq!(
+            (
+                kernels.contains(&"scale_columns"),
+                kernels.contains(&"binary")
+            ),
+            (*takes, !*takes),
+            "case {i}: kernels {kernels:?}\n{src}"
+        );
     }
 }

@@ -279,6 +279,55 @@ pub(super) unsafe fn deinterleave_avx2(
 pub use super::depthwise::Depthwise;
 pub use super::grouped::Grouped;
 
+/// A pointwise convolution's packed weights ([`super::gemm::pack_weights`],
+/// `m×k`) with column `k` multiplied by `scale[k]`, written to `dst` for the
+/// convolution to read: `W·(s ⊙ x)` computed as `(W·diag s)·x`. A
+/// squeeze-excitation block's channel scaling feeds its projection this way
+/// where the weights are smaller than the scaled tensor (EfficientNet-B0's
+/// first blocks: 16×32 weights against a 32×112×112 map), one pass over
+/// the map fewer.
+#[derive(Debug)]
+pub struct ScaleColumns {
+    /// The packed weights.
+    pub src: *const f32,
+    /// Where the scaled copy goes (arena, [`super::gemm::packed_len`] floats).
+    pub dst: *mut f32,
+    /// `k` scales (per input channel).
+    pub scale: *const f32,
+    /// Rows (output channels).
+    pub m: usize,
+    /// Columns (input channels).
+    pub k: usize,
+    /// Hands out the columns.
+    pub queue: conv::WorkQueue,
+}
+
+impl ScaleColumns {
+    #[inline(always)]
+    fn run(&self, threads: usize) {
+        use super::gemm::{K_BLOCK, MR};
+        let mpad = self.m.div_ceil(MR) * MR;
+        for (c0, c1) in self.queue.chunks(self.k, threads, 64) {
+            for c in c0..c1 {
+                // Column c lies in K block k0, at step kk of each row panel.
+                let k0 = c / K_BLOCK * K_BLOCK;
+                let (kc, kk) = (K_BLOCK.min(self.k - k0), c - k0);
+                // SAFETY: the lowering sized src and dst as packed m×k
+                // weights and scale as k floats; threads own columns.
+                unsafe {
+                    let s = *self.scale.add(c);
+                    for p in 0..mpad / MR {
+                        let at = k0 * mpad + p * kc * MR + kk * MR;
+                        for r in 0..MR {
+                            *self.dst.add(at + r) = *self.src.add(at + r) * s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `y = x·scale[c] + shift[c]` over `[outer, channels, inner]` per sample
 /// (inference batch norm, layer scale).
 #[derive(Debug)]
@@ -1605,6 +1654,9 @@ pub enum Kernel {
     Grouped(Grouped),
     /// Per-channel affine.
     ChannelAffine(ChannelAffine),
+    /// Packed weights scaled per column (a squeeze-excitation's scaling
+    /// moved onto its projection's weights).
+    ScaleColumns(ScaleColumns),
     /// Activation.
     Activation(Activation),
     /// Strided copy.
@@ -1668,6 +1720,7 @@ impl Kernel {
             Kernel::Depthwise(d) => d.queue.reset(),
             Kernel::Grouped(g) => g.queue.reset(),
             Kernel::ChannelAffine(k) => k.queue.reset(),
+            Kernel::ScaleColumns(k) => k.queue.reset(),
             Kernel::Activation(k) => k.queue.reset(),
             Kernel::Copy(k) => k.queue.reset(),
             Kernel::Binary(k) => k.queue.reset(),
@@ -1693,6 +1746,7 @@ impl Kernel {
             Kernel::Depthwise(k) => (entry!(Depthwise), k as *const _ as *const u8),
             Kernel::Grouped(k) => (entry!(Grouped), k as *const _ as *const u8),
             Kernel::ChannelAffine(k) => (entry!(ChannelAffine), k as *const _ as *const u8),
+            Kernel::ScaleColumns(k) => (entry!(ScaleColumns), k as *const _ as *const u8),
             Kernel::Activation(k) => (entry!(Activation), k as *const _ as *const u8),
             Kernel::Copy(k) => (entry!(Copy), k as *const _ as *const u8),
             Kernel::Binary(k) => (entry!(Binary), k as *const _ as *const u8),
@@ -1713,6 +1767,7 @@ impl Kernel {
             Kernel::Depthwise(_) => "depthwise",
             Kernel::Grouped(_) => "grouped",
             Kernel::ChannelAffine(_) => "channel_affine",
+            Kernel::ScaleColumns(_) => "scale_columns",
             Kernel::Activation(_) => "activation",
             Kernel::Copy(_) => "copy",
             Kernel::Binary(_) => "binary",

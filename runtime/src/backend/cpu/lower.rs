@@ -7,7 +7,9 @@
 use super::conv::{Gather, Layout, Problem, Step, Window as ConvWindow, WorkQueue};
 use super::kernels::{self as k, Images, Kernel, View};
 use super::{Act, Prepared};
-use netc_compiler::ir::{Dim, Epilogue, FusedBase, Graph, NodeIndex, NormAxis, Op, PoolKind};
+use netc_compiler::ir::{
+    BinaryOp, Dim, Epilogue, FusedBase, Graph, NodeIndex, NormAxis, Op, PoolKind,
+};
 use netc_compiler::memory_plan::MemoryPlan;
 use std::collections::HashMap;
 
@@ -52,15 +54,49 @@ pub struct Ctx<'a> {
     pub exp: Act,
 }
 
-/// Floats of arena scratch the lowering needs beyond the plan (attention's q/k/v and context).
+/// Floats of arena scratch the lowering needs beyond the plan: first the
+/// scaled weights of [`scaled_input_conv`] ([`scaled_weights_floats`]), then
+/// attention's q/k/v and context (the arena's last floats).
 pub fn scratch_floats(g: &Graph, batch: usize) -> usize {
-    g.topo_order()
+    let attention = g
+        .topo_order()
         .into_iter()
         .filter_map(|n| match g.node(n).op {
             Op::SelfAttention { .. } => {
                 Some(g.node(n).shape.numel_per_sample() as usize * batch * 4)
             }
             _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    attention + scaled_weights_floats(g, batch)
+}
+
+/// Floats for the largest packed weights of a pointwise convolution whose
+/// input is a product (`Op::Binary(Mul)`), which [`scaled_input_conv`] may
+/// scale into the scratch after the plan's arena; none for batches above 1,
+/// which it leaves alone.
+fn scaled_weights_floats(g: &Graph, batch: usize) -> usize {
+    if batch != 1 {
+        return 0;
+    }
+    g.topo_order()
+        .into_iter()
+        .filter_map(|n| {
+            let node = g.node(n);
+            let window = match &node.op {
+                Op::Conv2d { window, .. }
+                | Op::Fused {
+                    base: FusedBase::Conv2d { window, .. },
+                    ..
+                } => window,
+                _ => return None,
+            };
+            let input = *g.operands(n).first()?;
+            let is_product = matches!(g.node(input).op, Op::Binary(BinaryOp::Mul));
+            let (o, i) = (node.shape.per_sample(), g.node(input).shape.per_sample());
+            (is_product && window.kernel == [1, 1] && o.len() == 3 && i.len() == 3)
+                .then(|| super::gemm::packed_len(o[0], i[0]))
         })
         .max()
         .unwrap_or(0)
@@ -269,19 +305,31 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     Some(copy(flat_src, ctx.view(id, val)))
                 }
             }
-            Op::Conv2d { window, groups, .. } => {
-                let mut epi = Vec::new();
-                if node.params.len() > 1 {
-                    epi.push(Epilogue::Bias);
-                }
-                Some(conv(ctx, id, &operands, &vals, val, window, *groups, &epi)?)
-            }
-            Op::Fused {
+            Op::Conv2d { window, groups, .. }
+            | Op::Fused {
                 base: FusedBase::Conv2d { window, groups, .. },
-                epilogue,
-            } => Some(conv(
-                ctx, id, &operands, &vals, val, window, *groups, epilogue,
-            )?),
+                ..
+            } => {
+                let epi = match &node.op {
+                    Op::Fused { epilogue, .. } => epilogue.clone(),
+                    _ if node.params.len() > 1 => vec![Epilogue::Bias],
+                    _ => Vec::new(),
+                };
+                match scaled_input_conv(ctx, id, &operands, &vals, val, window, *groups, &epi)? {
+                    Some((mul, scale, gemm))
+                        if origins.last() == Some(&mul)
+                            && matches!(kernels.last(), Some(Kernel::Binary(_))) =>
+                    {
+                        // The scaling's own kernel gives way to the weights'.
+                        kernels.pop();
+                        origins.pop();
+                        kernels.push(scale);
+                        origins.push(mul);
+                        Some(gemm)
+                    }
+                    _ => Some(conv(ctx, id, &operands, &vals, val, window, *groups, &epi)?),
+                }
+            }
             Op::Linear { .. } => {
                 let mut epi = Vec::new();
                 if node.params.len() > 1 {
@@ -528,6 +576,98 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
         origins,
         vals,
     })
+}
+
+/// A pointwise convolution whose input is `x · s`, `s` one scale per
+/// channel of `x` (a squeeze-excitation block's output feeding its
+/// projection) and nothing else reading the product: lowered as a
+/// [`k::ScaleColumns`] kernel that scales the convolution's packed weights
+/// by `s` into the arena's scratch after the plan (the product is planned in
+/// place over `x`), and the convolution over `x` with those weights. `None`
+/// where that does not apply: batches above 1 (the scales differ per
+/// sample), convolutions that are not a single channel-major product, an
+/// output planned over `x`, or more than a quarter as many output channels
+/// as positions (scaling the weights would then cost about as much as
+/// scaling the tensor). Returns the product's node, the scaling kernel and
+/// the convolution.
+#[allow(clippy::too_many_arguments)]
+fn scaled_input_conv(
+    ctx: &Ctx<'_>,
+    id: NodeIndex,
+    operands: &[NodeIndex],
+    vals: &HashMap<NodeIndex, Val>,
+    out: Val,
+    window: &netc_compiler::ir::Window,
+    groups: usize,
+    epilogue: &[Epilogue],
+) -> Result<Option<(NodeIndex, Kernel, Kernel)>, String> {
+    let g = ctx.graph;
+    let mul = operands[0];
+    let pointwise = window.kernel == [1, 1] && window.stride == [1, 1] && window.pad == [0; 4];
+    if ctx.batch != 1
+        || groups != 1
+        || !pointwise
+        || g.sole_user(mul) != Some(id)
+        || !matches!(g.node(mul).op, Op::Binary(BinaryOp::Mul))
+    {
+        return Ok(None);
+    }
+    let factors = g.operands(mul);
+    let product = ctx.per_sample(mul);
+    let Some((x, s)) = [(0, 1), (1, 0)].into_iter().find_map(|(i, j)| {
+        let (x, s) = (factors[i], factors[j]);
+        let sd = ctx.per_sample(s);
+        (ctx.per_sample(x) == product
+            && product.len() == 3
+            && sd.len() == 3
+            && sd == [product[0], 1, 1])
+        .then_some((x, s))
+    }) else {
+        return Ok(None);
+    };
+    let mut ops = operands.to_vec();
+    ops[0] = x;
+    let Kernel::Gemm(mut gemm) = conv(ctx, id, &ops, vals, out, window, groups, epilogue)? else {
+        return Ok(None);
+    };
+    let [p] = gemm.problems.as_mut_slice() else {
+        return Ok(None);
+    };
+    let floats = super::gemm::packed_len(p.m, p.k);
+    // The plan may have put the convolution's output over `x` (a residual
+    // the output replaces, as the plan does for `x + conv(x · s)`): the
+    // convolution would then overwrite the input it reads.
+    let bytes = |n: NodeIndex| {
+        let start = vals[&n].ptr as usize;
+        start..start + 4 * g.node(n).shape.numel_per_sample() as usize
+    };
+    let (xs, os) = (bytes(x), bytes(id));
+    if p.a.is_null()
+        || !p.a_cols.is_null()
+        || !matches!(p.b, Gather::Strided(_))
+        || p.m * 4 > p.n
+        || floats > scaled_weights_floats(g, ctx.batch)
+        || (xs.start < os.end && os.start < xs.end)
+    {
+        return Ok(None);
+    }
+    // The scratch right after the plan's buffers: no value lives there.
+    let at = ctx.plan.arena as usize / 4 * ctx.batch;
+    if at + floats > ctx.arena_len {
+        return Err("the scaled weights' scratch would lie outside the arena".into());
+    }
+    // SAFETY: inside the arena (checked above).
+    let dst = unsafe { ctx.arena.add(at) };
+    let scale = Kernel::ScaleColumns(k::ScaleColumns {
+        src: p.a,
+        dst,
+        scale: vals[&s].ptr,
+        m: p.m,
+        k: p.k,
+        queue: WorkQueue::default(),
+    });
+    p.a = dst;
+    Ok(Some((mul, scale, Kernel::Gemm(gemm))))
 }
 
 #[allow(clippy::too_many_arguments)]
