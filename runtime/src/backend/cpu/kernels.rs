@@ -298,7 +298,7 @@ pub struct ScaleColumns {
     pub m: usize,
     /// Columns (input channels).
     pub k: usize,
-    /// Hands out the columns.
+    /// Hands out the row panels.
     pub queue: conv::WorkQueue,
 }
 
@@ -306,21 +306,32 @@ impl ScaleColumns {
     #[inline(always)]
     fn run(&self, threads: usize) {
         use super::gemm::{K_BLOCK, MR};
-        let mpad = self.m.div_ceil(MR) * MR;
-        for (c0, c1) in self.queue.chunks(self.k, threads, 64) {
-            for c in c0..c1 {
-                // Column c lies in K block k0, at step kk of each row panel.
-                let k0 = c / K_BLOCK * K_BLOCK;
-                let (kc, kk) = (K_BLOCK.min(self.k - k0), c - k0);
+        let panels = self.m.div_ceil(MR);
+        let mpad = panels * MR;
+        // Units are the packed row panels of each K block: contiguous
+        // `kc×MR` runs, step kk scaled by scale[k0 + kk].
+        let units = self.k.div_ceil(K_BLOCK) * panels;
+        for (u0, u1) in self.queue.chunks(units, threads, 4) {
+            for u in u0..u1 {
+                let (k0, p) = (u / panels * K_BLOCK, u % panels);
+                let kc = K_BLOCK.min(self.k - k0);
+                let at = k0 * mpad + p * kc * MR;
                 // SAFETY: the lowering sized src and dst as packed m×k
-                // weights and scale as k floats; threads own columns.
-                unsafe {
-                    let s = *self.scale.add(c);
-                    for p in 0..mpad / MR {
-                        let at = k0 * mpad + p * kc * MR + kk * MR;
-                        for r in 0..MR {
-                            *self.dst.add(at + r) = *self.src.add(at + r) * s;
-                        }
+                // weights and scale as k floats; threads own panels.
+                let (src, dst, scale) = unsafe {
+                    (
+                        std::slice::from_raw_parts(self.src.add(at), kc * MR),
+                        std::slice::from_raw_parts_mut(self.dst.add(at), kc * MR),
+                        std::slice::from_raw_parts(self.scale.add(k0), kc),
+                    )
+                };
+                for ((d, w), s) in dst
+                    .chunks_exact_mut(MR)
+                    .zip(src.chunks_exact(MR))
+                    .zip(scale)
+                {
+                    for (d, w) in d.iter_mut().zip(w) {
+                        *d = w * s;
                     }
                 }
             }
