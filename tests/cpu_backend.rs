@@ -454,35 +454,48 @@ fn avx2_code_matches_candle_over_random_shapes() {
     rerun_random_cases_with("NETC_NO_AVX512");
 }
 
-/// The randomized cases again on the code of CPUs without AVX2 and FMA
-/// (portable micro-kernel, baseline kernel entries, generated activations,
-/// feature-major linear layers), forced with `NETC_CPU_BASELINE` in a child
-/// process: the choice is made once per process.
+/// The randomized cases, and the lowering's fusions of squeeze-excitation
+/// parts, again on the code of CPUs without AVX2 and FMA (portable
+/// micro-kernel, baseline kernel entries, generated activations,
+/// feature-major linear layers, the depthwise row path's portable loop),
+/// forced with `NETC_CPU_BASELINE` in a child process: the choice is made
+/// once per process.
 #[test]
 fn baseline_code_matches_candle_over_random_shapes() {
     if std::env::var_os("NETC_CPU_BASELINE").is_some() {
         return;
     }
-    rerun_random_cases_with("NETC_CPU_BASELINE");
+    rerun_with(
+        "NETC_CPU_BASELINE",
+        &[
+            "every_op_matches_candle_over_random_shapes",
+            "scaled_inputs_of_pointwise_convolutions_match_candle",
+            "global_pools_of_depthwise_outputs_match_candle",
+        ],
+    );
 }
 
 /// Runs `every_op_matches_candle_over_random_shapes` in a child process of
 /// this test binary with `var` set (code paths are chosen once per process)
 /// and asserts that it ran and passed.
 fn rerun_random_cases_with(var: &str) {
+    rerun_with(var, &["every_op_matches_candle_over_random_shapes"]);
+}
+
+/// Runs `tests` of this binary again in a child process with `var` set.
+fn rerun_with(var: &str, tests: &[&str]) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env(var, "1")
-        .args([
-            "--exact",
-            "every_op_matches_candle_over_random_shapes",
-            "--nocapture",
-        ])
+        .arg("--exact")
+        .args(tests)
+        .arg("--nocapture")
         .output()
         .expect("run the test binary");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{var}: {text}");
-    assert!(text.contains("1 passed"), "{var}: {text}");
+    let passed = format!("{} passed", tests.len());
+    assert!(text.contains(&passed), "{var}: {text}");
 }
 
 /// Every zoo variant at a reduced resolution, guard pages on: any access
@@ -753,6 +766,31 @@ fn scaled_inputs_of_pointwise_convolutions_match_candle() {
                 kernels.contains(&"binary")
             ),
             (*takes, !*takes),
+            "case {i}: kernels {kernels:?}\n{src}"
+        );
+    }
+}
+
+/// A global average pool of a depthwise convolution's output is computed
+/// by the convolution as it finishes each plane (no `adaptive_pool`
+/// kernel), and matches candle at batches 1 and 3 on one and two threads:
+/// wide maps (the row path, stride 2 included) and narrow ones (channel
+/// blocks, a partial block of eight), a smooth activation applied over the
+/// plane first and a clamp in the registers, the output also read by a
+/// squeeze-excitation's product.
+#[test]
+fn global_pools_of_depthwise_outputs_match_candle() {
+    let cases = [
+        "input x: [24, 60, 60]\n    h = x -> conv(24, k=3, pad=1, groups=24) -> silu\n    s = h -> global_avg_pool -> conv(6, k=1) -> silu -> conv(24, k=1) -> sigmoid\n    return h * s",
+        "input x: [16, 57, 57]\n    h = x -> conv(16, k=3, stride=2, pad=1, groups=16, bias=false) -> batch_norm -> relu6\n    return h -> global_avg_pool",
+        "input x: [20, 9, 9]\n    h = x -> conv(20, k=5, pad=2, groups=20) -> silu\n    s = h -> global_avg_pool -> conv(5, k=1) -> relu -> conv(20, k=1) -> sigmoid\n    return h * s",
+        "input x: [12, 7, 7]\n    return x -> conv(12, k=3, pad=1, groups=12) -> global_avg_pool",
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let (mut model, src) = case_matching_candle(i, body);
+        let kernels = kernels_run(&mut model);
+        assert!(
+            kernels.contains(&"depthwise") && !kernels.contains(&"adaptive_pool"),
             "case {i}: kernels {kernels:?}\n{src}"
         );
     }

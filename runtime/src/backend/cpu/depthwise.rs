@@ -41,6 +41,11 @@ pub struct Depthwise {
     pub arena: *mut f32,
     /// Batch.
     pub batch: usize,
+    /// Where a global average pool of this output, fused, writes each
+    /// channel's mean (`[Cout]` per sample), computed as each plane is
+    /// finished, while it is in cache: the pool would read the whole output
+    /// again (EfficientNet-B0's squeeze-excitations).
+    pub means: Option<Images>,
     /// Hands out channels (or blocks of eight) to the threads as they ask:
     /// a static split made the layer wait for a thread whose core was busy
     /// (this machine is shared), as `conv::WorkQueue` says.
@@ -275,13 +280,15 @@ impl Depthwise {
             // The deferred activation over channel `oc` of sample `n`, once
             // its outputs are done.
             let finish_plane = |n: usize, oc: usize| {
+                // SAFETY: extents checked at lowering: the channel's oh·ow
+                // outputs.
+                let plane = unsafe {
+                    std::slice::from_raw_parts_mut(self.out.at(n).add(oc * oh * ow), oh * ow)
+                };
                 if let Some(a) = deferred {
-                    // SAFETY: extents checked at lowering: the channel's oh·ow
-                    // outputs.
-                    a.apply(unsafe {
-                        std::slice::from_raw_parts_mut(self.out.at(n).add(oc * oh * ow), oh * ow)
-                    });
+                    a.apply(plane);
                 }
+                self.write_mean(n, oc, plane);
             };
             #[cfg(target_arch = "x86_64")]
             let row_blocked = self
@@ -430,6 +437,7 @@ impl Depthwise {
                         }
                         self.finish(n, oc, oy, &mut row[..ow]);
                     }
+                    finish_plane(n, oc);
                 }
             }
         }
@@ -620,10 +628,22 @@ impl Depthwise {
                     for (d, px) in dst.iter_mut().zip(block.chunks_exact(L)) {
                         *d = px[l];
                     }
+                    self.write_mean(n, c0 + l, dst);
                 }
             }
         }
         put_buffers([plane, wts, out, row]);
+    }
+
+    /// Channel `oc`'s mean over its finished `plane` (sample `n`), where a
+    /// fused global average pool wants it: the pool kernel's sum, bit for bit.
+    #[inline(always)]
+    fn write_mean(&self, n: usize, oc: usize, plane: &[f32]) {
+        if let Some(means) = &self.means {
+            // SAFETY: the lowering checked the pool's output holds Cout
+            // floats per sample.
+            unsafe { *means.at(n).add(oc) = super::kernels::global_mean(plane) };
+        }
     }
 
     /// Stores a finished output row.
@@ -778,6 +798,10 @@ impl Depthwise {
                     if let Some(a) = deferred {
                         // The block's channels are adjacent planes.
                         a.apply(std::slice::from_raw_parts_mut(out, lanes * ps));
+                    }
+                    for l in 0..lanes {
+                        let plane = std::slice::from_raw_parts(out.add(l * ps), ps);
+                        self.write_mean(n, c0 + l, plane);
                     }
                 }
             }
@@ -1680,6 +1704,7 @@ mod tests {
                     epilogue: epilogue.clone(),
                     arena: base,
                     batch,
+                    means: None,
                     queue: Default::default(),
                 };
                 run(&k, threads, blocked);
@@ -1873,6 +1898,7 @@ mod tests {
                 epilogue: vec![conv::Step::Bias(bias.as_ptr()), conv::Step::Act(Act::Relu6)],
                 arena: base,
                 batch: 1,
+                means: None,
                 queue: Default::default(),
             };
             let shared = Shared(&k, path);

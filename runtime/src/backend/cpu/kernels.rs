@@ -1196,6 +1196,13 @@ impl AdaptivePool {
     }
 }
 
+/// The mean of a whole plane as [`AdaptivePool`] computes it for a 1×1
+/// output (also a depthwise convolution's fused global pool).
+#[inline(always)]
+pub(super) fn global_mean(plane: &[f32]) -> f32 {
+    sum_lanes(plane) / plane.len() as f32
+}
+
 /// The sum of `x` in sixteen interleaved partial sums (vector registers in
 /// the AVX2 entry) added up at the end: a sequential sum waits on every add.
 #[inline(always)]

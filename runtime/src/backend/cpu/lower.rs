@@ -55,8 +55,9 @@ pub struct Ctx<'a> {
 }
 
 /// Floats of arena scratch the lowering needs beyond the plan: first the
-/// scaled weights of [`scaled_input_conv`] ([`scaled_weights_floats`]), then
-/// attention's q/k/v and context (the arena's last floats).
+/// scaled weights of [`scaled_input_conv`] ([`scaled_weights_floats`]), the
+/// global pools' means ([`pool_means_floats`]), then attention's q/k/v and
+/// context (the arena's last floats).
 pub fn scratch_floats(g: &Graph, batch: usize) -> usize {
     let attention = g
         .topo_order()
@@ -69,7 +70,19 @@ pub fn scratch_floats(g: &Graph, batch: usize) -> usize {
         })
         .max()
         .unwrap_or(0);
-    attention + scaled_weights_floats(g, batch)
+    attention + scaled_weights_floats(g, batch) + pool_means_floats(g, batch)
+}
+
+/// Floats for every global average pool's output, each in a slot of its
+/// own after the scaled weights: where a depthwise convolution that computes
+/// the pool writes it (the plan may have put the pool's own buffer over
+/// the convolution's input, which the convolution still reads).
+fn pool_means_floats(g: &Graph, batch: usize) -> usize {
+    g.topo_order()
+        .into_iter()
+        .filter(|&n| matches!(g.node(n).op, Op::AdaptiveAvgPool { size: [1, 1], .. }))
+        .map(|n| g.node(n).shape.numel_per_sample() as usize * batch)
+        .sum()
 }
 
 /// Floats for the largest packed weights of a pointwise convolution whose
@@ -223,6 +236,8 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
     let b = ctx.batch;
     let mut vals: HashMap<NodeIndex, Val> = HashMap::new();
     let mut kernels = Vec::new();
+    // The next free float of the pool means' scratch (`pool_means_floats`).
+    let mut means_at = plan.arena as usize / 4 * b + scaled_weights_floats(g, b);
     let mut origins = Vec::new();
     for id in g.topo_order() {
         *at = Some(id);
@@ -425,6 +440,38 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
                     count_include_pad: *count_include_pad,
                     queue: WorkQueue::default(),
                 }))
+            }
+            Op::AdaptiveAvgPool { size, .. }
+                if *size == [1, 1]
+                    && origins.last() == Some(&operands[0])
+                    && matches!(kernels.last(), Some(Kernel::Depthwise(d))
+                        if d.means.is_none() && d.out_chw[0] == ctx.per_sample(id)[0]) =>
+            {
+                // A global average of the depthwise convolution just
+                // emitted: it writes each channel's mean as it finishes the
+                // plane (a squeeze-excitation's pool), no second pass. The
+                // means go to a scratch slot of this pool's own, not to the
+                // planned buffer, which may lie over the convolution's
+                // input: the pool's users read them there.
+                let channels = ctx.per_sample(id)[0];
+                if means_at + channels * b > ctx.arena_len {
+                    return Err(format!(
+                        "`{}`: the pool's scratch would lie outside the arena",
+                        node.name
+                    ));
+                }
+                let means = Val {
+                    // SAFETY: inside the arena (checked above).
+                    ptr: unsafe { ctx.arena.add(means_at) },
+                    stride: channels,
+                    batch: b,
+                };
+                means_at += channels * b;
+                vals.insert(id, means);
+                if let Some(Kernel::Depthwise(d)) = kernels.last_mut() {
+                    d.means = Some(Ctx::images(means));
+                }
+                None
             }
             Op::AdaptiveAvgPool { size, .. } => {
                 let i = ctx.per_sample(operands[0]);
@@ -713,6 +760,7 @@ fn conv(
             epilogue: steps(0, oh * ow)?,
             arena: ctx.arena,
             batch: ctx.batch,
+            means: None,
             queue: Default::default(),
         }));
     }
