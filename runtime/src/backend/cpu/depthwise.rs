@@ -640,8 +640,8 @@ impl Depthwise {
     #[inline(always)]
     fn write_mean(&self, n: usize, oc: usize, plane: &[f32]) {
         if let Some(means) = &self.means {
-            // SAFETY: the lowering checked the pool's output holds Cout
-            // floats per sample.
+            // SAFETY: the lowering gave the means a scratch slot of Cout
+            // floats per sample, inside the arena.
             unsafe { *means.at(n).add(oc) = super::kernels::global_mean(plane) };
         }
     }

@@ -635,8 +635,8 @@ fn lower_nodes(ctx: &Ctx<'_>, at: &mut Option<NodeIndex>) -> Result<Lowered, Str
 /// sample), convolutions that are not a single channel-major product, an
 /// output planned over `x`, or more than half as many output channels as
 /// positions (EfficientNet-B0's 112-channel projections at 14×14 then
-/// spent in the scaling what the product had cost). Returns the product's node, the scaling kernel and
-/// the convolution.
+/// spent in the scaling what the product had cost). Returns the product's
+/// node, the scaling kernel and the convolution.
 #[allow(clippy::too_many_arguments)]
 fn scaled_input_conv(
     ctx: &Ctx<'_>,
