@@ -147,6 +147,8 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
         return;
     }
     let kernel = Kernel::detect();
+    #[cfg(target_arch = "x86_64")]
+    let zmm = kernel == Kernel::Avx2Fma && avx512::available();
     let mut bpack = vec![0f32; KC.min(k) * n.div_ceil(NR) * NR];
     let mut apack = vec![0f32; KC.min(k) * MR];
     let mut tile = [0f32; MR * NR];
@@ -158,9 +160,36 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
             pack_a(a, i0, mr, k0, kc, &mut apack);
             // The first K block stores, later ones (or all, when asked) add.
             let add = accumulate || k0 > 0;
-            for (p, j0) in (0..n).step_by(NR).enumerate() {
+            let mut p = 0;
+            while p * NR < n {
+                let j0 = p * NR;
                 let nr = NR.min(n - j0);
+                #[cfg(target_arch = "x86_64")]
+                if zmm && mr == MR && nr == NR {
+                    // Up to four full panels at once on the zmm tiles: the
+                    // same sums (one chain in K order each) as the ymm
+                    // kernel's tiles.
+                    let pn = ((n - j0) / NR).min(4);
+                    let at = i0 * ldc + j0;
+                    let (ap, bp) = (apack.as_ptr(), bpack[p * kc * NR..].as_ptr());
+                    let cp = c[at..].as_mut_ptr();
+                    // SAFETY: AVX-512F checked; apack holds kc steps of MR,
+                    // bpack pn panels of kc×NR from panel p; C holds MR rows
+                    // of pn·NR from `at` at stride ldc (full panels, checked
+                    // above to be inside C).
+                    unsafe {
+                        match pn {
+                            1 => avx512::tile::<1, _>(kc, ap, bp, cp, ldc, add),
+                            2 => avx512::tile::<2, _>(kc, ap, bp, cp, ldc, add),
+                            3 => avx512::tile::<3, _>(kc, ap, bp, cp, ldc, add),
+                            _ => avx512::tile::<4, _>(kc, ap, bp, cp, ldc, add),
+                        }
+                    }
+                    p += pn;
+                    continue;
+                }
                 let panel = &bpack[p * kc * NR..(p + 1) * kc * NR];
+                p += 1;
                 if mr == MR && nr == NR {
                     // A full tile: straight into C (checked above to hold it).
                     let at = i0 * ldc + j0;
@@ -1447,6 +1476,10 @@ mod tests {
             (13, 300, 33),
             (64, 27, 50),
             (7, 513, 17),
+            // Five full panels and a partial one, two K blocks: the zmm
+            // tiles' groups of four, one, and the ymm kernel's remainder.
+            (13, 300, 90),
+            (12, 64, 197),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();

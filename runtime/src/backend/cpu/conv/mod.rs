@@ -581,11 +581,18 @@ fn in_place_depth(l: &Layout, k: usize, panels: usize, positions: usize) -> Opti
 /// ([`force_ymm_row_tiles`]).
 #[cfg(target_arch = "x86_64")]
 fn zmm_row_tiles() -> bool {
+    !ymm_forced() && super::gemm::avx512::available()
+}
+
+/// Whether a test asked this thread for the 6×16 ymm kernel
+/// ([`force_ymm_row_tiles`]); always false outside tests.
+#[cfg(target_arch = "x86_64")]
+fn ymm_forced() -> bool {
     #[cfg(test)]
     if FORCE_YMM.with(|f| f.get()) {
-        return false;
+        return true;
     }
-    super::gemm::avx512::available()
+    false
 }
 
 #[cfg(test)]
@@ -1843,6 +1850,7 @@ pub(super) mod tests {
             (200, 520, 16, 2),
             (1, 600, 75, 1),
             (1, 33, 150, 1),
+            (30, 130, 200, 1),
         ] {
             let (input, output) = (tokens * kin, tokens * kout);
             let w: Vec<f32> = (0..kout * kin)
@@ -1854,7 +1862,7 @@ pub(super) mod tests {
             // The residual lives after the output, shaped like it.
             let res_base = samples * (input + output);
             for steps in 0..4 {
-                let run = |token_major: bool| {
+                let run = |token_major: bool, ymm: bool| {
                     let mut arena: Vec<f32> = (0..samples * (input + 2 * output))
                         .map(|i| ((i * 11 % 37) as f32 - 18.0) * 0.05)
                         .collect();
@@ -1902,15 +1910,23 @@ pub(super) mod tests {
                         queue: WorkQueue::default(),
                     };
                     let mut s = Scratch::default();
+                    force_ymm_row_tiles(ymm);
                     // SAFETY: the arena holds input, output and residual.
                     unsafe { p.run(1, &mut s) };
+                    force_ymm_row_tiles(false);
                     arena[samples * input..res_base]
                         .iter()
                         .map(|v| v.to_bits())
                         .collect::<Vec<_>>()
                 };
-                let (t, f) = (run(true), run(false));
+                // Where the CPU has AVX-512 both products run on the zmm
+                // tiles by default; the ymm kernel's tokens are the third.
+                let (t, f, ty) = (run(true, false), run(false, false), run(true, true));
                 assert!(t == f, "{tokens} {kin}>{kout} steps {steps}");
+                assert!(
+                    t == ty,
+                    "{tokens} {kin}>{kout} steps {steps}: zmm against ymm"
+                );
             }
         }
     }
