@@ -1851,6 +1851,9 @@ pub(super) mod tests {
             (1, 600, 75, 1),
             (1, 33, 150, 1),
             (30, 130, 200, 1),
+            // Feature blocks of five panels (the zmm tiles: four, then one) over
+            // three K blocks.
+            (200, 600, 150, 1),
         ] {
             let (input, output) = (tokens * kin, tokens * kout);
             let w: Vec<f32> = (0..kout * kin)
