@@ -177,14 +177,7 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
                     // bpack pn panels of kc×NR from panel p; C holds MR rows
                     // of pn·NR from `at` at stride ldc (full panels, checked
                     // above to be inside C).
-                    unsafe {
-                        match pn {
-                            1 => avx512::tile::<1, _>(kc, ap, bp, cp, ldc, add),
-                            2 => avx512::tile::<2, _>(kc, ap, bp, cp, ldc, add),
-                            3 => avx512::tile::<3, _>(kc, ap, bp, cp, ldc, add),
-                            _ => avx512::tile::<4, _>(kc, ap, bp, cp, ldc, add),
-                        }
-                    }
+                    unsafe { avx512::tiles(pn, kc, ap, bp, cp, ldc, add) };
                     p += pn;
                     continue;
                 }
@@ -1161,6 +1154,32 @@ pub mod avx512 {
         let acc = unsafe { sums::<P, A>(kc, a, b) };
         // SAFETY: as for this function.
         unsafe { store(acc, c, ldc, accumulate) };
+    }
+
+    /// [`tile`] over `panels` (1 to 4; more are taken as 4) panels, chosen
+    /// at run time: the callers' last group of a block is often narrower.
+    ///
+    /// # Safety
+    /// As [`tile`] with P = `panels.min(4)`.
+    #[inline(always)]
+    pub unsafe fn tiles<A: TileRows>(
+        panels: usize,
+        kc: usize,
+        a: A,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's, for the P chosen.
+        unsafe {
+            match panels {
+                1 => tile::<1, A>(kc, a, b, c, ldc, accumulate),
+                2 => tile::<2, A>(kc, a, b, c, ldc, accumulate),
+                3 => tile::<3, A>(kc, a, b, c, ldc, accumulate),
+                _ => tile::<4, A>(kc, a, b, c, ldc, accumulate),
+            }
+        }
     }
 
     /// `c[r][q·NR..] (+)= acc[r][q]`, rows `ldc` apart.

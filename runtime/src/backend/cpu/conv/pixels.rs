@@ -246,12 +246,7 @@ impl Problem {
                                 }
                                 #[cfg(target_arch = "x86_64")]
                                 if zmm {
-                                    match panels {
-                                        1 => avx512::tile::<1, _>(kc, a, bp, c, ld, acc),
-                                        2 => avx512::tile::<2, _>(kc, a, bp, c, ld, acc),
-                                        3 => avx512::tile::<3, _>(kc, a, bp, c, ld, acc),
-                                        _ => avx512::tile::<4, _>(kc, a, bp, c, ld, acc),
-                                    }
+                                    avx512::tiles(panels, kc, a, bp, c, ld, acc);
                                     continue;
                                 }
                                 // The last panel's rows past `tn` are never stored.

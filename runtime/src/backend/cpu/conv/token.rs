@@ -161,9 +161,15 @@ impl Problem {
                             let count = (q1 - q).min(ONE_TOKEN_PANELS);
                             if prefetch {
                                 for p in q..q + count {
-                                    if let Some((nb, kcn)) =
-                                        self.panel_ahead(p, q1, q0, k0, kc, last, mpad)
-                                    {
+                                    if let Some((nb, kcn)) = self.panel_at(
+                                        p + PREFETCH_AHEAD,
+                                        q1,
+                                        q0,
+                                        k0,
+                                        kc,
+                                        last,
+                                        mpad,
+                                    ) {
                                         prefetch_lines(nb, kcn, 0, kcn);
                                     }
                                 }
@@ -236,7 +242,7 @@ impl Problem {
                         // panels on (in the next K block past the last), its
                         // lines shared out over this panel's token tiles.
                         let next = if prefetch {
-                            self.panel_ahead(q, q1, q0, k0, kc, last, mpad)
+                            self.panel_at(q + PREFETCH_AHEAD, q1, q0, k0, kc, last, mpad)
                         } else {
                             None
                         };
@@ -305,28 +311,11 @@ impl Problem {
         s.token_panels = panels;
     }
 
-    /// The weight panel (and its K steps) that the block's work on feature
-    /// panel `q` of K block `k0` (`kc` deep; `last` of the product)
-    /// prefetches: [`PREFETCH_AHEAD`] panels on, past the block's last
-    /// panel `q1 - 1` into the next K block's panels from `q0`.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn panel_ahead(
-        &self,
-        q: usize,
-        q1: usize,
-        q0: usize,
-        k0: usize,
-        kc: usize,
-        last: bool,
-        mpad: usize,
-    ) -> Option<(*const f32, usize)> {
-        self.panel_at(q + PREFETCH_AHEAD, q1, q0, k0, kc, last, mpad)
-    }
-
-    /// Weight panel `ahead` of K block `k0` (`kc` deep) when it is inside
-    /// the block's panels `..q1`; past them, the next K block's panel
-    /// `q0 + ahead - q1` (none after the `last` block).
+    /// Weight panel `ahead` (and its K steps) of K block `k0` (`kc` deep;
+    /// `last` of the product) when it is inside the block's panels `..q1`;
+    /// past them, the next K block's panel `q0 + ahead - q1` (none after
+    /// the `last` block). What a block's work on panel `q` prefetches is
+    /// panel `q + PREFETCH_AHEAD`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn panel_at(
@@ -407,12 +396,7 @@ impl Problem {
                 // of kc·NR weights from bp.
                 unsafe {
                     let c = acc.add(p * MR * ld + (q - q0) * NR);
-                    match pn {
-                        1 => avx512::tile::<1, _>(kc, ap, bp, c, ld, kb > 0),
-                        2 => avx512::tile::<2, _>(kc, ap, bp, c, ld, kb > 0),
-                        3 => avx512::tile::<3, _>(kc, ap, bp, c, ld, kb > 0),
-                        _ => avx512::tile::<4, _>(kc, ap, bp, c, ld, kb > 0),
-                    }
+                    avx512::tiles(pn, kc, ap, bp, c, ld, kb > 0);
                     if last {
                         for i in 0..pn {
                             let f0 = (q + i) * NR;
