@@ -1404,6 +1404,32 @@ pub mod avx512 {
         unsafe { store(acc, c, ldc, accumulate) };
     }
 
+    /// [`tile_rows`] over `panels` (1 to 4; more are taken as 4) column
+    /// panels, chosen at run time.
+    ///
+    /// # Safety
+    /// As [`tile_rows`] with P = `panels.min(4)`.
+    #[inline(always)]
+    pub unsafe fn tiles_rows(
+        panels: usize,
+        kc: usize,
+        a: *const f32,
+        b: (*const f32, usize, usize),
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's, for the P chosen.
+        unsafe {
+            match panels {
+                1 => tile_rows::<1>(kc, a, b, c, ldc, accumulate),
+                2 => tile_rows::<2>(kc, a, b, c, ldc, accumulate),
+                3 => tile_rows::<3>(kc, a, b, c, ldc, accumulate),
+                _ => tile_rows::<4>(kc, a, b, c, ldc, accumulate),
+            }
+        }
+    }
+
     /// The last K block of a channel-major tile (rows: MR output channels
     /// of the packed weights `a`; columns: P·NR positions of B, its rows
     /// where [`sums_at`] says for `(b, row, panel)`) with its epilogue,

@@ -1069,12 +1069,7 @@ impl Problem {
                     }
                     continue;
                 }
-                match pn {
-                    1 => avx512::tile_rows::<1>(kc, ap, b, c, ncp, kb > 0),
-                    2 => avx512::tile_rows::<2>(kc, ap, b, c, ncp, kb > 0),
-                    3 => avx512::tile_rows::<3>(kc, ap, b, c, ncp, kb > 0),
-                    _ => avx512::tile_rows::<4>(kc, ap, b, c, ncp, kb > 0),
-                }
+                avx512::tiles_rows(pn, kc, ap, b, c, ncp, kb > 0);
                 if last {
                     for q in 0..pn {
                         self.epilogue_tile(
