@@ -10,8 +10,15 @@
 pub const MR: usize = 6;
 /// Columns of the micro-kernel tile (two 8-float ymm registers).
 pub const NR: usize = 16;
-/// Depth of one K block (A and B panels of this depth stay in L1/L2).
-const KC: usize = 256;
+/// Depth of one K block. 128 so that the AVX-512 tiles' four B panels
+/// (128 × 64 floats, 32 KiB) stay in the 48 KiB L1 while every row panel
+/// runs against them: at 256 (64 KiB) they came from L2 and the 6×64 tile
+/// ran at 154 against 170 GFLOP/s a core (a standalone copy of the tile,
+/// Xeon host). `conv_throughput` (two threads, FLUSH and PRODUCER, three
+/// interleaved rounds, minima): the 1×1s with K ≥ 256 0.83–0.91× the
+/// time, ViT-B/16's linear layers 0.92–0.95×, all shapes 0.94×; K of 160
+/// and 192 (a second, short block) 1.13×.
+const KC: usize = 128;
 
 /// Where the micro-kernel finds row `kk` (NR floats) of its B panel.
 pub trait PanelRows: Copy {

@@ -552,7 +552,7 @@ const IN_PLACE_PASS_SPAN: usize = 256 * 1024;
 /// ([`panel_stays_in_l1`]) and the row panels are at most
 /// [`IN_PLACE_MAX_PANELS`]; else, on maps of at least
 /// [`IN_PLACE_MIN_POSITIONS`] and up to [`IN_PLACE_1X1_MAX_PANELS`] row
-/// panels, the deepest of a whole, half or quarter K block whose rows stay
+/// panels, the deepest of 256, 128 or 64 rows (up to a K block) that stay
 /// in L1 and span at most [`IN_PLACE_PASS_SPAN`]. Each pass adds its sums to the
 /// previous passes' in memory, so their sums round differently from the
 /// packed path's.
@@ -564,16 +564,22 @@ const IN_PLACE_PASS_SPAN: usize = 256 * 1024;
 /// 0.88 and 0.94. ResNet-50's 512→128 at 28×28 0.94–0.95 at 64 deep, but
 /// 1.04–1.09 at 128 and 256 deep (a 256-deep pass spans 200 pages).
 fn in_place_depth(l: &Layout, k: usize, panels: usize, positions: usize) -> Option<usize> {
-    if panels <= IN_PLACE_MAX_PANELS && panel_stays_in_l1(l, k.min(K_BLOCK)) {
+    // The test as measured, with 256-deep K blocks: 128-deep ones would
+    // take 7×7 maps in place, where their one-column panels cost.
+    if panels <= IN_PLACE_MAX_PANELS && panel_stays_in_l1(l, k.min(256)) {
         return Some(K_BLOCK);
     }
     if positions < IN_PLACE_MIN_POSITIONS || panels > IN_PLACE_1X1_MAX_PANELS {
         return None;
     }
-    [K_BLOCK, K_BLOCK / 2, K_BLOCK / 4].into_iter().find(|&d| {
-        let rows = k.min(d);
-        panel_stays_in_l1(l, rows) && rows * l.row_stride * 4 <= IN_PLACE_PASS_SPAN
-    })
+    // The depths measured (below), as deep as a K block goes.
+    [256, 128, 64]
+        .into_iter()
+        .filter(|&d| d <= K_BLOCK)
+        .find(|&d| {
+            let rows = k.min(d);
+            panel_stays_in_l1(l, rows) && rows * l.row_stride * 4 <= IN_PLACE_PASS_SPAN
+        })
 }
 
 /// Whether [`Problem::run_block`] runs whole column panels on the AVX-512
@@ -1805,10 +1811,10 @@ pub(super) mod tests {
         let depth =
             |k: usize, m: usize, hw: usize| in_place_depth(&planes(hw, k), k, m.div_ceil(MR), hw);
         // MobileNetV2: 144→24 at 56×56 (whole blocks), 384→64 and 576→96
-        // at 14×14 (half blocks: 512 unaligned lines 256 deep).
+        // at 14×14 (128 deep: 512 unaligned lines 256 deep).
         assert_eq!(depth(144, 24, 56 * 56), Some(K_BLOCK));
-        assert_eq!(depth(384, 64, 14 * 14), Some(K_BLOCK / 2));
-        assert_eq!(depth(576, 96, 14 * 14), Some(K_BLOCK / 2));
+        assert_eq!(depth(384, 64, 14 * 14), Some(128.min(K_BLOCK)));
+        assert_eq!(depth(576, 96, 14 * 14), Some(128.min(K_BLOCK)));
         // Planes a multiple of 1 KiB apart fall into 4 sets: packed.
         assert_eq!(depth(32, 16, 112 * 112), None);
         // Too many row panels (ResNet-50's 512→128, DenseNet's 128-channel
@@ -1817,7 +1823,7 @@ pub(super) mod tests {
         assert_eq!(depth(960, 64, 7 * 7), None);
         assert_eq!(depth(1152, 48, 1), None);
         // 28×28 planes with 16 panels: a quarter block spans 196 KiB.
-        assert_eq!(depth(512, 96, 28 * 28), Some(K_BLOCK / 4));
+        assert_eq!(depth(512, 96, 28 * 28), Some(64));
     }
 
     /// Token-major products (weights as B) give the feature-major path's
@@ -1956,6 +1962,12 @@ mod bench {
         ("l4 3x3 512", 512, 512, 7, 3, 1, 1),
         ("l4 1x1 512>2048", 512, 2048, 7, 1, 1, 0),
         ("l4 1x1 2048>512", 2048, 512, 7, 1, 1, 0),
+        // The bottlenecks' other 1×1s and the later stages' shortcuts.
+        ("l1 1x1 64>64", 64, 64, 56, 1, 1, 0),
+        ("l2 1x1 128>512", 128, 512, 28, 1, 1, 0),
+        ("l3 1x1 256>1024", 256, 1024, 14, 1, 1, 0),
+        ("l3 1x1/2 512>1024", 512, 1024, 28, 1, 2, 0),
+        ("l4 1x1/2 1024>2048", 1024, 2048, 14, 1, 2, 0),
         // ResNeXt-50's wider 1×1s (layer2–4 bottlenecks: 256–1024 channels).
         ("rx 1x1 512>256 28", 512, 256, 28, 1, 1, 0),
         ("rx 1x1 256>512 28", 256, 512, 28, 1, 1, 0),
