@@ -45,6 +45,14 @@ pub const PIXEL_MAJOR_MIN_K: usize = 128;
 /// See [`PIXEL_MAJOR_MIN_K`].
 pub const PIXEL_MAJOR_MIN_CHANNELS: usize = 16;
 
+/// [`PIXEL_MAJOR_MIN_CHANNELS`] where the CPU has the AVX-512 tiles, whose
+/// last K block stores channel-major from registers (no turning around):
+/// the 7×7/2 stems of ResNet-50 and DenseNet-121 (three channels, K = 147)
+/// then gain. `conv_throughput` (two threads, PRODUCER, three interleaved
+/// rounds, Xeon host): 1.78–1.80 ms channel-major against 1.21–1.46
+/// pixel-major.
+pub const PIXEL_MAJOR_MIN_CHANNELS_ZMM: usize = 3;
+
 /// Whether a convolution with `m` output channels per group (each group is
 /// its own problem: ResNeXt's), depth `k` and window `kernel`/`stride` runs
 /// pixel-major, on a CPU with the AVX2
@@ -68,9 +76,18 @@ pub fn pixel_major(m: usize, k: usize, kernel: [usize; 2], stride: [usize; 2]) -
         && kernel[1] > stride[1]
         && m.is_multiple_of(NR)
         && k >= PIXEL_MAJOR_MIN_K
-        && k / (kernel[0] * kernel[1]) >= PIXEL_MAJOR_MIN_CHANNELS
+        && k / (kernel[0] * kernel[1]) >= min_channels()
         && Kernel::detect() == Kernel::Avx2Fma
         && std::env::var_os("NETC_NO_PIXEL_MAJOR").is_none()
+}
+
+/// [`PIXEL_MAJOR_MIN_CHANNELS`], or its AVX-512 form.
+fn min_channels() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return PIXEL_MAJOR_MIN_CHANNELS_ZMM;
+    }
+    PIXEL_MAJOR_MIN_CHANNELS
 }
 
 impl Problem {
