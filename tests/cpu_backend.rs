@@ -294,7 +294,8 @@ fn every_op_matches_candle_over_random_shapes() {
 }
 
 /// Pixel-major convolutions (overlapping windows, 16 output channels a
-/// group or a multiple of it, K ≥ 128 from ≥ 16 input channels; the random
+/// group or a multiple of it, K ≥ 128 from ≥ 16 input channels, or 3 on
+/// AVX-512 CPUs; the random
 /// cases above are too narrow to take that path) against candle: strides,
 /// dilation, asymmetric padding, groups, a residual epilogue, several
 /// samples and threads, and a batch whose padded input is too large to pad
@@ -311,6 +312,8 @@ fn pixel_major_convolutions_match_candle() {
         // Asymmetric padding: with one pixel all round this would run as
         // Winograd (see the test below).
         ("input x: [16, 300, 300]\n    return x -> conv(16, k=3, pad=(1, 1, 1, 2))", &[12][..]),
+        // A 7×7/2 stem of three channels: pixel-major on AVX-512 CPUs.
+        ("input x: [3, 23, 21]\n    a = x -> conv(32, k=7, stride=2, pad=3, bias=false) -> batch_norm\n    return a -> relu", &[1, 2][..]),
     ];
     for (i, (body, batches)) in cases.iter().enumerate() {
         let src = format!("network t() {{\n    {body}\n}}\n");
