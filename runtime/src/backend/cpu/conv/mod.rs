@@ -693,7 +693,7 @@ impl Problem {
             }
         }
         scratch.padded_ready = self.paddable();
-        if self.n >= threads * 4 * NR || panels < threads {
+        if (self.n >= threads * 4 * NR && !self.expands_on_zmm_tiles()) || panels < threads {
             // Column panels, claimed as threads are free: each chunk packs
             // only its columns, so no work is done twice.
             let (units, col) = Self::column_units(self.n, threads);
@@ -721,6 +721,43 @@ impl Problem {
             // SAFETY: as for this function.
             unsafe { self.run_block(p0, p1, 0, self.n, scratch) };
         }
+    }
+
+    /// Whether this is a 1×1 convolution with more output channels than
+    /// input channels (an expansion) on the AVX-512 tiles, which
+    /// [`Problem::run`] splits by row panels at any width: its weights
+    /// outweigh its input, and a thread that claims column chunks streams
+    /// all the weights once per chunk, where a share of the row panels
+    /// streams its half once (and reads the input in place, or pads it).
+    /// `conv_throughput` (two threads, FLUSH and PRODUCER, two interleaved
+    /// rounds, Xeon host), time split by row panels over by columns:
+    /// ResNet-50's 256→1024 at 14×14 0.91, 128→512 at 28×28 0.91, its
+    /// strided shortcuts 0.91–0.95, ResNeXt-50's 256→512 and 512→1024
+    /// 0.94–0.95, MobileNetV2's 16→96 at 112×112 0.73–0.93 and 96→576 at
+    /// 14×14 0.83–0.88, 64→256 at 56×56 0.86; the others (1024→256,
+    /// 256→64, 576→96, DenseNet's 256→128: 0.99–1.41) stay by columns.
+    /// In the network (`netc bench --profile`) EfficientNet-B0's expansions
+    /// at 28×28 to 7×7 (SiLU) took half the time: 0.14–0.22 → 0.074–0.14 ms.
+    fn expands_on_zmm_tiles(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let zmm = zmm_row_tiles();
+        #[cfg(not(target_arch = "x86_64"))]
+        let zmm = false;
+        let one_by_one = match self.b {
+            Gather::Strided(_) => true,
+            Gather::Window(_, w) => w.kernel == [1, 1],
+        };
+        // Wide maps keep their columns on the threads that wrote them
+        // (ResNet-50's 64→256 at 56×56 in the network: 0.40–0.46 ms by
+        // columns, 0.52–0.72 by rows), unless a smooth activation follows:
+        // split by columns its rows are too short to run it on long
+        // stretches (EfficientNet-B0's 24→144 at 56×56 with SiLU, in the
+        // network: 0.24–0.28 → 0.16 ms by rows).
+        let smooth = self
+            .epilogue
+            .iter()
+            .any(|s| matches!(s, Step::Act(Act::Generated(..))));
+        zmm && one_by_one && self.m > self.k && (8 * self.m >= self.per_sample || smooth)
     }
 
     /// The column panels [`Problem::run`] hands out, and where each one's
