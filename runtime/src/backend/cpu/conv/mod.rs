@@ -582,6 +582,42 @@ fn in_place_depth(l: &Layout, k: usize, panels: usize, positions: usize) -> Opti
         })
 }
 
+/// Rows of B read in place that a zmm row tile group prefetches for the
+/// next group ([`Problem::zmm_row_tiles`]): `rows` runs of `floats` floats,
+/// `row` floats apart from `at`.
+#[derive(Clone, Copy)]
+struct NextRows {
+    at: *const f32,
+    row: usize,
+    rows: usize,
+    floats: usize,
+}
+
+impl NextRows {
+    /// Prefetches (into L2) the lines of rows `first..first + count`.
+    #[inline(always)]
+    fn prefetch(&self, first: usize, count: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for r in first..(first + count).min(self.rows) {
+            let row = self.at.wrapping_add(r * self.row);
+            // Each 16-float run's first line, and the run's last line
+            // where the rows are not line-aligned.
+            for f in (0..self.floats).step_by(16).chain([self.floats - 1]) {
+                // SAFETY: a prefetch reads nothing and cannot fault, whatever
+                // the address (`wrapping_add` forms it without claiming it
+                // in bounds).
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        row.wrapping_add(f) as *const i8,
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (first, count);
+    }
+}
+
 /// Whether [`Problem::run_block`] runs whole column panels on the AVX-512
 /// tile: on CPUs with AVX-512F, unless a test asked for the ymm kernel
 /// ([`force_ymm_row_tiles`]).
@@ -916,6 +952,24 @@ impl Problem {
                         ),
                         None => (s.bpack[g * kc * NR..].as_ptr(), NR, kc * NR),
                     };
+                    // B read in place comes from wherever the previous
+                    // layer left it, a row per input channel: the next
+                    // group's rows (or the next K block's first group's)
+                    // are prefetched while this group runs.
+                    let ahead = in_place.and_then(|(from, l)| {
+                        let (k1, g1) = if g + 4 < zq {
+                            (k0, g + 4)
+                        } else {
+                            (k0 + kc, 0)
+                        };
+                        let rows = K_BLOCK.min(self.k.saturating_sub(k1));
+                        (rows > 0).then(|| NextRows {
+                            at: from.wrapping_add(l.at(ps, k1, j0 + g1 * NR)),
+                            row: l.row_stride,
+                            rows,
+                            floats: 4.min(zq - g1) * NR,
+                        })
+                    });
                     // SAFETY: as below; panels g..g + pn are whole, packed
                     // consecutively in bpack or read in place.
                     unsafe {
@@ -929,6 +983,7 @@ impl Problem {
                             s,
                             &plan,
                             act_in_tiles,
+                            ahead,
                         )
                     };
                 }
@@ -1071,16 +1126,22 @@ impl Problem {
         s: &mut Scratch,
         plan: &Option<FusedPlan>,
         act_in_tiles: bool,
+        ahead: Option<NextRows>,
     ) {
         use super::gemm::avx512;
         let ps = self.per_sample;
         let mpad = self.m.div_ceil(MR) * MR;
         let j = j0 + g * NR;
+        // The rows to prefetch shared out over the row panels.
+        let per_panel = ahead.map_or(0, |a| a.rows.div_ceil(p1 - p0));
         // The registers' epilogue: ReLU(6) or none, columns of one sample.
         let fusable = plan
             .as_ref()
             .filter(|p| p.clamps_only() && j / ps == (j + pn * NR - 1) / ps);
         for p in p0..p1 {
+            if let Some(a) = ahead {
+                a.prefetch((p - p0) * per_panel, per_panel);
+            }
             let r0 = p * MR;
             let mr = MR.min(self.m - r0);
             // SAFETY: the packed weights hold mpad·k floats, block k0 at
