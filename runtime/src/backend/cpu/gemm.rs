@@ -1392,6 +1392,96 @@ pub mod avx512 {
         }
     }
 
+    /// The last K block of a token-major tile with its epilogue, stored
+    /// token-major: rows are MR tokens (`a`), columns the P·NR features of
+    /// the packed weight panels `b`; `out[r·out_ld + c] = epilogue(prior[r]
+    /// [c] + Σ_kk a(kk, r) · b_c[kk])`. `prior` (earlier K blocks' sums,
+    /// rows `prior_ld` apart) may be null. The epilogue's bias holds the
+    /// P·NR features' biases (`bias_per_column` is not read), its residual
+    /// rows of P·NR features `residual_ld` apart; its activation must be
+    /// ReLU, ReLU6 or none. The operations are the token epilogue's
+    /// (`Problem::token_epilogue`) in its order, so the same bits, from
+    /// the registers rather than from the sums stored and read back.
+    ///
+    /// # Safety
+    /// As [`tile`]; `out`, `prior` and the residual hold MR rows of P·NR
+    /// floats at their strides, the bias P·NR floats.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile_tokens_fused<const P: usize, A: TileRows>(
+        kc: usize,
+        a: A,
+        b: *const f32,
+        prior: *const f32,
+        prior_ld: usize,
+        e: &super::TileEpilogue,
+        out: *mut f32,
+        out_ld: usize,
+    ) {
+        // SAFETY: the caller's.
+        let acc = unsafe { sums::<P, A>(kc, a, b) };
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, v) in acc.iter().enumerate() {
+                // SAFETY: the caller's extents, row r and column q·NR.
+                unsafe {
+                    let bias = (!e.bias.is_null()).then(|| _mm512_loadu_ps(e.bias.add(q * NR)));
+                    let prior = if prior.is_null() {
+                        prior
+                    } else {
+                        prior.add(r * prior_ld + q * NR)
+                    };
+                    let v = finish(*v, prior, bias, r * e.residual_ld + q * NR, e);
+                    _mm512_storeu_ps(out.add(r * out_ld + q * NR), v);
+                }
+            }
+        }
+    }
+
+    /// One register of a fused tile's last K block: the earlier blocks'
+    /// sums at `prior` (unless `prior` is null), the bias, the residual
+    /// (`e.residual` + `residual_at`) and the clamp in the order `e`
+    /// gives, each a separate rounding as in the unfused epilogues.
+    ///
+    /// # Safety
+    /// AVX-512F; `prior` (where `e.residual` is not null, the residual)
+    /// readable for 16 floats; `e.act` ReLU, ReLU6 or none.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn finish(
+        mut v: __m512,
+        prior: *const f32,
+        bias: Option<__m512>,
+        residual_at: usize,
+        e: &super::TileEpilogue,
+    ) -> __m512 {
+        use netc_compiler::ir::Activation;
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        // SAFETY: the caller's.
+        unsafe {
+            if !prior.is_null() {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(prior));
+            }
+            if let Some(b) = bias {
+                v = _mm512_add_ps(v, b);
+            }
+            // Only read where the residual is not null.
+            let residual = e.residual.wrapping_add(residual_at);
+            if !e.residual.is_null() && e.residual_first {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
+            }
+            v = match e.act {
+                None => v,
+                Some(Activation::Relu) => _mm512_max_ps(v, zero),
+                Some(Activation::Relu6) => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+                Some(a) => unreachable!("{a:?} is not fused into zmm tiles"),
+            };
+            if !e.residual.is_null() && !e.residual_first {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
+            }
+        }
+        v
+    }
+
     /// [`tile`] with B's rows where [`sums_at`] says (`b`, `row`, `panel`).
     ///
     /// # Safety
@@ -1462,35 +1552,19 @@ pub mod avx512 {
         out: *mut f32,
         out_ld: usize,
     ) {
-        use netc_compiler::ir::Activation;
         // SAFETY: the caller's.
         let acc = unsafe { sums_at::<P, *const f32>(kc, a, b, row, panel) };
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
         for (r, acc) in acc.iter().enumerate() {
             for (q, v) in acc.iter().enumerate() {
-                let mut v = *v;
                 // SAFETY: the caller's extents, row r and column q·NR.
                 unsafe {
-                    if !prior.is_null() {
-                        v = _mm512_add_ps(_mm512_loadu_ps(prior.add(r * prior_ld + q * NR)), v);
-                    }
-                    if !e.bias.is_null() {
-                        v = _mm512_add_ps(v, _mm512_set1_ps(*e.bias.add(r)));
-                    }
-                    // Only read where the residual is not null.
-                    let residual = e.residual.wrapping_add(r * e.residual_ld + q * NR);
-                    if !e.residual.is_null() && e.residual_first {
-                        v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
-                    }
-                    v = match e.act {
-                        None => v,
-                        Some(Activation::Relu) => _mm512_max_ps(v, zero),
-                        Some(Activation::Relu6) => _mm512_min_ps(_mm512_max_ps(v, zero), six),
-                        Some(a) => unreachable!("{a:?} is not fused into zmm row tiles"),
+                    let bias = (!e.bias.is_null()).then(|| _mm512_set1_ps(*e.bias.add(r)));
+                    let prior = if prior.is_null() {
+                        prior
+                    } else {
+                        prior.add(r * prior_ld + q * NR)
                     };
-                    if !e.residual.is_null() && !e.residual_first {
-                        v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
-                    }
+                    let v = finish(*v, prior, bias, r * e.residual_ld + q * NR, e);
                     _mm512_storeu_ps(out.add(r * out_ld + q * NR), v);
                 }
             }
