@@ -315,6 +315,25 @@ fn pixel_major_convolutions_match_candle() {
         // A 7×7/2 stem of three channels: pixel-major on AVX-512 CPUs.
         ("input x: [3, 23, 21]\n    a = x -> conv(32, k=7, stride=2, pad=3, bias=false) -> batch_norm\n    return a -> relu", &[1, 2][..]),
     ];
+    cases_match_candle(&cases);
+}
+
+/// 1×1 stride-2 convolutions (ResNet's shortcuts) against candle: input
+/// rows of 2 to 41 columns, so that the padded copy's every-other-column
+/// gather runs its vector eights, its tail, or only the tail.
+#[test]
+fn strided_one_by_one_convolutions_match_candle() {
+    let cases = [
+        ("input x: [24, 34, 41]\n    return x -> conv(40, k=1, stride=2, bias=false) -> batch_norm", &[1, 2][..]),
+        ("input x: [40, 17, 16]\n    a = x -> conv(20, k=1, stride=2)\n    return a -> relu", &[1][..]),
+        ("input x: [16, 5, 2]\n    return x -> conv(32, k=1, stride=2)", &[3][..]),
+    ];
+    cases_match_candle(&cases);
+}
+
+/// Each case (a network body, and the batches to run) matches candle on one
+/// and two threads.
+fn cases_match_candle(cases: &[(&str, &[usize])]) {
     for (i, (body, batches)) in cases.iter().enumerate() {
         let src = format!("network t() {{\n    {body}\n}}\n");
         let mut model = Model::from_source("case.net", &src, Path::new("."), &[])

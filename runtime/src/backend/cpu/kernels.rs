@@ -276,6 +276,33 @@ pub(super) unsafe fn deinterleave_avx2(
     whole
 }
 
+/// `dst[i] = src[2·i]` for the first `8·⌊n/8⌋` of `n` elements; returns
+/// how many that is.
+///
+/// # Safety
+/// AVX2; `src` holds `2·n` floats, `dst` `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn take_even_avx2(src: *const f32, n: usize, dst: *mut f32) -> usize {
+    use std::arch::x86_64::*;
+    let whole = n / 8 * 8;
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: elements 2i..2i + 16 ≤ 2·whole ≤ 2n are inside `src`.
+        unsafe {
+            let (lo, hi) = (
+                _mm256_loadu_ps(src.add(2 * i)),
+                _mm256_loadu_ps(src.add(2 * i + 8)),
+            );
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even));
+            _mm256_storeu_ps(dst.add(i), _mm256_castpd_ps(even));
+        }
+        i += 8;
+    }
+    whole
+}
+
 pub use super::depthwise::Depthwise;
 pub use super::grouped::Grouped;
 
