@@ -239,6 +239,35 @@ pub(super) fn split_stride2_over_zeros(
     }
 }
 
+/// Eight pairs of `src` from pair `i` on, split into their first and
+/// second elements.
+///
+/// # Safety
+/// AVX2; `src` holds pairs `i..i + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pairs8(
+    src: *const f32,
+    i: usize,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_ps(src.add(2 * i)),
+            _mm256_loadu_ps(src.add(2 * i + 8)),
+        )
+    };
+    // Per 128-bit lane: [lo0 lo2 hi0 hi2] and [lo1 lo3 hi1 hi3]; the
+    // 64-bit permute puts lo's halves before hi's.
+    let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+    let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+    let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even));
+    let odd = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(odd));
+    (_mm256_castpd_ps(even), _mm256_castpd_ps(odd))
+}
+
 /// The first `8·⌊pairs/8⌋` pairs of `src` split into `a` (first of each
 /// pair) and `b` (second); returns how many pairs that is.
 ///
@@ -254,24 +283,13 @@ pub(super) unsafe fn deinterleave_avx2(
 ) -> usize {
     use std::arch::x86_64::*;
     let whole = pairs / 8 * 8;
-    let mut i = 0;
-    while i < whole {
+    for i in (0..whole).step_by(8) {
         // SAFETY: pairs i..i + 8 are inside the caller's extents.
         unsafe {
-            let (lo, hi) = (
-                _mm256_loadu_ps(src.add(2 * i)),
-                _mm256_loadu_ps(src.add(2 * i + 8)),
-            );
-            // Per 128-bit lane: [lo0 lo2 hi0 hi2] and [lo1 lo3 hi1 hi3]; the
-            // 64-bit permute puts lo's halves before hi's.
-            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
-            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
-            let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even));
-            let odd = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(odd));
-            _mm256_storeu_ps(a.add(i), _mm256_castpd_ps(even));
-            _mm256_storeu_ps(b.add(i), _mm256_castpd_ps(odd));
+            let (even, odd) = pairs8(src, i);
+            _mm256_storeu_ps(a.add(i), even);
+            _mm256_storeu_ps(b.add(i), odd);
         }
-        i += 8;
     }
     whole
 }
@@ -284,21 +302,10 @@ pub(super) unsafe fn deinterleave_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn take_even_avx2(src: *const f32, n: usize, dst: *mut f32) -> usize {
-    use std::arch::x86_64::*;
     let whole = n / 8 * 8;
-    let mut i = 0;
-    while i < whole {
+    for i in (0..whole).step_by(8) {
         // SAFETY: elements 2i..2i + 16 ≤ 2·whole ≤ 2n are inside `src`.
-        unsafe {
-            let (lo, hi) = (
-                _mm256_loadu_ps(src.add(2 * i)),
-                _mm256_loadu_ps(src.add(2 * i + 8)),
-            );
-            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
-            let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even));
-            _mm256_storeu_ps(dst.add(i), _mm256_castpd_ps(even));
-        }
-        i += 8;
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(dst.add(i), pairs8(src, i).0) };
     }
     whole
 }
