@@ -760,8 +760,9 @@ impl Problem {
     }
 
     /// Whether this is a 1×1 convolution with more output channels than
-    /// input channels (an expansion) on the AVX-512 tiles, which
-    /// [`Problem::run`] splits by row panels at any width: its weights
+    /// input channels (an expansion) on the AVX-512 tiles, on a map narrow
+    /// enough or with a smooth activation after it (below), which
+    /// [`Problem::run`] splits by row panels however many columns: its weights
     /// outweigh its input, and a thread that claims column chunks streams
     /// all the weights once per chunk, where a share of the row panels
     /// streams its half once (and reads the input in place, or pads it).
