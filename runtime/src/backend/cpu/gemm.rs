@@ -156,8 +156,17 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
     let kernel = Kernel::detect();
     #[cfg(target_arch = "x86_64")]
     let zmm = kernel == Kernel::Avx2Fma && avx512::available();
-    let mut bpack = vec![0f32; KC.min(k) * n.div_ceil(NR) * NR];
-    let mut apack = vec![0f32; KC.min(k) * MR];
+    // The thread's packing buffers, reused (attention calls this twice per
+    // head); `pack_b` and `pack_a` write every element read.
+    let (mut bpack, mut apack) = SGEMM_PACKS.take();
+    for (v, len) in [
+        (&mut bpack, KC.min(k) * n.div_ceil(NR) * NR),
+        (&mut apack, KC.min(k) * MR),
+    ] {
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+    }
     let mut tile = [0f32; MR * NR];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -217,6 +226,14 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate
             }
         }
     }
+    SGEMM_PACKS.set((bpack, apack));
+}
+
+thread_local! {
+    /// [`sgemm`]'s packed B and A, kept between calls on each thread.
+    static SGEMM_PACKS: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::Cell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// B[k0..k0+kc, :] into panels of NR columns, each kc×NR row-major, zero-padded.
@@ -1397,7 +1414,7 @@ pub mod avx512 {
     /// the packed weight panels `b`; `out[r·out_ld + c] = epilogue(prior[r]
     /// [c] + Σ_kk a(kk, r) · b_c[kk])`. `prior` (earlier K blocks' sums,
     /// rows `prior_ld` apart) may be null. The epilogue's bias holds the
-    /// P·NR features' biases (`bias_per_column` is not read), its residual
+    /// P·NR features' biases (`bias_per_column` set), its residual
     /// rows of P·NR features `residual_ld` apart; its activation must be
     /// ReLU, ReLU6 or none. The operations are the token epilogue's
     /// (`Problem::token_epilogue`) in its order, so the same bits, from
@@ -1419,12 +1436,35 @@ pub mod avx512 {
         out_ld: usize,
     ) {
         // SAFETY: the caller's.
-        let acc = unsafe { sums::<P, A>(kc, a, b) };
+        unsafe { store_finished(sums::<P, A>(kc, a, b), prior, prior_ld, e, out, out_ld) }
+    }
+
+    /// Stores a fused tile's last K block, each register through
+    /// [`finish`]: the bias per column (`e.bias_per_column`: P·NR floats)
+    /// or per row (MR floats), rows `out_ld` apart.
+    ///
+    /// # Safety
+    /// AVX-512F; `out`, `prior` (unless null) and the residual hold MR rows
+    /// of P·NR floats at their strides; `e.act` ReLU, ReLU6 or none.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_finished<const P: usize>(
+        acc: [[__m512; P]; MR],
+        prior: *const f32,
+        prior_ld: usize,
+        e: &super::TileEpilogue,
+        out: *mut f32,
+        out_ld: usize,
+    ) {
         for (r, acc) in acc.iter().enumerate() {
             for (q, v) in acc.iter().enumerate() {
                 // SAFETY: the caller's extents, row r and column q·NR.
                 unsafe {
-                    let bias = (!e.bias.is_null()).then(|| _mm512_loadu_ps(e.bias.add(q * NR)));
+                    let bias = match (e.bias.is_null(), e.bias_per_column) {
+                        (true, _) => None,
+                        (false, true) => Some(_mm512_loadu_ps(e.bias.add(q * NR))),
+                        (false, false) => Some(_mm512_set1_ps(*e.bias.add(r))),
+                    };
                     let prior = if prior.is_null() {
                         prior
                     } else {
@@ -1535,7 +1575,7 @@ pub mod avx512 {
     /// apart, or null) first, then the bias of each row, the residual (rows
     /// `residual_ld` apart) and the clamp in the order `e` gives: the fused
     /// AVX2 kernel's operations in its order, so the same bits. `e.act`
-    /// must be ReLU, ReLU6 or none; `bias_per_column` is not read.
+    /// must be ReLU, ReLU6 or none; `bias_per_column` unset.
     ///
     /// # Safety
     /// As [`tile`]; `out`, `prior` and the residual hold MR rows of P·NR
@@ -1553,21 +1593,9 @@ pub mod avx512 {
         out_ld: usize,
     ) {
         // SAFETY: the caller's.
-        let acc = unsafe { sums_at::<P, *const f32>(kc, a, b, row, panel) };
-        for (r, acc) in acc.iter().enumerate() {
-            for (q, v) in acc.iter().enumerate() {
-                // SAFETY: the caller's extents, row r and column q·NR.
-                unsafe {
-                    let bias = (!e.bias.is_null()).then(|| _mm512_set1_ps(*e.bias.add(r)));
-                    let prior = if prior.is_null() {
-                        prior
-                    } else {
-                        prior.add(r * prior_ld + q * NR)
-                    };
-                    let v = finish(*v, prior, bias, r * e.residual_ld + q * NR, e);
-                    _mm512_storeu_ps(out.add(r * out_ld + q * NR), v);
-                }
-            }
+        unsafe {
+            let acc = sums_at::<P, *const f32>(kc, a, b, row, panel);
+            store_finished(acc, prior, prior_ld, e, out, out_ld)
         }
     }
 }

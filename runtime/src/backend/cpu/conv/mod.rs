@@ -618,9 +618,9 @@ impl NextRows {
     }
 }
 
-/// Whether [`Problem::run_block`] runs whole column panels on the AVX-512
-/// tile: on CPUs with AVX-512F, unless a test asked for the ymm kernel
-/// ([`force_ymm_row_tiles`]).
+/// Whether the drivers run the AVX-512 tiles ([`Problem::run_block`]'s whole
+/// column panels, token-major products, Winograd's products): on CPUs with
+/// AVX-512F, unless a test asked for the ymm kernel ([`force_ymm_row_tiles`]).
 #[cfg(target_arch = "x86_64")]
 fn zmm_row_tiles() -> bool {
     !ymm_forced() && super::gemm::avx512::available()

@@ -49,13 +49,6 @@ const ONE_TOKEN_PANELS: usize = 4;
 /// ([`Problem::zmm_token_tiles`]).
 const ZMM_FEATURE_PANELS: usize = 4;
 
-/// Whether [`Problem::run_tokens`] uses the AVX-512 tiles: where the CPU
-/// has AVX-512F, unless a test asked for the ymm kernel.
-#[cfg(target_arch = "x86_64")]
-fn zmm_token_tiles_wanted() -> bool {
-    crate::backend::cpu::gemm::avx512::available() && !super::ymm_forced()
-}
-
 /// How many weight panels ahead of the one in use [`prefetch_lines`] asks
 /// for. ViT-B/16, one thread, three alternations (`netc bench --iters 5`):
 /// none 435.0–448.8 ms, one panel ahead 426.9–452.2, two 423.8–429.1.
@@ -84,7 +77,7 @@ impl Problem {
         // Where the CPU has AVX-512, several feature panels at once on the
         // zmm tiles (`zmm_token_tiles`).
         #[cfg(target_arch = "x86_64")]
-        let zmm = kernel == Kernel::Avx2Fma && zmm_token_tiles_wanted();
+        let zmm = kernel == Kernel::Avx2Fma && super::zmm_row_tiles();
         let ps = self.per_sample;
         let fpanels = self.m.div_ceil(NR);
         let mpad = fpanels * NR;
